@@ -1,0 +1,196 @@
+"""`mcm-train`: the host-side trainer. Run `mcm-train --help` and `mcm-train COMMAND --help`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from . import data as data_mod
+from .export import (export_base, export_mcm, export_segmenter, modalities_from_toml, read_model_toml,
+                     update_model_toml)
+from .models import MCM, ModalitySpec, UNet, UNetConfig, cond_channels, count_parameters
+from .schedule import ScheduleConfig
+from .training import TrainConfig, TrainResult, pretrain_base, train_mcm, train_segmenter
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(",") if v)
+
+
+def _add_train_args(p: argparse.ArgumentParser, steps: int, batch: int, lr: float, ema: float) -> None:
+    p.add_argument("--data", type=Path, required=True, help="dataset folder (images/, segmentation/, sketch/)")
+    p.add_argument("--out", type=Path, required=True, help="model directory to write (e.g. models/default)")
+    p.add_argument("--run-dir", type=Path, help="checkpoints, loss log and plot (default: runs/<command>)")
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--batch-size", type=int, default=batch)
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--ema-decay", type=float, default=ema)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--minutes", type=float, help="wall-clock budget for this invocation (resume later)")
+    p.add_argument("--checkpoint-every", type=int, default=200)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--limit", type=int, help="use only the first N examples of the dataset")
+
+
+def _train_config(a: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, ema_decay=a.ema_decay, seed=a.seed,
+                       minutes=a.minutes, checkpoint_every=a.checkpoint_every, threads=a.threads)
+
+
+def _provenance(a: argparse.Namespace, result: TrainResult, net: object) -> dict:
+    return {"dataset": str(a.data), "steps": result.steps, "batch_size": a.batch_size,
+            "wall_time_s": round(result.wall_time_s, 1), "seconds_per_step": round(result.seconds_per_step, 4),
+            "final_loss": round(result.final_loss, 6), "parameters": count_parameters(net)}
+
+
+def cmd_data(a: argparse.Namespace) -> None:
+    data_mod.write_scenes(a.out, a.count, a.size, a.seed, data_mod.load_classes(a.classes))
+    print(f"wrote {a.count} scenes of {a.size}x{a.size} to {a.out}")
+
+
+def cmd_pretrain_base(a: argparse.Namespace) -> None:
+    ds = data_mod.load_dataset(a.data, limit=a.limit)
+    cfg = UNetConfig(in_channels=3, out_channels=3, channels=_ints(a.channels), num_res_blocks=a.res_blocks,
+                     attention_resolutions=_ints(a.attention), image_size=ds.size)
+    sched = ScheduleConfig()
+    run_dir = a.run_dir or Path("runs/base")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps({"unet": cfg.to_dict(), "schedule": sched.to_dict()}))
+    net = UNet(cfg)
+    print(f"base U-Net: {count_parameters(net):,} parameters, {ds.size}x{ds.size}, {len(ds)} images")
+    result = pretrain_base(ds, net, sched, _train_config(a), run_dir)
+    if not result.done:
+        return
+    export_base(result.model, a.out)
+    update_model_toml(a.out, image={"size": ds.size, "channels": 3, "value_range": [-1.0, 1.0]},
+                      schedule=sched.to_dict(),
+                      base={"file": "base.onnx", "architecture": cfg.to_dict(), **_provenance(a, result, result.model)})
+    print(f"exported {a.out}/base.onnx after {result.steps} steps, loss {result.final_loss:.4f}")
+
+
+def _modalities(names: list[str], ds: data_mod.Dataset) -> list[ModalitySpec]:
+    specs = []
+    for name in names:
+        if name == "segmentation":
+            classes = [{"name": c.name, "color": list(c.color)} for c in ds.classes]
+            specs.append(ModalitySpec(name, "segmentation", len(ds.classes), classes))
+        elif name == "sketch":
+            specs.append(ModalitySpec(name, "sketch", 1))
+        else:
+            raise SystemExit(f"unknown modality {name!r}: known are {', '.join(data_mod.MODALITY_KINDS)}")
+    return specs
+
+
+def cmd_mcm(a: argparse.Namespace) -> None:
+    from .frozen import load_base_run, onnx_eps_fn, torch_eps_fn
+
+    doc = read_model_toml(a.base)
+    if "image" not in doc or "schedule" not in doc:
+        raise SystemExit(f"{a.base}/model.toml: needs [image] and [schedule] (run pretrain-base or export-diffusers)")
+    ds = data_mod.load_dataset(a.data, limit=a.limit)
+    if ds.size != doc["image"]["size"]:
+        raise SystemExit(f"{a.data}: images are {ds.size}px, the base in {a.base} expects {doc['image']['size']}px")
+    modalities = _modalities(a.modalities.split(","), ds)
+    eps_fn = torch_eps_fn(load_base_run(a.base_run)) if a.base_run else onnx_eps_fn(a.base / "base.onnx", a.threads)
+    k = cond_channels(modalities)
+    cfg = UNetConfig(channels=_ints(a.channels), num_res_blocks=a.res_blocks,
+                     attention_resolutions=_ints(a.attention), image_size=ds.size)
+    mcm = MCM(doc["image"]["channels"], k, cfg)
+    print(f"MCM: {count_parameters(mcm):,} parameters, cond channels {k}, base from "
+          f"{'PyTorch ' + str(a.base_run) if a.base_run else 'onnxruntime ' + str(a.base / 'base.onnx')}")
+    sched = ScheduleConfig(**doc["schedule"])
+    result = train_mcm(ds, mcm, eps_fn, modalities, sched, _train_config(a), a.run_dir or Path("runs/mcm"),
+                       drop_prob=a.drop_prob, l1_weight=a.l1_weight)
+    if not result.done:
+        return
+    if a.out.resolve() != a.base.resolve():
+        for name in ("base.onnx",):
+            (a.out / name).parent.mkdir(parents=True, exist_ok=True)
+            (a.out / name).write_bytes((a.base / name).read_bytes())
+        update_model_toml(a.out, **{k: v for k, v in doc.items() if k not in ("mcm", "modalities")})
+    export_mcm(result.model, k, a.out)
+    update_model_toml(a.out, modalities=[asdict(m) for m in modalities],
+                      mcm={"file": "mcm.onnx", "cond_channels": k, "architecture": cfg.to_dict(),
+                           "drop_prob": a.drop_prob, "l1_weight": a.l1_weight, **_provenance(a, result, result.model)})
+    print(f"exported {a.out}/mcm.onnx after {result.steps} steps, loss {result.final_loss:.4f}")
+
+
+def cmd_segmenter(a: argparse.Namespace) -> None:
+    ds = data_mod.load_dataset(a.data, limit=a.limit)
+    cfg = UNetConfig(in_channels=3, out_channels=len(ds.classes), channels=_ints(a.channels),
+                     num_res_blocks=1, attention_resolutions=(), image_size=ds.size, timestep_embedding=False)
+    result = train_segmenter(ds, UNet(cfg), _train_config(a), a.run_dir or Path("runs/segmenter"))
+    if not result.done:
+        return
+    export_segmenter(result.model, a.out)
+    update_model_toml(a.out, segmenter={"file": "segmenter.onnx", "architecture": cfg.to_dict(),
+                                        **_provenance(a, result, result.model)})
+    print(f"exported {a.out}/segmenter.onnx after {result.steps} steps, loss {result.final_loss:.4f}")
+
+
+def cmd_export_diffusers(a: argparse.Namespace) -> None:
+    from .diffusers_import import export_diffusers
+
+    export_diffusers(a.source, a.out)
+    print(f"exported {a.source} to {a.out}/base.onnx + model.toml")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mcm-train", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("data", help="write built-in paired data")
+    dsub = d.add_subparsers(dest="kind", required=True)
+    s = dsub.add_parser("scenes", help="procedural landscapes with exact segmentation maps and Canny sketches")
+    s.add_argument("--count", type=int, default=1000)
+    s.add_argument("--size", type=int, default=64)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--classes", type=Path, default=data_mod.DEFAULT_CLASSES)
+    s.set_defaults(func=cmd_data)
+
+    b = sub.add_parser("pretrain-base", help="train the frozen base (DDPM) and export base.onnx")
+    _add_train_args(b, steps=12000, batch=16, lr=2e-4, ema=0.999)
+    b.add_argument("--channels", default="16,32,64,128")
+    b.add_argument("--res-blocks", type=int, default=1)
+    b.add_argument("--attention", default="16", help="resolutions with self-attention, e.g. 16")
+    b.set_defaults(func=cmd_pretrain_base)
+
+    m = sub.add_parser("mcm", help="train an MCM on a frozen base and export mcm.onnx")
+    _add_train_args(m, steps=3000, batch=16, lr=2e-4, ema=0.995)
+    m.add_argument("--base", type=Path, required=True, help="model dir with base.onnx + model.toml")
+    m.add_argument("--base-run", type=Path, help="use the PyTorch weights of this pretrain-base run dir instead of onnxruntime")
+    m.add_argument("--modalities", default="segmentation,sketch")
+    m.add_argument("--channels", default="16,32,64")
+    m.add_argument("--res-blocks", type=int, default=1)
+    m.add_argument("--attention", default="16")
+    m.add_argument("--drop-prob", type=float, default=0.3, help="probability of dropping each modality")
+    m.add_argument("--l1-weight", type=float, default=1e-4, help="L1 penalty on gamma and beta")
+    m.set_defaults(func=cmd_mcm)
+
+    g = sub.add_parser("segmenter", help="train the reference segmenter used by `mcm-edge eval`")
+    _add_train_args(g, steps=1500, batch=32, lr=1e-3, ema=0.99)
+    g.add_argument("--channels", default="16,32,64")
+    g.set_defaults(func=cmd_segmenter)
+
+    e = sub.add_parser("export-diffusers", help="turn a diffusers UNet2DModel + scheduler into base.onnx + model.toml")
+    e.add_argument("source", type=Path, help="local diffusers folder (a pipeline or a bare UNet2DModel)")
+    e.add_argument("--out", type=Path, required=True)
+    e.set_defaults(func=cmd_export_diffusers)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (data_mod.DataError, FileNotFoundError, ValueError) as e:
+        print(f"mcm-train: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from e
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""The frozen base as a black box for MCM training: eps from PyTorch weights or from `base.onnx`
+through onnxruntime. Either way no gradient flows through it (Ham et al. 2023, Sec. 3.2)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnxruntime as ort
+import torch
+
+from .models import UNet, UNetConfig
+from .training import EpsFn
+
+
+def onnx_eps_fn(path: Path, threads: int = 2) -> EpsFn:
+    """eps from `base.onnx` (inputs `sample` [B, C, H, W], `timestep` [B]; output `eps`) via onnxruntime.
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+    """
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path}: no base model")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+    def eps_fn(x_t: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        out = session.run(["eps"], {"sample": x_t.numpy(), "timestep": timestep.numpy()})[0]
+        return torch.from_numpy(out)
+
+    return eps_fn
+
+
+def load_base_run(run_dir: Path) -> UNet:
+    """The EMA weights of a `pretrain-base` run (`run_dir/base.pt` + `run_dir/config.json`), frozen.
+
+    Raises:
+        FileNotFoundError: the checkpoint or its config is missing.
+    """
+    run_dir = Path(run_dir)
+    cfg = UNetConfig.from_dict(json.loads((run_dir / "config.json").read_text())["unet"])
+    net = UNet(cfg)
+    ema = torch.load(run_dir / "base.pt", map_location="cpu", weights_only=False)["ema"]
+    net.load_state_dict({k.removeprefix("module."): v for k, v in ema.items() if k.startswith("module.")})
+    net.eval().requires_grad_(False)
+    return net
+
+
+def torch_eps_fn(net: UNet) -> EpsFn:
+    """eps from a frozen PyTorch base (run under `torch.no_grad()` by the trainer)."""
+    return lambda x_t, timestep: net(x_t, timestep)

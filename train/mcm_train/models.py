@@ -1,0 +1,239 @@
+"""Networks: the epsilon-prediction U-Net (frozen base), the MCM and the reference segmenter.
+
+All three are one `UNet` with different widths: residual blocks with GroupNorm + SiLU, strided-conv
+downsampling, nearest upsampling + conv, skip connections, single-head self-attention at chosen
+resolutions, and (for the diffusion nets) a sinusoidal timestep embedding (Ho et al. 2020, DDPM).
+Everything here exports with `torch.onnx` into ops that tract runs (see export.py).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class UNetConfig:
+    """Shape of a `UNet`.
+
+    Attributes:
+        in_channels / out_channels: channels of the input / output tensors [B, C, H, W].
+        channels: width per resolution level; level i works at H / 2**i.
+        num_res_blocks: residual blocks per level on the way down (one more on the way up).
+        attention_resolutions: feature-map sizes (pixels) with a self-attention layer.
+        image_size: H = W of the input, used to place attention.
+        timestep_embedding: add a sinusoidal embedding of `timestep` (diffusion nets); False for the segmenter.
+        groups: GroupNorm groups (must divide every width).
+        zero_out: zero-initialise the output conv (the MCM starts as the identity modulation).
+    """
+
+    in_channels: int = 3
+    out_channels: int = 3
+    channels: tuple[int, ...] = (32, 64, 128)
+    num_res_blocks: int = 2
+    attention_resolutions: tuple[int, ...] = (16,)
+    image_size: int = 64
+    timestep_embedding: bool = True
+    groups: int = 8
+    zero_out: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict) -> UNetConfig:
+        d = dict(d)
+        d["channels"] = tuple(d["channels"])
+        d["attention_resolutions"] = tuple(d["attention_resolutions"])
+        return UNetConfig(**d)
+
+
+def timestep_embedding(timestep: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding (Vaswani et al. 2017; DDPM): `timestep` f32 [B] -> [B, dim] (cos, sin)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=timestep.device) / half)
+    args = timestep.float()[:, None] * freqs[None, :]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-Conv twice, timestep embedding added in between, 1x1 skip when widths differ."""
+
+    def __init__(self, cin: int, cout: int, temb_dim: int | None, groups: int) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.temb = nn.Linear(temb_dim, cout) if temb_dim else None
+        self.norm2 = nn.GroupNorm(groups, cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor | None) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        if self.temb is not None and temb is not None:
+            h = h + self.temb(F.silu(temb))[:, :, None, None]
+        h = self.conv2(F.silu(self.norm2(h)))
+        return self.skip(x) + h
+
+
+class Attention(nn.Module):
+    """Single-head self-attention over the H*W positions, written with matmul + softmax."""
+
+    def __init__(self, ch: int, groups: int) -> None:
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, ch)
+        self.qkv = nn.Conv2d(ch, 3 * ch, 1)
+        self.proj = nn.Conv2d(ch, ch, 1)
+        self.scale = ch**-0.5
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).unbind(1)
+        attn = torch.softmax(torch.matmul(q.transpose(1, 2), k) * self.scale, dim=-1)  # [B, HW, HW]
+        out = torch.matmul(v, attn.transpose(1, 2)).reshape(b, c, h, w)
+        return x + self.proj(out)
+
+
+class UNet(nn.Module):
+    """U-Net `(x [B, in, H, W], timestep f32 [B] or None) -> [B, out, H, W]`; H, W divisible by
+    2**(len(channels)-1)."""
+
+    def __init__(self, cfg: UNetConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        ch0, g = cfg.channels[0], cfg.groups
+        self.temb_dim = 4 * ch0 if cfg.timestep_embedding else None
+        if self.temb_dim:
+            self.temb_mlp = nn.Sequential(nn.Linear(ch0, self.temb_dim), nn.SiLU(), nn.Linear(self.temb_dim, self.temb_dim))
+        self.conv_in = nn.Conv2d(cfg.in_channels, ch0, 3, padding=1)
+        self.down = nn.ModuleList()
+        skips, cur, res = [ch0], ch0, cfg.image_size
+        for level, ch in enumerate(cfg.channels):
+            for _ in range(cfg.num_res_blocks):
+                self.down.append(self._block(cur, ch, res))
+                cur = ch
+                skips.append(cur)
+            if level < len(cfg.channels) - 1:
+                self.down.append(nn.Conv2d(cur, cur, 3, stride=2, padding=1))
+                skips.append(cur)
+                res //= 2
+        self.mid = nn.ModuleList([ResBlock(cur, cur, self.temb_dim, g), Attention(cur, g), ResBlock(cur, cur, self.temb_dim, g)])
+        self.up = nn.ModuleList()
+        for level, ch in reversed(list(enumerate(cfg.channels))):
+            for _ in range(cfg.num_res_blocks + 1):
+                self.up.append(self._block(cur + skips.pop(), ch, res))
+                cur = ch
+            if level > 0:
+                self.up.append(Upsample(cur))
+                res *= 2
+        self.norm_out = nn.GroupNorm(g, cur)
+        self.conv_out = nn.Conv2d(cur, cfg.out_channels, 3, padding=1)
+        if cfg.zero_out:
+            nn.init.zeros_(self.conv_out.weight)
+            nn.init.zeros_(self.conv_out.bias)
+
+    def _block(self, cin: int, cout: int, res: int) -> nn.Module:
+        block = ResBlock(cin, cout, self.temb_dim, self.cfg.groups)
+        if res in self.cfg.attention_resolutions:
+            return nn.ModuleList([block, Attention(cout, self.cfg.groups)])
+        return block
+
+    def _run(self, layer: nn.Module, h: torch.Tensor, temb: torch.Tensor | None) -> torch.Tensor:
+        if isinstance(layer, ResBlock):
+            return layer(h, temb)
+        if isinstance(layer, nn.ModuleList):
+            for sub in layer:
+                h = self._run(sub, h, temb)
+            return h
+        return layer(h)
+
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor | None = None) -> torch.Tensor:
+        temb = None
+        if self.temb_dim:
+            if timestep is None:
+                raise ValueError("this UNet needs a timestep [B]")
+            temb = self.temb_mlp(timestep_embedding(timestep, self.cfg.channels[0]))
+        h = self.conv_in(x)
+        hs = [h]
+        for layer in self.down:
+            h = self._run(layer, h, temb)
+            hs.append(h)
+        for layer in self.mid:
+            h = self._run(layer, h, temb)
+        for layer in self.up:
+            if isinstance(layer, Upsample):
+                h = layer(h)
+            else:
+                h = self._run(layer, torch.cat([h, hs.pop()], dim=1), temb)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour x2 upsampling followed by a 3x3 conv."""
+
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@dataclass
+class ModalitySpec:
+    """One conditioning modality and its slice of `cond` [B, K, H, W].
+
+    `channels` map channels (one-hot classes for a segmentation, 1 for a sketch) are followed by one
+    presence channel (1 where the modality was given, 0 when absent/dropped).
+    """
+
+    name: str
+    kind: str
+    channels: int
+    classes: list[dict] = field(default_factory=list)
+
+    @property
+    def width(self) -> int:
+        return self.channels + 1
+
+
+def cond_channels(modalities: list[ModalitySpec]) -> int:
+    """K, the total channels of `cond` for these modalities (maps + one presence channel each)."""
+    return sum(m.width for m in modalities)
+
+
+class MCM(nn.Module):
+    """Multimodal conditioning module (Ham et al. 2023, Sec. 3): a small U-Net reading
+    `concat(x_t, eps, cond)` and the timestep, returning `(gamma, beta)` shaped like `eps`.
+
+    Inputs: `sample` x_t [B, C, H, W], `eps` base prediction [B, C, H, W], `cond` [B, K, H, W],
+    `timestep` f32 [B] in [0, T). Outputs `gamma`, `beta` [B, C, H, W]; both are exactly zero at
+    initialisation (zero-initialised output conv), so an untrained MCM leaves eps unchanged.
+    """
+
+    def __init__(self, image_channels: int, cond_channels: int, cfg: UNetConfig) -> None:
+        super().__init__()
+        self.image_channels = image_channels
+        cfg = UNetConfig(**{**cfg.to_dict(), "in_channels": 2 * image_channels + cond_channels,
+                            "out_channels": 2 * image_channels, "zero_out": True, "timestep_embedding": True})
+        self.net = UNet(cfg)
+
+    def forward(self, sample: torch.Tensor, eps: torch.Tensor, cond: torch.Tensor,
+                timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.net(torch.cat([sample, eps, cond], dim=1), timestep)
+        gamma, beta = out.split(self.image_channels, dim=1)
+        return gamma, beta
+
+
+def modulate(eps: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """Modulated prediction `eps_hat = eps * (1 + gamma) + beta` (Ham et al. 2023, Eq. 2); all [B, C, H, W]."""
+    return eps * (1 + gamma) + beta
