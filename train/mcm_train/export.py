@@ -19,7 +19,7 @@ import tomli_w
 import torch
 from torch import nn
 
-from .models import MCM, ModalitySpec, UNet
+from .models import MCM, ModalitySpec, UNet, UNetConfig
 
 OPSET = 17
 FORMAT_VERSION = 1
@@ -137,3 +137,33 @@ _HEADER = """\
 # segmenter.onnx: image [B,3,H,W] in [-1,1] -> logits [B,classes,H,W] (evaluation only)
 
 """
+
+
+def write_tiny_model(out_dir: Path, classes: list[dict], seed: int = 0) -> None:
+    """A tiny random-weight model directory (16x16 RGB, segmentation + sketch MCM with non-zero
+    outputs, segmenter) with test vectors: a fixture for the device's tests, small enough to commit.
+    The weights are random, so the images are noise; only shapes and numerics are meaningful."""
+    from .schedule import ScheduleConfig
+
+    torch.manual_seed(seed)
+    size = 16
+    small = {"channels": (8, 16), "num_res_blocks": 1, "attention_resolutions": (8,), "image_size": size, "groups": 4}
+    base = UNet(UNetConfig(in_channels=3, out_channels=3, **small)).eval()
+    modalities = [ModalitySpec("segmentation", "segmentation", len(classes), classes), ModalitySpec("sketch", "sketch", 1)]
+    k = sum(m.width for m in modalities)
+    mcm = MCM(3, k, UNetConfig(**small)).eval()
+    nn.init.normal_(mcm.net.conv_out.weight, std=0.02)  # non-zero so that the vectors test the MCM path
+    seg = UNet(UNetConfig(in_channels=3, out_channels=len(classes), timestep_embedding=False, **small)).eval()
+    export_base(base, out_dir)
+    export_mcm(mcm, k, out_dir)
+    export_segmenter(seg, out_dir)
+    provenance = {"dataset": "none (random weights)", "steps": 0}
+    update_model_toml(
+        out_dir,
+        image={"size": size, "channels": 3, "value_range": [-1.0, 1.0]},
+        schedule=ScheduleConfig().to_dict(),
+        base={"file": "base.onnx", "parameters": sum(p.numel() for p in base.parameters()), **provenance},
+        modalities=[{"name": m.name, "kind": m.kind, "channels": m.channels, "classes": m.classes} for m in modalities],
+        mcm={"file": "mcm.onnx", "cond_channels": k, "parameters": sum(p.numel() for p in mcm.parameters()), **provenance},
+        segmenter={"file": "segmenter.onnx", "parameters": sum(p.numel() for p in seg.parameters()), **provenance},
+    )

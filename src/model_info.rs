@@ -1,0 +1,176 @@
+//! `model.toml`: the contract between `mcm-train` and the device (README "Model contract").
+//!
+//! Parsed with serde; every check that can be made without loading the ONNX files is made here,
+//! so that a bad file is refused at start with a message naming the file and the key.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Errors reading or checking a model directory.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{path}: cannot read: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: invalid model.toml: {message}")]
+    Toml { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Contract { path: PathBuf, message: String },
+    #[error("{path}: tract failed: {message}")]
+    Tract { path: PathBuf, message: String },
+}
+
+/// The whole `model.toml`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ModelInfo {
+    /// Format version of the file (1).
+    pub format: u32,
+    pub image: ImageInfo,
+    pub schedule: ScheduleInfo,
+    pub base: NetInfo,
+    /// Absent for a base without an MCM (then only strength 0 is possible).
+    pub mcm: Option<McmInfo>,
+    /// Modalities in `cond` order.
+    #[serde(default)]
+    pub modalities: Vec<ModalityInfo>,
+    /// Reference segmenter used by `mcm-edge eval`.
+    pub segmenter: Option<NetInfo>,
+}
+
+/// `[image]`: the generated image.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ImageInfo {
+    /// Height = width in pixels.
+    pub size: usize,
+    /// Channels C (3 for RGB).
+    pub channels: usize,
+    /// Pixel values of `x_0` that map to 0 and 255, e.g. `[-1.0, 1.0]`.
+    pub value_range: [f32; 2],
+}
+
+/// `[schedule]`: the DDPM noise schedule the base was trained with (diffusers' names).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ScheduleInfo {
+    /// `linear`, `scaled_linear` or `squaredcos_cap_v2`.
+    pub beta_schedule: String,
+    pub beta_start: f64,
+    pub beta_end: f64,
+    /// T: timesteps are `0..T`.
+    pub num_train_timesteps: usize,
+    /// Only `epsilon` is supported.
+    pub prediction_type: String,
+}
+
+/// `[base]` or `[segmenter]`: an ONNX file and its provenance.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct NetInfo {
+    /// File name relative to the model directory.
+    pub file: String,
+    pub parameters: Option<u64>,
+    pub steps: Option<u64>,
+    pub final_loss: Option<f64>,
+    pub wall_time_s: Option<f64>,
+    pub dataset: Option<String>,
+}
+
+/// `[mcm]`: the conditioning module.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct McmInfo {
+    pub file: String,
+    /// K, channels of `cond`; must equal the sum over modalities of `channels + 1`.
+    pub cond_channels: usize,
+    pub parameters: Option<u64>,
+    pub steps: Option<u64>,
+    pub final_loss: Option<f64>,
+    pub wall_time_s: Option<f64>,
+}
+
+/// What kind of map a modality is; decides decoding and the `cond` encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModalityKind {
+    /// Class map: one-hot over `channels` classes.
+    Segmentation,
+    /// Edge / stroke map: one channel in `[0, 1]`, 1 on a stroke.
+    Sketch,
+}
+
+/// One `[[modalities]]` entry.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ModalityInfo {
+    /// Name used in topics (`frame/<name>`) and in request `frames` keys.
+    pub name: String,
+    pub kind: ModalityKind,
+    /// Map channels (number of classes for a segmentation, 1 for a sketch); a presence channel follows.
+    pub channels: usize,
+    /// Class list of a segmentation (id = index).
+    #[serde(default)]
+    pub classes: Vec<ClassInfo>,
+}
+
+/// A segmentation class and its palette colour.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct ClassInfo {
+    pub name: String,
+    /// RGB, 0-255.
+    pub color: [u8; 3],
+}
+
+impl ModelInfo {
+    /// Read and check `DIR/model.toml`.
+    ///
+    /// # Errors
+    /// [`ModelError::Io`] when unreadable, [`ModelError::Toml`] when a key is missing or mistyped,
+    /// [`ModelError::Contract`] when values disagree (cond channels, classes, schedule kind).
+    pub fn load(dir: &Path) -> Result<Self, ModelError> {
+        let path = dir.join("model.toml");
+        let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io { path: path.clone(), source })?;
+        let info: ModelInfo =
+            toml::from_str(&text).map_err(|e| ModelError::Toml { path: path.clone(), message: e.to_string() })?;
+        info.check().map_err(|message| ModelError::Contract { path, message })?;
+        Ok(info)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.format != 1 {
+            return Err(format!("format {} is not supported (expected 1)", self.format));
+        }
+        if self.image.size == 0 || self.image.channels == 0 {
+            return Err("[image] size and channels must be positive".into());
+        }
+        if self.image.value_range[0] >= self.image.value_range[1] {
+            return Err(format!("[image] value_range {:?} must be increasing", self.image.value_range));
+        }
+        if self.schedule.prediction_type != "epsilon" {
+            return Err(format!("[schedule] prediction_type {:?}: only \"epsilon\" is supported", self.schedule.prediction_type));
+        }
+        for m in &self.modalities {
+            if m.kind == ModalityKind::Segmentation && m.classes.len() != m.channels {
+                return Err(format!("modality {:?}: {} channels but {} classes", m.name, m.channels, m.classes.len()));
+            }
+            if m.kind == ModalityKind::Sketch && m.channels != 1 {
+                return Err(format!("modality {:?}: a sketch has 1 channel, not {}", m.name, m.channels));
+            }
+        }
+        if let Some(mcm) = &self.mcm {
+            if mcm.cond_channels != self.cond_channels() {
+                return Err(format!(
+                    "[mcm] cond_channels = {} but the modalities need {} (channels + 1 presence each)",
+                    mcm.cond_channels,
+                    self.cond_channels()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// K: channels of `cond`, the sum of `channels + 1` over the modalities.
+    pub fn cond_channels(&self) -> usize {
+        self.modalities.iter().map(|m| m.channels + 1).sum()
+    }
+
+    /// The modality called `name`, if the model has it.
+    pub fn modality(&self, name: &str) -> Option<&ModalityInfo> {
+        self.modalities.iter().find(|m| m.name == name)
+    }
+}

@@ -1,0 +1,146 @@
+//! Generation: maps -> `cond` -> DDIM over the MCM-modulated base -> RGB image.
+
+use std::path::Path;
+
+use image::RgbImage;
+use ndarray::Array4;
+use tract_onnx::prelude::IntoTensor;
+
+use crate::cond::{CondError, Maps, build_cond};
+use crate::model::{Models, timestep_tensor};
+use crate::model_info::{ModelError, ModelInfo};
+use crate::sampler::{Noise, apply_strength, ddim_step};
+use crate::schedule::Schedule;
+
+/// Settings of one generation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationParams {
+    /// Seed of the initial noise `x_T` (and of the DDIM noise when `eta > 0`).
+    pub seed: u64,
+    /// DDIM steps, `1..=num_train_timesteps`.
+    pub steps: usize,
+    /// Conditioning strength `s`: `eps = eps_base + s * (eps_hat - eps_base)`; 0 = base alone, 1 = MCM.
+    pub strength: f32,
+    /// DDIM eta (0 = deterministic DDIM, 1 = DDPM-like).
+    pub eta: f32,
+}
+
+/// Why a generation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    #[error(transparent)]
+    Cond(#[from] CondError),
+    #[error("invalid parameter: {0}")]
+    Param(String),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("inference failed: {0}")]
+    Inference(String),
+}
+
+/// Something that turns modality maps into an image: the tract pipeline, or a test double.
+pub trait ImageGenerator: Send + Sync {
+    /// The loaded model's contract (image size, modalities).
+    fn info(&self) -> &ModelInfo;
+    /// Generate one image `[size, size]` RGB for `maps` (any subset of the model's modalities).
+    ///
+    /// # Errors
+    /// Bad maps ([`GenerateError::Cond`]), parameters out of range, or an inference failure.
+    fn generate(&self, maps: &Maps, params: &GenerationParams) -> Result<RgbImage, GenerateError>;
+}
+
+/// The device pipeline: `base.onnx` + `mcm.onnx` through tract, DDIM, strength (README "Strength").
+pub struct TractGenerator {
+    models: Models,
+    schedule: Schedule,
+}
+
+impl TractGenerator {
+    /// Load a model directory once (plans are built here, not per request).
+    ///
+    /// # Errors
+    /// Any [`ModelError`], naming the file and the problem.
+    pub fn load(dir: &Path) -> Result<Self, ModelError> {
+        let models = Models::load(dir)?;
+        let schedule = Schedule::new(&models.info.schedule)
+            .map_err(|message| ModelError::Contract { path: dir.join("model.toml"), message })?;
+        Ok(Self { models, schedule })
+    }
+
+    /// The loaded nets.
+    pub fn models(&self) -> &Models {
+        &self.models
+    }
+
+    /// The guided noise prediction at one step: `eps_base`, and when `strength != 0` the MCM's
+    /// `eps_hat = eps * (1 + gamma) + beta` (Ham et al. 2023, Eq. 2) mixed in by `strength`.
+    /// `x_t` `[1, C, H, W]`, `cond` `[1, K, H, W]`.
+    ///
+    /// # Errors
+    /// [`GenerateError::Param`] when strength != 0 and the model has no MCM; inference failures.
+    pub fn eps(&self, x_t: &Array4<f32>, timestep: usize, cond: &Array4<f32>, strength: f32) -> Result<Array4<f32>, GenerateError> {
+        let t = timestep_tensor(timestep as f32, 1);
+        let eps_base = self.models.base.run(vec![x_t.clone().into_tensor(), t.clone()])?.remove(0);
+        if strength == 0.0 {
+            return Ok(eps_base);
+        }
+        let mcm = self.models.mcm.as_ref().ok_or_else(|| GenerateError::Param("strength != 0 needs an MCM ([mcm] in model.toml)".into()))?;
+        let mut out = mcm.run(vec![x_t.clone().into_tensor(), eps_base.clone().into_tensor(), cond.clone().into_tensor(), t])?;
+        let beta = out.pop().expect("two outputs");
+        let gamma = out.pop().expect("two outputs");
+        let mut eps_hat = &eps_base * &(gamma + 1.0) + beta;
+        apply_strength(&mut eps_hat, &eps_base, strength);
+        Ok(eps_hat)
+    }
+
+    fn check_params(&self, params: &GenerationParams) -> Result<(), GenerateError> {
+        if !params.strength.is_finite() || !(0.0..=10.0).contains(&params.strength) {
+            return Err(GenerateError::Param(format!("strength must be in [0, 10], got {}", params.strength)));
+        }
+        if !(0.0..=1.0).contains(&params.eta) {
+            return Err(GenerateError::Param(format!("eta must be in [0, 1], got {}", params.eta)));
+        }
+        Ok(())
+    }
+}
+
+impl ImageGenerator for TractGenerator {
+    fn info(&self) -> &ModelInfo {
+        &self.models.info
+    }
+
+    fn generate(&self, maps: &Maps, params: &GenerationParams) -> Result<RgbImage, GenerateError> {
+        self.check_params(params)?;
+        let info = &self.models.info;
+        let timesteps = self.schedule.ddim_timesteps(params.steps).map_err(GenerateError::Param)?;
+        let cond = build_cond(info, maps)?;
+        let (c, s) = (info.image.channels, info.image.size);
+        let mut noise = Noise::new(params.seed);
+        let mut x = noise.randn([1, c, s, s]);
+        for (t, ab_t, ab_prev) in timesteps {
+            let eps = self.eps(&x, t, &cond, params.strength)?;
+            ddim_step(&mut x, &eps, ab_t, ab_prev, params.eta, info.image.value_range, &mut noise);
+        }
+        Ok(to_image(&x, info.image.value_range))
+    }
+}
+
+/// `[1, 3, H, W]` in `range` (e.g. [-1, 1]) -> RGB image, values clamped.
+pub fn to_image(x: &Array4<f32>, range: [f32; 2]) -> RgbImage {
+    let (_, _, h, w) = x.dim();
+    RgbImage::from_fn(w as u32, h as u32, |px, py| {
+        let v = |ch: usize| {
+            let u = (x[[0, ch, py as usize, px as usize]] - range[0]) / (range[1] - range[0]);
+            (u.clamp(0.0, 1.0) * 255.0).round() as u8
+        };
+        image::Rgb([v(0), v(1), v(2)])
+    })
+}
+
+/// RGB image -> `[1, 3, H, W]` in `range`; the inverse of [`to_image`].
+pub fn from_image(img: &RgbImage, range: [f32; 2]) -> Array4<f32> {
+    let (w, h) = img.dimensions();
+    Array4::from_shape_fn([1, 3, h as usize, w as usize], |(_, ch, y, x)| {
+        range[0] + (range[1] - range[0]) * img.get_pixel(x as u32, y as u32)[ch] as f32 / 255.0
+    })
+}
