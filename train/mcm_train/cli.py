@@ -9,8 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from . import data as data_mod
-from .export import (export_base, export_mcm, export_segmenter, modalities_from_toml, read_model_toml,
-                     update_model_toml)
+from .export import export_base, export_mcm, export_segmenter, read_model_toml, update_model_toml
 from .models import MCM, ModalitySpec, UNet, UNetConfig, cond_channels, count_parameters
 from .schedule import ScheduleConfig
 from .training import TrainConfig, TrainResult, pretrain_base, train_mcm, train_segmenter

@@ -254,14 +254,19 @@ def labels_from_image(img: Image.Image, classes: list[ClassInfo], path: Path) ->
 
 
 def strokes_from_image(img: Image.Image) -> np.ndarray:
-    """Stroke mask float32 [H, W] in [0, 1] from a sketch image. Transparent pixels count as
-    background; dark-on-light vs light-on-dark is detected from the median (the background)."""
+    """Stroke mask float32 [H, W] in [0, 1] from a sketch image.
+
+    Transparent pixels are background: the image is composited onto white when its opaque pixels
+    are dark and onto black when they are light. Dark-on-light vs light-on-dark is then detected
+    from the median (the background is the majority)."""
     rgba = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
-    gray = rgba[..., :3].mean(-1)
-    alpha = rgba[..., 3]
-    background = np.median(gray[alpha > 0.5]) if (alpha > 0.5).any() else 1.0
-    strokes = (1.0 - gray) if background > 0.5 else gray
-    return (strokes * alpha).clip(0, 1).astype(np.float32)
+    gray, alpha = rgba[..., :3].mean(-1), rgba[..., 3]
+    opaque = alpha >= 0.5
+    if (~opaque).mean() > 0.05:
+        ink = gray[opaque].mean() if opaque.any() else 0.0
+        gray = gray * alpha + (1.0 if ink < 0.5 else 0.0) * (1 - alpha)
+    strokes = (1.0 - gray) if np.median(gray) > 0.5 else gray
+    return strokes.clip(0, 1).astype(np.float32)
 
 
 @dataclass

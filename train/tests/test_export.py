@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from mcm_train.cli import main
+from mcm_train.data import load_classes
+from mcm_train.export import write_tiny_model
+
+
+def _run(path: Path, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, inputs)
+
+
+def test_tiny_model_vectors_match_onnxruntime(tmp_path: Path) -> None:
+    write_tiny_model(tmp_path, [{"name": c.name, "color": list(c.color)} for c in load_classes()])
+    vec = lambda name: np.load(tmp_path / "test_vectors" / f"{name}.npy")  # noqa: E731
+    eps = _run(tmp_path / "base.onnx", {"sample": vec("base.sample"), "timestep": vec("base.timestep")})[0]
+    assert np.abs(eps - vec("base.eps")).max() < 1e-4
+    inputs = {n: vec(f"mcm.{n}") for n in ("sample", "eps", "cond", "timestep")}
+    gamma, beta = _run(tmp_path / "mcm.onnx", inputs)
+    assert np.abs(gamma - vec("mcm.gamma")).max() < 1e-4 and np.abs(beta - vec("mcm.beta")).max() < 1e-4
+    assert np.abs(vec("mcm.gamma")).max() > 1e-3  # the vectors exercise a non-identity MCM
+    doc = tomllib.loads((tmp_path / "model.toml").read_text())
+    assert doc["mcm"]["cond_channels"] == 11 and doc["image"]["size"] == 16
+    assert [m["name"] for m in doc["modalities"]] == ["segmentation", "sketch"]
+    # Dynamic batch: a batch of 3 runs too.
+    out = _run(tmp_path / "base.onnx", {"sample": np.zeros((3, 3, 16, 16), np.float32), "timestep": np.zeros(3, np.float32)})
+    assert out[0].shape == (3, 3, 16, 16)
+
+
+def test_cli_trains_and_exports_a_whole_model(scenes: Path, tmp_path: Path) -> None:
+    out, runs = tmp_path / "model", tmp_path / "runs"
+    small = ["--steps", "2", "--batch-size", "2", "--channels", "8,16", "--attention", "8"]
+    main(["pretrain-base", "--data", str(scenes), "--out", str(out), "--run-dir", str(runs / "b"), *small])
+    main(["mcm", "--base", str(out), "--data", str(scenes), "--out", str(out), "--run-dir", str(runs / "m"), *small])
+    main(["segmenter", "--data", str(scenes), "--out", str(out), "--run-dir", str(runs / "s"), "--steps", "2",
+          "--batch-size", "2", "--channels", "8,16"])
+    doc = tomllib.loads((out / "model.toml").read_text())
+    assert doc["base"]["steps"] == 2 and doc["mcm"]["steps"] == 2 and doc["segmenter"]["steps"] == 2
+    assert doc["mcm"]["parameters"] > 0 and doc["base"]["final_loss"] > 0
+    for f in ("base.onnx", "mcm.onnx", "segmenter.onnx", "test_vectors/mcm.gamma.npy"):
+        assert (out / f).exists(), f
+    cfg = json.loads((runs / "b" / "config.json").read_text())
+    assert cfg["unet"]["channels"] == [8, 16]
+
+
+def test_export_diffusers_tiny_unet(tmp_path: Path) -> None:
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    from mcm_train.diffusers_import import export_diffusers
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=16, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+                       attention_head_dim=4)
+    src = tmp_path / "pipe"
+    unet.save_pretrained(src / "unet")
+    DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).save_pretrained(src / "scheduler")
+    export_diffusers(src, tmp_path / "out")
+    doc = tomllib.loads((tmp_path / "out" / "model.toml").read_text())
+    assert doc["schedule"]["beta_schedule"] == "scaled_linear" and doc["image"]["size"] == 16
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([3.0, 900.0])
+    with torch.no_grad():
+        want = unet(x, t).sample.numpy()
+    got = _run(tmp_path / "out" / "base.onnx", {"sample": x.numpy(), "timestep": t.numpy()})[0]
+    assert np.abs(got - want).max() < 1e-4

@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+import torch
+
+from mcm_train.models import MCM, ModalitySpec, UNet, UNetConfig, cond_channels, modulate
+
+SMALL = UNetConfig(channels=(8, 16), num_res_blocks=1, attention_resolutions=(8,), image_size=16, groups=4)
+
+
+def test_unet_shapes() -> None:
+    net = UNet(SMALL)
+    out = net(torch.randn(2, 3, 16, 16), torch.tensor([0.0, 999.0]))
+    assert out.shape == (2, 3, 16, 16)
+
+
+def test_untrained_mcm_is_the_identity() -> None:
+    k = cond_channels([ModalitySpec("segmentation", "segmentation", 8), ModalitySpec("sketch", "sketch", 1)])
+    assert k == 11
+    mcm = MCM(3, k, SMALL)
+    x, eps = torch.randn(2, 3, 16, 16), torch.randn(2, 3, 16, 16)
+    gamma, beta = mcm(x, eps, torch.rand(2, k, 16, 16), torch.tensor([5.0, 500.0]))
+    assert gamma.shape == beta.shape == eps.shape
+    assert torch.equal(modulate(eps, gamma, beta), eps)
+
+
+def test_modulate_is_scale_and_shift() -> None:
+    eps = torch.tensor([1.0, -2.0])
+    assert torch.allclose(modulate(eps, torch.tensor([0.5, 1.0]), torch.tensor([0.1, 0.2])), torch.tensor([1.6, -3.8]))

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from mcm_train.data import load_dataset
+from mcm_train.export import export_base
+from mcm_train.frozen import onnx_eps_fn, torch_eps_fn
+from mcm_train.models import MCM, ModalitySpec, UNet, UNetConfig, cond_channels
+from mcm_train.schedule import ScheduleConfig
+from mcm_train.training import TrainConfig, build_cond, pretrain_base, train_mcm
+
+SMALL = UNetConfig(channels=(8, 16), num_res_blocks=1, attention_resolutions=(8,), image_size=16, groups=4)
+MODALITIES = [ModalitySpec("segmentation", "segmentation", 8), ModalitySpec("sketch", "sketch", 1)]
+
+
+def test_base_training_checkpoints_and_resumes(scenes: Path, tmp_path: Path) -> None:
+    ds = load_dataset(scenes)
+    tc = TrainConfig(steps=4, batch_size=4, checkpoint_every=2)
+    first = pretrain_base(ds, UNet(SMALL), ScheduleConfig(), tc, tmp_path)
+    assert first.done and first.steps == 4
+    assert (tmp_path / "base.pt").exists() and (tmp_path / "base_loss.png").exists()
+    tc.steps = 6
+    resumed = pretrain_base(ds, UNet(SMALL), ScheduleConfig(), tc, tmp_path)
+    assert resumed.steps == 6
+    rows = (tmp_path / "base_loss.csv").read_text().strip().splitlines()
+    assert rows[0] == "step,loss,wall_s" and [int(r.split(",")[0]) for r in rows[1:]] == [1, 2, 3, 4, 5, 6]
+
+
+def test_mcm_training_never_touches_the_base(scenes: Path, tmp_path: Path) -> None:
+    ds = load_dataset(scenes)
+    base = UNet(SMALL).eval().requires_grad_(False)
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    mcm = MCM(3, cond_channels(MODALITIES), SMALL)
+    result = train_mcm(ds, mcm, torch_eps_fn(base), MODALITIES, ScheduleConfig(),
+                       TrainConfig(steps=3, batch_size=4, lr=1e-3), tmp_path)
+    assert result.done
+    assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())
+    assert all(p.grad is None for p in base.parameters())
+    # The MCM itself did learn: its zero-initialised output conv moved.
+    assert mcm.net.conv_out.weight.abs().sum() > 0
+
+
+def test_onnx_base_is_a_drop_in_black_box(tmp_path: Path) -> None:
+    base = UNet(SMALL).eval()
+    export_base(base, tmp_path)
+    x, t = torch.randn(3, 3, 16, 16), torch.tensor([1.0, 400.0, 999.0])
+    with torch.no_grad():
+        assert torch.allclose(onnx_eps_fn(tmp_path / "base.onnx")(x, t), base(x, t), atol=1e-4)
+
+
+def test_cond_layout_and_dropout() -> None:
+    labels = torch.zeros(2, 4, 4, dtype=torch.long)
+    labels[:, :, 2:] = 3
+    sketch = torch.ones(2, 1, 4, 4)
+    present = torch.tensor([[True, True], [False, True]])
+    cond = build_cond(MODALITIES, labels, sketch, present)
+    assert cond.shape == (2, 11, 4, 4)
+    assert cond[0, 3, 0, 2] == 1 and cond[0, 0, 0, 0] == 1 and cond[0, 8].min() == 1  # one-hot + presence
+    assert cond[1, :9].abs().sum() == 0  # dropped segmentation: maps and presence zero
+    assert cond[1, 9].min() == 1 and cond[1, 10].min() == 1  # sketch present
