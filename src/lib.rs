@@ -1,14 +1,22 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! mcm-edge: sketch / segmentation frames over MQTT -> images from a frozen diffusion model steered
+//! by a multimodal conditioning module (MCM; Ham et al., SIGGRAPH 2023), run with tract.
+//!
+//! One concept per module: [`model_info`] (model.toml), [`schedule`] (noise schedule), [`sampler`]
+//! (DDIM), [`model`] (tract plans), [`cond`] (conditioning tensor), [`pipeline`] (generation),
+//! [`frames`] (decoding), [`config`] (edge.toml), [`service`] (MQTT), [`broker`] (in-process
+//! broker), [`display`] (contact sheets), [`eval`] (metrics), [`demo`].
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub mod cond;
+pub mod frames;
+pub mod model_info;
+pub mod pipeline;
+pub mod model;
+pub mod sampler;
+pub mod schedule;
+pub mod display;
+pub mod eval;
+pub mod config;
+pub mod service;
+pub mod broker;
+pub mod bench;
+pub mod demo;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use ndarray::{Array4, ArrayD, Ix4};
 use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::Factoid;
 
 use crate::model_info::{ModelError, ModelInfo};
 
@@ -50,9 +51,13 @@ impl Net {
             }
             model.set_input_fact(ix, f32::fact(shape).into()).map_err(tract_err)?;
         }
-        let out_names: Vec<String> =
-            model.output_outlets().map_err(tract_err)?.iter().map(|o| model.node(o.node).name.clone()).collect();
-        if out_names.len() != outputs.len() || outputs.iter().any(|o| !out_names.iter().any(|n| n == o)) {
+        let out_names: Vec<String> = model
+            .output_outlets()
+            .map_err(tract_err)?
+            .iter()
+            .map(|o| model.outlet_label(*o).unwrap_or(&model.node(o.node).name).to_string())
+            .collect();
+        if out_names != outputs {
             return Err(contract(format!("outputs are {out_names:?}, the contract needs {outputs:?}")));
         }
         let plan = model.into_optimized().map_err(tract_err)?.into_runnable().map_err(tract_err)?;
@@ -69,7 +74,7 @@ impl Net {
         out.into_iter()
             .take(self.outputs)
             .map(|v| {
-                let a: ArrayD<f32> = v.into_tensor().into_array::<f32>().map_err(|e| err(format!("{e:#}")))?;
+                let a: ArrayD<f32> = v.into_tensor().into_plain_array::<f32>().map_err(|e| err(format!("{e:#}")))?;
                 a.into_dimensionality::<Ix4>().map_err(|e| err(format!("output is not [B, C, H, W]: {e}")))
             })
             .collect()

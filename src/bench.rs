@@ -1,0 +1,94 @@
+//! `mcm-edge bench`: latency of the device pipeline on this machine (README "Speed"). Timings
+//! are medians over repeated runs, in milliseconds, taken in one process so that they compare as
+//! ratios even on a shared, noisy machine.
+
+use std::path::Path;
+use std::time::Instant;
+
+use image::ImageFormat;
+use serde::Serialize;
+
+use crate::cond::{Maps, build_cond};
+use crate::frames::{FrameLimits, decode_frame};
+use crate::pipeline::{GenerationParams, ImageGenerator, TractGenerator};
+use crate::sampler::Noise;
+
+/// What `mcm-edge bench` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub model: String,
+    pub image_size: usize,
+    /// Model load: read, check, optimize and plan both nets.
+    pub load_ms: f64,
+    /// One denoising step with the base alone (strength 0).
+    pub base_step_ms: f64,
+    /// One denoising step with base + MCM (strength 1).
+    pub mcm_step_ms: f64,
+    /// (mcm_step - base_step) / base_step, in %.
+    pub mcm_overhead_pct: f64,
+    pub steps: usize,
+    /// Frame decode (PNG) -> `steps` DDIM steps with the MCM -> PNG encode.
+    pub end_to_end_ms: f64,
+}
+
+fn median_ms(runs: usize, mut f: impl FnMut()) -> f64 {
+    let mut t: Vec<f64> = (0..runs)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[t.len() / 2]
+}
+
+/// Time the model in `dir` with `frame` (PNG/JPEG bytes of the first modality) as the input map.
+///
+/// # Errors
+/// Model load, frame decoding or inference failures.
+pub fn bench(dir: &Path, frame: &[u8], steps: usize, runs: usize) -> anyhow::Result<BenchReport> {
+    let start = Instant::now();
+    let generator = TractGenerator::load(dir)?;
+    let load_ms = start.elapsed().as_secs_f64() * 1e3;
+    let info = generator.info().clone();
+    let modality = info.modalities.first().ok_or_else(|| anyhow::anyhow!("{}: the model has no modalities", dir.display()))?;
+    let size = info.image.size;
+    let decode = || -> anyhow::Result<Maps> {
+        Ok([(modality.name.clone(), decode_frame(frame, modality, size, &FrameLimits::default())?)].into())
+    };
+    let cond = build_cond(&info, &decode()?)?;
+    let x = Noise::new(0).randn([1, info.image.channels, size, size]);
+    let runs = runs.max(1);
+    generator.eps(&x, 500, &cond, 1.0)?; // warm-up
+    let base_step_ms = median_ms(runs, || {
+        generator.eps(&x, 500, &cond, 0.0).expect("checked by the warm-up");
+    });
+    let mcm_step_ms = median_ms(runs, || {
+        generator.eps(&x, 500, &cond, 1.0).expect("checked by the warm-up");
+    });
+    let params = GenerationParams { seed: 0, steps, strength: 1.0, eta: 0.0 };
+    let mut failure = None;
+    let end_to_end_ms = median_ms(runs.min(5), || {
+        let result = decode().and_then(|maps| {
+            let img = generator.generate(&maps, &params)?;
+            let mut png = std::io::Cursor::new(Vec::new());
+            img.write_to(&mut png, ImageFormat::Png)?;
+            Ok(())
+        });
+        failure = failure.take().or(result.err());
+    });
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    Ok(BenchReport {
+        model: dir.display().to_string(),
+        image_size: size,
+        load_ms,
+        base_step_ms,
+        mcm_step_ms,
+        mcm_overhead_pct: 100.0 * (mcm_step_ms - base_step_ms) / base_step_ms,
+        steps,
+        end_to_end_ms,
+    })
+}

@@ -1,0 +1,483 @@
+//! `edge.toml`: the device service configuration (MQTT connection, model directory, generation
+//! defaults, limits).
+//!
+//! Every section and key is optional and has a default (see [`EdgeConfig::default`] and the
+//! commented `config/edge.toml`); unknown keys are refused so that a typo does not silently fall
+//! back to a default. Errors name the file and the key.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// One mebibyte in bytes.
+const MIB: usize = 1024 * 1024;
+
+/// Errors reading or checking a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    /// The TOML is malformed, a key is unknown or a value has the wrong type (the message names
+    /// the key and the line).
+    #[error("{path}: invalid config: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// A value has the right type but is out of range or inconsistent with another.
+    #[error("{path}: {key}: {message}")]
+    Invalid { path: PathBuf, key: &'static str, message: String },
+}
+
+/// The whole `edge.toml`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// `[mqtt]`: broker connection and topics.
+    pub mqtt: MqttConfig,
+    /// `[model]`: which model directory to load.
+    pub model: ModelConfig,
+    /// `[generation]`: defaults of a generation when a request does not set them.
+    pub generation: GenerationConfig,
+    /// `[limits]`: bounds on input sizes and queues.
+    pub limits: LimitsConfig,
+}
+
+/// MQTT protocol version spoken to the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "u8", into = "u8")]
+pub enum MqttProtocol {
+    /// MQTT 3.1.1 (`protocol = 3`; the wire protocol level 4 is accepted as well).
+    V311,
+    /// MQTT 5 (`protocol = 5`): response topics and correlation data are honoured.
+    V5,
+}
+
+impl TryFrom<u8> for MqttProtocol {
+    type Error = String;
+    fn try_from(v: u8) -> Result<Self, String> {
+        match v {
+            3 | 4 => Ok(MqttProtocol::V311),
+            5 => Ok(MqttProtocol::V5),
+            _ => Err(format!("protocol {v} is not supported: use 3 (MQTT 3.1.1) or 5 (MQTT 5)")),
+        }
+    }
+}
+
+impl From<MqttProtocol> for u8 {
+    fn from(p: MqttProtocol) -> u8 {
+        match p {
+            MqttProtocol::V311 => 3,
+            MqttProtocol::V5 => 5,
+        }
+    }
+}
+
+/// `[mqtt]` section.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Broker host name or IP address.
+    pub host: String,
+    /// Broker TCP port.
+    pub port: u16,
+    /// `mqtt://host:port` or `tcp://host:port`; when set it overrides `host` and `port`.
+    pub url: Option<String>,
+    /// Identifier of this device; used in the default client id and topic prefix. No `/`, `+`, `#`.
+    pub device_id: String,
+    /// MQTT client id; default `mcm-edge-<device_id>`.
+    pub client_id: Option<String>,
+    /// Prefix of every topic; default `mcm/<device_id>/`. A missing trailing `/` is added.
+    pub topic_prefix: Option<String>,
+    /// Filter subscribed for requests instead of `<prefix>request`, e.g. an MQTT 5 shared
+    /// subscription `$share/edge/mcm/+/request` so that many devices share one request stream.
+    pub request_filter: Option<String>,
+    /// Protocol version: 3 (MQTT 3.1.1) or 5.
+    pub protocol: MqttProtocol,
+    /// Keep-alive interval in seconds (at least 5).
+    pub keep_alive_s: u64,
+    /// Largest MQTT packet accepted or sent, in bytes (rumqttc's own default is only 10 KiB).
+    pub max_packet_bytes: usize,
+    /// QoS of the subscriptions and of every publish (0, 1 or 2).
+    pub qos: u8,
+    /// `false` keeps the broker session (subscriptions, queued QoS>0 requests) across reconnects
+    /// and restarts; `true` starts clean every time (subscriptions are renewed on every CONNACK
+    /// either way).
+    pub clean_session: bool,
+    /// MQTT 5 only: how long the broker keeps the session after a disconnect, in seconds, when
+    /// `clean_session = false`.
+    pub session_expiry_s: u32,
+    /// Pause between reconnection attempts, in milliseconds.
+    pub reconnect_delay_ms: u64,
+    /// Optional user name.
+    pub username: Option<String>,
+    /// Optional password (only with `username`).
+    pub password: Option<String>,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            host: "127.0.0.1".into(),
+            port: 1883,
+            url: None,
+            device_id: "edge-1".into(),
+            client_id: None,
+            topic_prefix: None,
+            request_filter: None,
+            protocol: MqttProtocol::V311,
+            keep_alive_s: 30,
+            max_packet_bytes: 16 * MIB,
+            qos: 1,
+            clean_session: false,
+            session_expiry_s: 3600,
+            reconnect_delay_ms: 1000,
+            username: None,
+            password: None,
+        }
+    }
+}
+
+/// `[model]` section.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Model directory holding `model.toml`, `base.onnx`, `mcm.onnx` (relative to the working
+    /// directory).
+    pub dir: PathBuf,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig { dir: PathBuf::from("models/default") }
+    }
+}
+
+/// Where the seed of a generation comes from when the request does not give one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SeedPolicy {
+    /// Always `fixed_seed`: a stream of similar frames gives stable images.
+    Fixed,
+    /// A fresh random seed for every generation.
+    Random,
+    /// `fixed_seed`, `fixed_seed + 1`, ... one per generation.
+    Counter,
+}
+
+/// `[generation]` section.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GenerationConfig {
+    /// DDIM steps when a request does not set `steps` (and for stream frames).
+    pub steps: usize,
+    /// DDIM eta (0 = deterministic DDIM, 1 = DDPM-like).
+    pub eta: f32,
+    /// Conditioning strength when a request does not set `strength` (0 = base alone, 1 = MCM).
+    pub strength: f32,
+    /// Seed policy: `fixed`, `random` or `counter`.
+    pub seed_policy: SeedPolicy,
+    /// The seed of the `fixed` policy and the first seed of the `counter` policy.
+    pub fixed_seed: u64,
+}
+
+impl Default for GenerationConfig {
+    fn default() -> Self {
+        GenerationConfig { steps: 20, eta: 0.0, strength: 1.0, seed_policy: SeedPolicy::Fixed, fixed_seed: 0 }
+    }
+}
+
+/// `[limits]` section.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest encoded frame (PNG/JPEG bytes, after base64 decoding for requests), in bytes.
+    pub max_payload_bytes: usize,
+    /// Largest frame in pixels (width x height), checked before decoding.
+    pub max_pixels: u64,
+    /// Largest `steps` a request may ask for.
+    pub max_steps: usize,
+    /// Accepted requests waiting for generation; one more is refused with `queue_full`.
+    pub queue_depth: usize,
+    /// How many recent request ids are remembered to ignore duplicate deliveries (QoS 1).
+    pub recent_ids: usize,
+    /// Largest strength a request may ask for.
+    pub max_strength: f32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_payload_bytes: 8 * MIB,
+            max_pixels: 4096 * 4096,
+            max_steps: 200,
+            queue_depth: 8,
+            recent_ids: 1024,
+            max_strength: 10.0,
+        }
+    }
+}
+
+impl EdgeConfig {
+    /// Read and check a TOML file.
+    ///
+    /// # Errors
+    /// [`ConfigError::Io`] when unreadable, [`ConfigError::Parse`] for bad TOML, unknown keys or
+    /// wrong types, [`ConfigError::Invalid`] for values out of range.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parse and check TOML `text`; `path` is only used in error messages.
+    ///
+    /// # Errors
+    /// As [`EdgeConfig::load`], without [`ConfigError::Io`].
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: EdgeConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Check ranges and consistency; `path` is only used in error messages.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the first bad key.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |key: &'static str, message: String| Err(ConfigError::Invalid { path: path.to_path_buf(), key, message });
+        let m = &self.mqtt;
+        if m.device_id.is_empty() || m.device_id.contains(['/', '+', '#', '\0']) {
+            return bad("mqtt.device_id", format!("{:?} must be non-empty without '/', '+', '#'", m.device_id));
+        }
+        if let Some(id) = &m.client_id
+            && id.is_empty()
+        {
+            return bad("mqtt.client_id", "must not be empty (omit it for the default)".into());
+        }
+        if let Some(p) = &m.topic_prefix
+            && p.contains(['+', '#', '\0'])
+        {
+            return bad("mqtt.topic_prefix", format!("{p:?} must not contain wildcards '+' or '#'"));
+        }
+        if let Some(f) = &m.request_filter
+            && !valid_filter(f)
+        {
+            return bad("mqtt.request_filter", format!("{f:?} is not a valid MQTT topic filter"));
+        }
+        if let Some(url) = &m.url {
+            if let Err(e) = parse_url(url) {
+                return bad("mqtt.url", e);
+            }
+        } else if m.host.is_empty() {
+            return bad("mqtt.host", "must not be empty".into());
+        }
+        if m.keep_alive_s < 5 {
+            return bad("mqtt.keep_alive_s", format!("{} s is below the minimum of 5 s", m.keep_alive_s));
+        }
+        if m.max_packet_bytes < 1024 || m.max_packet_bytes > 256 * MIB {
+            return bad("mqtt.max_packet_bytes", format!("{} must be within 1 KiB..=256 MiB", m.max_packet_bytes));
+        }
+        if m.qos > 2 {
+            return bad("mqtt.qos", format!("{} must be 0, 1 or 2", m.qos));
+        }
+        if m.password.is_some() && m.username.is_none() {
+            return bad("mqtt.password", "needs mqtt.username".into());
+        }
+        let g = &self.generation;
+        if g.steps == 0 || g.steps > self.limits.max_steps {
+            return bad("generation.steps", format!("{} must be within 1..={} (limits.max_steps)", g.steps, self.limits.max_steps));
+        }
+        if !(0.0..=1.0).contains(&g.eta) {
+            return bad("generation.eta", format!("{} must be within 0..=1", g.eta));
+        }
+        if !g.strength.is_finite() || g.strength < 0.0 || g.strength > self.limits.max_strength {
+            return bad("generation.strength", format!("{} must be within 0..={} (limits.max_strength)", g.strength, self.limits.max_strength));
+        }
+        let l = &self.limits;
+        if l.max_payload_bytes == 0 || l.max_payload_bytes > m.max_packet_bytes {
+            return bad(
+                "limits.max_payload_bytes",
+                format!("{} must be within 1..={} (mqtt.max_packet_bytes)", l.max_payload_bytes, m.max_packet_bytes),
+            );
+        }
+        if l.max_pixels == 0 {
+            return bad("limits.max_pixels", "must be positive".into());
+        }
+        if l.max_steps == 0 {
+            return bad("limits.max_steps", "must be positive".into());
+        }
+        if l.queue_depth == 0 || l.queue_depth > 10_000 {
+            return bad("limits.queue_depth", format!("{} must be within 1..=10000", l.queue_depth));
+        }
+        if l.recent_ids <= l.queue_depth {
+            return bad("limits.recent_ids", format!("{} must exceed limits.queue_depth ({})", l.recent_ids, l.queue_depth));
+        }
+        if !l.max_strength.is_finite() || l.max_strength < 0.0 {
+            return bad("limits.max_strength", format!("{} must be finite and non-negative", l.max_strength));
+        }
+        Ok(())
+    }
+
+    /// The topic prefix, ending in `/`: `mqtt.topic_prefix` or `mcm/<device_id>/`.
+    pub fn topic_prefix(&self) -> String {
+        match &self.mqtt.topic_prefix {
+            Some(p) if p.is_empty() || p.ends_with('/') => p.clone(),
+            Some(p) => format!("{p}/"),
+            None => format!("mcm/{}/", self.mqtt.device_id),
+        }
+    }
+
+    /// The MQTT client id: `mqtt.client_id` or `mcm-edge-<device_id>`.
+    pub fn client_id(&self) -> String {
+        self.mqtt.client_id.clone().unwrap_or_else(|| format!("mcm-edge-{}", self.mqtt.device_id))
+    }
+
+    /// Broker `(host, port)` from `mqtt.url` when set, else `mqtt.host` and `mqtt.port`.
+    ///
+    /// # Errors
+    /// A message when `mqtt.url` is malformed (never after a successful [`EdgeConfig::validate`]).
+    pub fn broker_address(&self) -> Result<(String, u16), String> {
+        match &self.mqtt.url {
+            Some(url) => parse_url(url),
+            None => Ok((self.mqtt.host.clone(), self.mqtt.port)),
+        }
+    }
+
+    /// Keep-alive interval.
+    pub fn keep_alive(&self) -> Duration {
+        Duration::from_secs(self.mqtt.keep_alive_s)
+    }
+}
+
+/// An MQTT topic filter: non-empty, `#` only as the whole last level, `+` only as a whole level.
+fn valid_filter(filter: &str) -> bool {
+    if filter.is_empty() || filter.contains('\0') {
+        return false;
+    }
+    let levels: Vec<&str> = filter.split('/').collect();
+    levels.iter().enumerate().all(|(i, level)| match *level {
+        "#" => i + 1 == levels.len(),
+        "+" => true,
+        l => !l.contains(['+', '#']),
+    })
+}
+
+/// `mqtt://host[:port][/]` or `tcp://host[:port]` (default port 1883) -> `(host, port)`.
+fn parse_url(url: &str) -> Result<(String, u16), String> {
+    let rest = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("tcp://"))
+        .ok_or_else(|| format!("{url:?}: only mqtt:// and tcp:// URLs are supported (no TLS)"))?;
+    let rest = rest.trim_end_matches('/');
+    if rest.contains(['/', '?', '@']) {
+        return Err(format!("{url:?}: expected mqtt://host[:port] without path, query or credentials"));
+    }
+    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+        // [::1]:1883
+        let (h, after) = v6.split_once(']').ok_or_else(|| format!("{url:?}: unclosed '['"))?;
+        (h.to_string(), after.strip_prefix(':'))
+    } else {
+        match rest.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), Some(p)),
+            None => (rest.to_string(), None),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("{url:?}: missing host"));
+    }
+    let port = match port {
+        Some(p) => p.parse::<u16>().map_err(|_| format!("{url:?}: bad port {p:?}"))?,
+        None => 1883,
+    };
+    Ok((host, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<EdgeConfig, ConfigError> {
+        EdgeConfig::parse(text, Path::new("edge.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c, EdgeConfig::default());
+        assert_eq!(c.topic_prefix(), "mcm/edge-1/");
+        assert_eq!(c.client_id(), "mcm-edge-edge-1");
+        assert_eq!(c.mqtt.max_packet_bytes, 16 * MIB);
+        assert_eq!(c.model.dir, PathBuf::from("models/default"));
+    }
+
+    #[test]
+    fn shipped_config_parses_to_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/edge.toml");
+        let c = EdgeConfig::load(&path).unwrap();
+        assert_eq!(c, EdgeConfig::default());
+    }
+
+    #[test]
+    fn keys_are_read() {
+        let c = parse(
+            "[mqtt]\ndevice_id = \"cam7\"\nprotocol = 5\ntopic_prefix = \"site/a\"\nqos = 0\n\
+             [generation]\nseed_policy = \"random\"\nsteps = 10\n[limits]\nqueue_depth = 2\n",
+        )
+        .unwrap();
+        assert_eq!(c.mqtt.protocol, MqttProtocol::V5);
+        assert_eq!(c.topic_prefix(), "site/a/");
+        assert_eq!(c.client_id(), "mcm-edge-cam7");
+        assert_eq!(c.generation.seed_policy, SeedPolicy::Random);
+        assert_eq!(c.limits.queue_depth, 2);
+    }
+
+    #[test]
+    fn unknown_key_is_refused_with_its_name_and_the_file() {
+        let e = parse("[mqtt]\nhots = \"x\"\n").unwrap_err().to_string();
+        assert!(e.contains("edge.toml") && e.contains("hots"), "{e}");
+        let e = parse("[mqt]\n").unwrap_err().to_string();
+        assert!(e.contains("mqt"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let e = parse("[mqtt]\nprotocol = 6\n").unwrap_err().to_string();
+        assert!(e.contains("protocol"), "{e}");
+        let e = parse("[limits]\nqueue_depth = 0\n").unwrap_err().to_string();
+        assert!(e.contains("limits.queue_depth"), "{e}");
+        let e = parse("[mqtt]\ndevice_id = \"a/b\"\n").unwrap_err().to_string();
+        assert!(e.contains("mqtt.device_id"), "{e}");
+        let e = parse("[generation]\nsteps = 500\n").unwrap_err().to_string();
+        assert!(e.contains("generation.steps"), "{e}");
+        let e = parse("[mqtt]\nmax_packet_bytes = 1000000\n").unwrap_err().to_string();
+        assert!(e.contains("limits.max_payload_bytes"), "{e}");
+        let e = parse("[mqtt]\nurl = \"http://x\"\n").unwrap_err().to_string();
+        assert!(e.contains("mqtt.url"), "{e}");
+    }
+
+    #[test]
+    fn missing_file_names_the_path() {
+        let e = EdgeConfig::load(Path::new("/nonexistent/edge.toml")).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/edge.toml"), "{e}");
+    }
+
+    #[test]
+    fn filters() {
+        assert!(valid_filter("$share/edge/mcm/+/request"));
+        assert!(valid_filter("a/#"));
+        assert!(!valid_filter("a/#/b"));
+        assert!(!valid_filter("a/b+"));
+        assert!(!valid_filter(""));
+    }
+
+    #[test]
+    fn urls() {
+        assert_eq!(parse_url("mqtt://broker.local").unwrap(), ("broker.local".into(), 1883));
+        assert_eq!(parse_url("tcp://10.0.0.2:1884/").unwrap(), ("10.0.0.2".into(), 1884));
+        assert_eq!(parse_url("mqtt://[::1]:1999").unwrap(), ("::1".into(), 1999));
+        assert!(parse_url("mqtts://x").is_err());
+        assert!(parse_url("mqtt://x:notaport").is_err());
+        let c = parse("[mqtt]\nurl = \"mqtt://h:7\"\n").unwrap();
+        assert_eq!(c.broker_address().unwrap(), ("h".into(), 7));
+    }
+}

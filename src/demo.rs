@@ -1,0 +1,211 @@
+//! `mcm-edge demo`: the whole loop with no setup. Starts the in-process broker (unless a broker
+//! is given), runs the service on a model directory, publishes the sample frames in
+//! `config/samples/` as a tablet would, saves the returned PNGs and a contact sheet
+//! (maps | base only | MCM with each map and with both, same seed) and prints per-image latency.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use base64::Engine;
+use image::RgbImage;
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use serde_json::json;
+
+use crate::broker;
+use crate::config::{EdgeConfig, MqttProtocol};
+use crate::display::{contact_sheet, render_map};
+use crate::frames::{FrameLimits, decode_frame};
+use crate::pipeline::{ImageGenerator, TractGenerator};
+use crate::service;
+
+/// Settings of the demo.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    pub model: PathBuf,
+    /// Folder with `segmentation/NAME.png` and `sketch/NAME.png` pairs.
+    pub samples: PathBuf,
+    pub out: PathBuf,
+    /// `host:port` of an external broker; None starts the in-process one.
+    pub broker: Option<String>,
+    pub steps: usize,
+    pub seed: u64,
+}
+
+/// One answer received by the demo client.
+enum Answer {
+    Image(Vec<u8>),
+    Error(String),
+}
+
+/// Run the demo; returns the per-image latencies in ms.
+///
+/// # Errors
+/// Missing samples or model, a broker that cannot be reached, an error answer, a timeout.
+pub fn run(opts: &DemoOptions) -> Result<Vec<f64>> {
+    let generator = Arc::new(TractGenerator::load(&opts.model)?);
+    let samples = load_samples(&opts.samples)?;
+    std::fs::create_dir_all(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;
+
+    let (host, port) = match &opts.broker {
+        Some(addr) => {
+            let (h, p) = addr.rsplit_once(':').with_context(|| format!("--broker {addr:?}: expected HOST:PORT"))?;
+            (h.to_string(), p.parse().with_context(|| format!("--broker {addr:?}: bad port"))?)
+        }
+        None => ("127.0.0.1".to_string(), broker::start_local()?.port),
+    };
+    let mut config = EdgeConfig::default();
+    config.mqtt.host = host.clone();
+    config.mqtt.port = port;
+    config.mqtt.device_id = format!("demo-{}", std::process::id());
+    config.mqtt.protocol = MqttProtocol::V311;
+    config.mqtt.clean_session = true;
+    config.model.dir = opts.model.clone();
+    config.generation.steps = opts.steps;
+    let prefix = config.topic_prefix();
+
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let service = {
+        let (config, generator, shutdown) = (config.clone(), Arc::clone(&generator), Arc::clone(&shutdown));
+        std::thread::spawn(move || service::run(&config, generator as Arc<dyn ImageGenerator>, shutdown))
+    };
+    let result = drive(opts, &generator, &samples, &host, port, &prefix, config.mqtt.max_packet_bytes);
+    shutdown.store(true, std::sync::atomic::Ordering::SeqCst);
+    match service.join() {
+        Ok(r) => {
+            r.context("service")?;
+        }
+        Err(_) => bail!("the service thread panicked"),
+    }
+    result
+}
+
+/// The tablet side: publish requests one at a time, collect the answers, write files.
+fn drive(
+    opts: &DemoOptions,
+    generator: &TractGenerator,
+    samples: &[(String, BTreeMap<String, Vec<u8>>)],
+    host: &str,
+    port: u16,
+    prefix: &str,
+    max_packet: usize,
+) -> Result<Vec<f64>> {
+    let mut mqtt = MqttOptions::new(format!("mcm-demo-tablet-{}", std::process::id()), host, port);
+    mqtt.set_max_packet_size(max_packet, max_packet).set_keep_alive(Duration::from_secs(30));
+    let (client, mut connection) = Client::new(mqtt, 64);
+    client.subscribe(format!("{prefix}image/+"), QoS::AtLeastOnce)?;
+    client.subscribe(format!("{prefix}error"), QoS::AtLeastOnce)?;
+    let (tx, answers) = mpsc::channel::<(String, Answer)>();
+    let image_prefix = format!("{prefix}image/");
+    let error_topic = format!("{prefix}error");
+    std::thread::spawn(move || {
+        for event in connection.iter() {
+            match event {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let answer = if let Some(id) = p.topic.strip_prefix(&image_prefix) {
+                        (id.to_string(), Answer::Image(p.payload.to_vec()))
+                    } else if p.topic == error_topic {
+                        let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap_or_default();
+                        (v["id"].as_str().unwrap_or("").to_string(), Answer::Error(String::from_utf8_lossy(&p.payload).into()))
+                    } else {
+                        continue;
+                    };
+                    if tx.send(answer).is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    log::warn!("demo client: {e}");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300)); // let the subscriptions land
+
+    let info = generator.info();
+    let variants: [(&str, &[&str], f32); 4] = [
+        ("base only", &["segmentation", "sketch"], 0.0),
+        ("MCM: segmentation", &["segmentation"], 1.0),
+        ("MCM: sketch", &["sketch"], 1.0),
+        ("MCM: both", &["segmentation", "sketch"], 1.0),
+    ];
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut latencies = Vec::new();
+    let mut rows = Vec::new();
+    for (name, frames) in samples {
+        let mut row: Vec<RgbImage> = Vec::new();
+        for m in &info.modalities {
+            let bytes = frames.get(&m.name).with_context(|| format!("sample {name}: no {} frame", m.name))?;
+            let map = decode_frame(bytes, m, info.image.size, &FrameLimits::default()).with_context(|| format!("sample {name}/{}", m.name))?;
+            row.push(render_map(&map, m));
+        }
+        for (v, (label, use_maps, strength)) in variants.iter().enumerate() {
+            let id = format!("{name}-{v}");
+            let chosen: serde_json::Map<String, serde_json::Value> =
+                use_maps.iter().filter_map(|m| frames.get(*m).map(|b| (m.to_string(), json!(b64.encode(b))))).collect();
+            let request = json!({"id": id, "frames": chosen, "seed": opts.seed, "steps": opts.steps, "strength": strength});
+            let start = Instant::now();
+            client.publish(format!("{prefix}request"), QoS::AtLeastOnce, false, serde_json::to_vec(&request)?)?;
+            let png = wait_for(&answers, &id)?;
+            let ms = start.elapsed().as_secs_f64() * 1e3;
+            latencies.push(ms);
+            println!("{id:>16} {label:<18} {ms:8.0} ms");
+            std::fs::write(opts.out.join(format!("{id}.png")), &png)?;
+            row.push(image::load_from_memory(&png).context("decoding an answer")?.to_rgb8());
+        }
+        rows.push(row);
+    }
+    let _ = client.disconnect();
+    let mut titles: Vec<&str> = info.modalities.iter().map(|m| m.name.as_str()).collect();
+    titles.extend(variants.iter().map(|v| v.0));
+    let sheet = contact_sheet(&titles, &rows, 3);
+    let sheet_path = opts.out.join("sheet.png");
+    sheet.save(&sheet_path).with_context(|| format!("writing {}", sheet_path.display()))?;
+    println!("wrote {} images and {}", latencies.len(), sheet_path.display());
+    Ok(latencies)
+}
+
+fn wait_for(answers: &mpsc::Receiver<(String, Answer)>, id: &str) -> Result<Vec<u8>> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match answers.recv_timeout(left) {
+            Ok((got, Answer::Image(png))) if got == id => return Ok(png),
+            Ok((got, Answer::Error(e))) if got == id => bail!("request {id}: {e}"),
+            Ok(_) => continue,
+            Err(_) => bail!("request {id}: no answer within 300 s"),
+        }
+    }
+}
+
+/// Sample pairs: for each `segmentation/NAME.png`, every modality folder's `NAME.png`.
+fn load_samples(dir: &Path) -> Result<Vec<(String, BTreeMap<String, Vec<u8>>)>> {
+    let seg = dir.join("segmentation");
+    let mut names: Vec<String> = std::fs::read_dir(&seg)
+        .with_context(|| format!("reading {}", seg.display()))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".png"))
+        .collect();
+    names.sort();
+    if names.is_empty() {
+        bail!("{}: no sample PNGs", seg.display());
+    }
+    names
+        .into_iter()
+        .map(|file| {
+            let mut frames = BTreeMap::new();
+            for modality in ["segmentation", "sketch"] {
+                let p = dir.join(modality).join(&file);
+                if p.exists() {
+                    frames.insert(modality.to_string(), std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?);
+                }
+            }
+            Ok((file.trim_end_matches(".png").to_string(), frames))
+        })
+        .collect()
+}

@@ -1,0 +1,162 @@
+//! `mcm-edge`: the device binary. `mcm-edge --help` lists the commands.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use mcm_edge::cond::Maps;
+use mcm_edge::bench;
+use mcm_edge::config::EdgeConfig;
+use mcm_edge::demo::{self, DemoOptions};
+use mcm_edge::service;
+use mcm_edge::eval::{EvalOptions, evaluate};
+use mcm_edge::frames::{FrameLimits, decode_frame};
+use mcm_edge::pipeline::{GenerationParams, ImageGenerator, TractGenerator};
+
+#[derive(Parser)]
+#[command(name = "mcm-edge", version, about = "Sketch / segmentation frames -> images with an MCM-steered frozen diffusion model")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the MQTT service (README "MQTT interface") until SIGINT/SIGTERM.
+    Run {
+        #[arg(long, default_value = "config/edge.toml")]
+        config: PathBuf,
+    },
+    /// The whole loop with no setup: in-process broker, service, sample frames, contact sheet.
+    Demo {
+        #[arg(long, default_value = "models/default")]
+        model: PathBuf,
+        #[arg(long, default_value = "config/samples")]
+        samples: PathBuf,
+        #[arg(long, default_value = "out/demo")]
+        out: PathBuf,
+        /// HOST:PORT of an MQTT broker to use instead of the in-process one.
+        #[arg(long)]
+        broker: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Generate one image from map files (no MQTT).
+    Generate {
+        #[arg(long, default_value = "models/default")]
+        model: PathBuf,
+        /// Map files as MODALITY=PATH, e.g. segmentation=map.png sketch=lines.png.
+        #[arg(required = true)]
+        maps: Vec<String>,
+        #[arg(long, default_value = "out.png")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        #[arg(long, default_value_t = 1.0)]
+        strength: f32,
+        #[arg(long, default_value_t = 0.0)]
+        eta: f32,
+    },
+    /// Time the device pipeline (load, base step, base + MCM step, one image end to end).
+    Bench {
+        #[arg(long, default_value = "models/default")]
+        model: PathBuf,
+        /// Input frame of the model's first modality.
+        #[arg(long, default_value = "config/samples/segmentation/tablet-0.png")]
+        frame: PathBuf,
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Evaluate a model through the device pipeline and write the metrics as JSON.
+    Eval {
+        #[arg(long, default_value = "models/default")]
+        model: PathBuf,
+        /// Held-out dataset folder (images/, segmentation/, sketch/).
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        json: PathBuf,
+        #[arg(long, default_value_t = 64)]
+        limit: usize,
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        #[arg(long, default_value_t = 1.0)]
+        strength: f32,
+        #[arg(long, default_value_t = 1000)]
+        seed: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mcm-edge: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Run { config } => {
+            let config = EdgeConfig::load(&config)?;
+            let generator = TractGenerator::load(&config.model.dir)?;
+            let shutdown = service::shutdown_on_signals().context("installing signal handlers")?;
+            let summary = service::run(&config, Arc::new(generator), shutdown)?;
+            log::info!("stopped: {}", serde_json::to_string(&summary)?);
+        }
+        Command::Demo { model, samples, out, broker, steps, seed } => {
+            let latencies = demo::run(&DemoOptions { model, samples, out, broker, steps, seed })?;
+            let mean = latencies.iter().sum::<f64>() / latencies.len().max(1) as f64;
+            println!("{} images, mean latency {mean:.0} ms per image ({steps} DDIM steps)", latencies.len());
+        }
+        Command::Generate { model, maps, out, seed, steps, strength, eta } => {
+            let generator = TractGenerator::load(&model)?;
+            let info = generator.info();
+            let mut decoded = Maps::new();
+            for arg in &maps {
+                let (name, path) = arg.split_once('=').with_context(|| format!("{arg:?}: expected MODALITY=PATH"))?;
+                let modality = info.modality(name).with_context(|| {
+                    let known: Vec<&str> = info.modalities.iter().map(|m| m.name.as_str()).collect();
+                    format!("unknown modality {name:?} (the model has {known:?})")
+                })?;
+                let bytes = std::fs::read(path).with_context(|| format!("reading {path}"))?;
+                let map = decode_frame(&bytes, modality, info.image.size, &FrameLimits::default()).with_context(|| path.to_string())?;
+                decoded.insert(name.to_string(), map);
+            }
+            let start = std::time::Instant::now();
+            let img = generator.generate(&decoded, &GenerationParams { seed, steps, strength, eta })?;
+            img.save(&out).with_context(|| format!("writing {}", out.display()))?;
+            println!("wrote {} in {:.0} ms", out.display(), start.elapsed().as_secs_f64() * 1e3);
+        }
+        Command::Bench { model, frame, steps, runs, json } => {
+            let bytes = std::fs::read(&frame).with_context(|| format!("reading {}", frame.display()))?;
+            let report = bench::bench(&model, &bytes, steps, runs)?;
+            let text = serde_json::to_string_pretty(&report)?;
+            if let Some(json) = json {
+                std::fs::write(&json, &text).with_context(|| format!("writing {}", json.display()))?;
+            }
+            println!("{text}");
+        }
+        Command::Eval { model, data, json, limit, steps, strength, seed } => {
+            let report = evaluate(&model, &data, &EvalOptions { limit, steps, strength, seed })?;
+            let text = serde_json::to_string_pretty(&report)?;
+            std::fs::write(&json, &text).with_context(|| format!("writing {}", json.display()))?;
+            println!("{text}");
+        }
+    }
+    Ok(())
+}

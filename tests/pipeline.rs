@@ -1,0 +1,109 @@
+//! The real device pipeline end to end: in-process broker, the service running tract on the
+//! committed `models/tiny` fixture, a client sending a request with base64 PNG frames.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use image::{Rgb, RgbImage};
+use mcm_edge::broker;
+use mcm_edge::cond::{ModalityMap, Maps};
+use mcm_edge::config::EdgeConfig;
+use mcm_edge::pipeline::{GenerationParams, ImageGenerator, TractGenerator};
+use mcm_edge::service;
+use ndarray::Array2;
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+
+fn tiny() -> TractGenerator {
+    TractGenerator::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny")).unwrap()
+}
+
+fn png(img: &RgbImage) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+#[test]
+fn generation_is_seeded_and_strength_matters() {
+    let g = tiny();
+    let ids = Array2::from_shape_fn((16, 16), |(y, _)| if y < 8 { 0u8 } else { 4 });
+    let maps: Maps = [("segmentation".to_string(), ModalityMap::Segmentation(ids))].into();
+    let p = GenerationParams { seed: 3, steps: 5, strength: 1.0, eta: 0.0 };
+    let a = g.generate(&maps, &p).unwrap();
+    assert_eq!(a.dimensions(), (16, 16));
+    assert_eq!(a, g.generate(&maps, &p).unwrap(), "same seed, same image");
+    assert_ne!(a, g.generate(&maps, &GenerationParams { seed: 4, ..p.clone() }).unwrap());
+    let base = g.generate(&maps, &GenerationParams { strength: 0.0, ..p.clone() }).unwrap();
+    assert_ne!(a, base, "the (random, non-zero) MCM changes the image");
+    // With strength 0 the maps are ignored: the base alone.
+    assert_eq!(base, g.generate(&Maps::new(), &GenerationParams { strength: 0.0, ..p.clone() }).unwrap());
+    // eta > 0 adds seeded noise.
+    let noisy = GenerationParams { eta: 1.0, ..p };
+    assert_eq!(g.generate(&maps, &noisy).unwrap(), g.generate(&maps, &noisy).unwrap());
+}
+
+#[test]
+fn request_over_mqtt_is_answered_with_a_png_from_tract() {
+    let broker = broker::start_local().unwrap();
+    let mut config = EdgeConfig::default();
+    config.mqtt.port = broker.port;
+    config.mqtt.device_id = "pipeline-test".into();
+    config.mqtt.clean_session = true;
+    config.generation.steps = 4;
+    let prefix = config.topic_prefix();
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let service = {
+        let (config, shutdown) = (config.clone(), Arc::clone(&shutdown));
+        std::thread::spawn(move || service::run(&config, Arc::new(tiny()) as Arc<dyn ImageGenerator>, shutdown))
+    };
+
+    let mut opts = MqttOptions::new("pipeline-test-client", "127.0.0.1", broker.port);
+    opts.set_max_packet_size(1 << 24, 1 << 24);
+    let (client, mut connection) = Client::new(opts, 16);
+    client.subscribe(format!("{prefix}image/+"), QoS::AtLeastOnce).unwrap();
+    client.subscribe(format!("{prefix}error"), QoS::AtLeastOnce).unwrap();
+    client.subscribe(format!("{prefix}status"), QoS::AtLeastOnce).unwrap();
+    // A 200x120 tablet frame: palette colours of sky over grass (resized to 16x16 on the device).
+    let seg = RgbImage::from_fn(200, 120, |_, y| if y < 60 { Rgb([135, 206, 235]) } else { Rgb([0, 200, 0]) });
+    let sketch = RgbImage::from_fn(200, 120, |_, y| if y == 60 { Rgb([0, 0, 0]) } else { Rgb([255, 255, 255]) });
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let request = serde_json::json!({
+        "id": "req-1", "seed": 5, "steps": 3,
+        "frames": {"segmentation": b64.encode(png(&seg)), "sketch": b64.encode(png(&sketch))}
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut sent = false;
+    let mut answer = None;
+    while answer.is_none() && Instant::now() < deadline {
+        match connection.recv_timeout(Duration::from_millis(200)) {
+            // The service is subscribed once it says online.
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) if p.topic.ends_with("status") => {
+                if !sent && p.payload.windows(8).any(|w| w == b"\"online\"") {
+                    client.publish(format!("{prefix}request"), QoS::AtLeastOnce, false, serde_json::to_vec(&request).unwrap()).unwrap();
+                    sent = true;
+                }
+            }
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => answer = Some((p.topic.clone(), p.payload.to_vec())),
+            _ => {}
+        }
+    }
+    shutdown.store(true, Ordering::SeqCst);
+    let (topic, payload) = answer.expect("an answer within 60 s");
+    assert_eq!(topic, format!("{prefix}image/req-1"), "got {}", String::from_utf8_lossy(&payload));
+    let img = image::load_from_memory(&payload).unwrap().to_rgb8();
+    assert_eq!(img.dimensions(), (16, 16));
+    // The service ran the same pipeline as a direct call with the request's seed and steps.
+    let g = tiny();
+    let info = g.info().clone();
+    let limits = mcm_edge::frames::FrameLimits::default();
+    let maps: Maps = [("segmentation", png(&seg)), ("sketch", png(&sketch))]
+        .into_iter()
+        .map(|(n, b)| (n.to_string(), mcm_edge::frames::decode_frame(&b, info.modality(n).unwrap(), 16, &limits).unwrap()))
+        .collect();
+    let direct = g.generate(&maps, &GenerationParams { seed: 5, steps: 3, strength: 1.0, eta: 0.0 }).unwrap();
+    assert_eq!(img, direct);
+    service.join().unwrap().unwrap();
+}
