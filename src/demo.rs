@@ -35,6 +35,9 @@ pub struct DemoOptions {
     pub seed: u64,
 }
 
+/// A named sample: its frames (PNG bytes) by modality name.
+type Sample = (String, BTreeMap<String, Vec<u8>>);
+
 /// One answer received by the demo client.
 enum Answer {
     Image(Vec<u8>),
@@ -87,7 +90,7 @@ pub fn run(opts: &DemoOptions) -> Result<Vec<f64>> {
 fn drive(
     opts: &DemoOptions,
     generator: &TractGenerator,
-    samples: &[(String, BTreeMap<String, Vec<u8>>)],
+    samples: &[Sample],
     host: &str,
     port: u16,
     prefix: &str,
@@ -184,7 +187,7 @@ fn wait_for(answers: &mpsc::Receiver<(String, Answer)>, id: &str) -> Result<Vec<
 }
 
 /// Sample pairs: for each `segmentation/NAME.png`, every modality folder's `NAME.png`.
-fn load_samples(dir: &Path) -> Result<Vec<(String, BTreeMap<String, Vec<u8>>)>> {
+fn load_samples(dir: &Path) -> Result<Vec<Sample>> {
     let seg = dir.join("segmentation");
     let mut names: Vec<String> = std::fs::read_dir(&seg)
         .with_context(|| format!("reading {}", seg.display()))?

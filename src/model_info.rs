@@ -152,14 +152,14 @@ impl ModelInfo {
                 return Err(format!("modality {:?}: a sketch has 1 channel, not {}", m.name, m.channels));
             }
         }
-        if let Some(mcm) = &self.mcm {
-            if mcm.cond_channels != self.cond_channels() {
-                return Err(format!(
-                    "[mcm] cond_channels = {} but the modalities need {} (channels + 1 presence each)",
-                    mcm.cond_channels,
-                    self.cond_channels()
-                ));
-            }
+        if let Some(mcm) = &self.mcm
+            && mcm.cond_channels != self.cond_channels()
+        {
+            return Err(format!(
+                "[mcm] cond_channels = {} but the modalities need {} (channels + 1 presence each)",
+                mcm.cond_channels,
+                self.cond_channels()
+            ));
         }
         Ok(())
     }

@@ -750,6 +750,7 @@ impl RecentIds {
 fn dispatch(ctx: Ctx, rx: Receiver<LoopEvent>) {
     let mut recent = RecentIds::new(ctx.config.limits.recent_ids);
     let frame_prefix = format!("{}frame/", ctx.prefix);
+    let request_filter = ctx.config.mqtt.request_filter.clone().unwrap_or_else(|| format!("{}request", ctx.prefix));
     loop {
         let stopping = ctx.stopping();
         let event = if stopping {
@@ -770,9 +771,7 @@ fn dispatch(ctx: Ctx, rx: Receiver<LoopEvent>) {
                 if stopping {
                     continue;
                 }
-                let request_filter =
-                    ctx.config.mqtt.request_filter.clone().unwrap_or_else(|| format!("{}request", ctx.prefix));
-                for filter in [format!("{frame_prefix}+"), request_filter] {
+                for filter in [format!("{frame_prefix}+"), request_filter.clone()] {
                     match ctx.out.subscribe(&filter) {
                         Ok(()) => log::info!("subscribed to {filter}"),
                         Err(e) => log::error!("{e}"),
@@ -785,13 +784,34 @@ fn dispatch(ctx: Ctx, rx: Receiver<LoopEvent>) {
                     if !stopping {
                         on_frame(&ctx, modality, payload);
                     }
-                } else {
+                } else if topic_matches(&request_filter, &topic) {
                     on_request(&ctx, &mut recent, &payload, reply, stopping);
+                } else {
+                    // E.g. a subscription left in a persistent session by an older configuration.
+                    log::debug!("ignoring a message on {topic:?}");
                 }
             }
         }
     }
     log::debug!("dispatcher stopped");
+}
+
+/// Whether `topic` matches the MQTT `filter` (`+`, `#`; a `$share/<group>/` prefix is ignored).
+fn topic_matches(filter: &str, topic: &str) -> bool {
+    let filter = match filter.strip_prefix("$share/").and_then(|rest| rest.split_once('/')) {
+        Some((_group, f)) => f,
+        None => filter,
+    };
+    let mut topic_levels = topic.split('/');
+    for level in filter.split('/') {
+        match (level, topic_levels.next()) {
+            ("#", _) => return true,
+            ("+", Some(_)) => {}
+            (l, Some(t)) if l == t => {}
+            _ => return false,
+        }
+    }
+    topic_levels.next().is_none()
 }
 
 fn on_frame(ctx: &Ctx, modality: &str, payload: Vec<u8>) {
@@ -1094,6 +1114,17 @@ mod tests {
         assert!(r.contains("a") && r.contains("b"));
         r.insert("c");
         assert!(!r.contains("a") && r.contains("b") && r.contains("c"));
+    }
+
+    #[test]
+    fn topic_filters() {
+        assert!(topic_matches("mcm/a/request", "mcm/a/request"));
+        assert!(!topic_matches("mcm/a/request", "mcm/b/request"));
+        assert!(topic_matches("$share/edge/mcm/+/request", "mcm/b/request"));
+        assert!(!topic_matches("mcm/+/request", "mcm/b/request/x"));
+        assert!(topic_matches("mcm/#", "mcm/b/request/x"));
+        assert!(topic_matches("mcm/#", "mcm"));
+        assert!(!topic_matches("mcm/+", "mcm"));
     }
 
     #[test]

@@ -80,12 +80,14 @@ fn request_over_mqtt_is_answered_with_a_png_from_tract() {
     while answer.is_none() && Instant::now() < deadline {
         match connection.recv_timeout(Duration::from_millis(200)) {
             // The service is subscribed once it says online.
-            Ok(Ok(Event::Incoming(Packet::Publish(p)))) if p.topic.ends_with("status") => {
-                if !sent && p.payload.windows(8).any(|w| w == b"\"online\"") {
-                    client.publish(format!("{prefix}request"), QoS::AtLeastOnce, false, serde_json::to_vec(&request).unwrap()).unwrap();
-                    sent = true;
-                }
+            Ok(Ok(Event::Incoming(Packet::Publish(p))))
+                if p.topic.ends_with("status") && !sent && p.payload.windows(8).any(|w| w == b"\"online\"") =>
+            {
+                let body = serde_json::to_vec(&request).unwrap();
+                client.publish(format!("{prefix}request"), QoS::AtLeastOnce, false, body).unwrap();
+                sent = true;
             }
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) if p.topic.ends_with("status") => {}
             Ok(Ok(Event::Incoming(Packet::Publish(p)))) => answer = Some((p.topic.clone(), p.payload.to_vec())),
             _ => {}
         }

@@ -196,6 +196,45 @@ fn start_mosquitto() -> Option<Mosquitto> {
     Some(m)
 }
 
+/// A TCP proxy in front of a broker whose connections the test can cut, to make the broker see
+/// an abrupt disconnect (last will) and the service reconnect.
+struct Proxy {
+    port: u16,
+    conns: Arc<std::sync::Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(upstream: u16) -> Proxy {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let conns: Arc<std::sync::Mutex<Vec<TcpStream>>> = Arc::default();
+        let list = Arc::clone(&conns);
+        std::thread::spawn(move || {
+            for down in listener.incoming() {
+                let Ok(down) = down else { continue };
+                let Ok(up) = TcpStream::connect((Ipv4Addr::LOCALHOST, upstream)) else { continue };
+                let mut l = list.lock().unwrap();
+                l.push(down.try_clone().unwrap());
+                l.push(up.try_clone().unwrap());
+                for (mut from, mut to) in [(down.try_clone().unwrap(), up.try_clone().unwrap()), (up, down)] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Proxy { port, conns }
+    }
+
+    /// Close every proxied connection at once (no MQTT DISCONNECT).
+    fn cut(&self) {
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
 // ------------------------------------------------------------------------------------------
 // Test client (MQTT 3.1.1 or 5), receiving everything under a filter.
 
@@ -649,7 +688,7 @@ fn burst_larger_than_the_queue_gets_one_answer_per_id() {
     }
     let images = answers.values().filter(|a| a[0] == "image").count();
     let full = answers.values().filter(|a| a[0] == "queue_full").count();
-    assert!(images >= 3, "the running job and a full queue at least: {answers:?}");
+    assert!(images >= 2, "a full queue at least: {answers:?}");
     assert!(full >= 1, "{answers:?}");
     let summary = svc.stop();
     assert_eq!(summary.images_generated as usize, images);
@@ -677,7 +716,7 @@ fn duplicate_delivery_of_an_id_is_answered_once() {
 
 #[test]
 fn latest_frame_wins_while_busy() {
-    let (svc, mut tc) = start(test_config(rumqttd().port, MqttProtocol::V311), Duration::from_millis(300), MqttProtocol::V311);
+    let (svc, mut tc) = start(test_config(rumqttd().port, MqttProtocol::V311), Duration::from_millis(600), MqttProtocol::V311);
     let p = svc.prefix.clone();
     // The first frame starts a job; while it runs, three more arrive: two are replaced.
     tc.publish(&format!("{p}frame/segmentation"), seg_png());
@@ -691,7 +730,7 @@ fn latest_frame_wins_while_busy() {
     assert_eq!(first.get_pixel(2, 2).0, PALETTE[1]);
     let second = decode_png(&tc.wait_for("image 2", |m| m.topic == format!("{p}image")).payload);
     assert_eq!(second.get_pixel(2, 2).0, PALETTE[3], "the latest frame wins");
-    let rest = tc.drain(Duration::from_millis(700));
+    let rest = tc.drain(Duration::from_millis(900));
     assert!(rest.iter().all(|m| m.topic != format!("{p}image")), "only two images");
     let status = rest.iter().rev().find(|m| m.topic == format!("{p}status")).expect("a status").json();
     assert_eq!(status["dropped_frames"], 2, "{status}");
@@ -761,4 +800,39 @@ fn shutdown_without_a_broker_returns() {
     let summary = handle.join().unwrap().unwrap();
     assert_eq!(summary, ServiceSummary::default());
     assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
+}
+
+/// rumqttc pitfall: after a reconnect with a clean session the subscriptions are gone. The broker
+/// publishes the last will (offline), the service reconnects, subscribes again and says online.
+#[test]
+fn reconnect_renews_subscriptions_and_status() {
+    for clean_session in [true, false] {
+        let broker = rumqttd();
+        let proxy = Proxy::start(broker.port);
+        let mut config = test_config(proxy.port, MqttProtocol::V311);
+        config.mqtt.clean_session = clean_session;
+        config.mqtt.keep_alive_s = 5;
+        let prefix = config.topic_prefix();
+        let status = format!("{prefix}status");
+        let mut tc = TestClient::connect(broker.port, MqttProtocol::V311);
+        tc.subscribe(&format!("{prefix}#"));
+        let generator: Arc<dyn ImageGenerator> = FakeGenerator::new(Duration::ZERO);
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let handle = {
+            let shutdown = Arc::clone(&shutdown);
+            std::thread::spawn(move || service::run(&config, generator, shutdown))
+        };
+        tc.wait_for("online", |m| m.topic == status && m.json()["state"] == "online");
+
+        proxy.cut();
+        let will = tc.wait_for("last will", |m| m.topic == status && m.json()["state"] == "offline");
+        assert_eq!(will.json(), json!({"state": "offline"}));
+        tc.wait_for("online again", |m| m.topic == status && m.json()["state"] == "online");
+
+        let body = request("after-reconnect", json!({ "segmentation": b64(&big_seg_png()) }));
+        tc.publish(&format!("{prefix}request"), body);
+        tc.wait_for("image after reconnect", |m| m.topic == format!("{prefix}image/after-reconnect"));
+        shutdown.store(true, Ordering::SeqCst);
+        handle.join().unwrap().unwrap();
+    }
 }
