@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
@@ -76,7 +76,7 @@ pub fn run(opts: &DemoOptions) -> Result<Vec<f64>> {
         std::thread::spawn(move || service::run(&config, generator as Arc<dyn ImageGenerator>, shutdown))
     };
     let result = drive(opts, &generator, &samples, &host, port, &prefix, config.mqtt.max_packet_bytes);
-    shutdown.store(true, std::sync::atomic::Ordering::SeqCst);
+    shutdown.store(true, Ordering::SeqCst);
     match service.join() {
         Ok(r) => {
             r.context("service")?;
@@ -102,6 +102,8 @@ fn drive(
     client.subscribe(format!("{prefix}image/+"), QoS::AtLeastOnce)?;
     client.subscribe(format!("{prefix}error"), QoS::AtLeastOnce)?;
     let (tx, answers) = mpsc::channel::<(String, Answer)>();
+    let closing = Arc::new(AtomicBool::new(false));
+    let closing_seen = Arc::clone(&closing);
     let image_prefix = format!("{prefix}image/");
     let error_topic = format!("{prefix}error");
     std::thread::spawn(move || {
@@ -121,6 +123,7 @@ fn drive(
                     }
                 }
                 Ok(_) => {}
+                Err(_) if closing_seen.load(Ordering::SeqCst) => break,
                 Err(e) => {
                     log::warn!("demo client: {e}");
                     std::thread::sleep(Duration::from_millis(200));
@@ -163,6 +166,7 @@ fn drive(
         }
         rows.push(row);
     }
+    closing.store(true, Ordering::SeqCst);
     let _ = client.disconnect();
     let mut titles: Vec<&str> = info.modalities.iter().map(|m| m.name.as_str()).collect();
     titles.extend(variants.iter().map(|v| v.0));
