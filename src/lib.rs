@@ -4,19 +4,19 @@
 //! One concept per module: [`model_info`] (model.toml), [`schedule`] (noise schedule), [`sampler`]
 //! (DDIM), [`model`] (tract plans), [`cond`] (conditioning tensor), [`pipeline`] (generation),
 //! [`frames`] (decoding), [`config`] (edge.toml), [`service`] (MQTT), [`broker`] (in-process
-//! broker), [`display`] (contact sheets), [`eval`] (metrics), [`demo`].
+//! broker), [`display`] (contact sheets), [`eval`] (metrics), [`bench`] (timings), [`demo`].
 
+pub mod bench;
+pub mod broker;
 pub mod cond;
-pub mod frames;
-pub mod model_info;
-pub mod pipeline;
-pub mod model;
-pub mod sampler;
-pub mod schedule;
+pub mod config;
+pub mod demo;
 pub mod display;
 pub mod eval;
-pub mod config;
+pub mod frames;
+pub mod model;
+pub mod model_info;
+pub mod pipeline;
+pub mod sampler;
+pub mod schedule;
 pub mod service;
-pub mod broker;
-pub mod bench;
-pub mod demo;
