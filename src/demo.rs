@@ -33,6 +33,8 @@ pub struct DemoOptions {
     pub broker: Option<String>,
     pub steps: usize,
     pub seed: u64,
+    /// Conditioning strength of the MCM cells.
+    pub strength: f32,
 }
 
 /// A named sample: its frames (PNG bytes) by modality name.
@@ -134,11 +136,12 @@ fn drive(
     std::thread::sleep(Duration::from_millis(300)); // let the subscriptions land
 
     let info = generator.info();
+    let s = opts.strength;
     let variants: [(&str, &[&str], f32); 4] = [
         ("base only", &["segmentation", "sketch"], 0.0),
-        ("MCM: segmentation", &["segmentation"], 1.0),
-        ("MCM: sketch", &["sketch"], 1.0),
-        ("MCM: both", &["segmentation", "sketch"], 1.0),
+        ("MCM: segmentation", &["segmentation"], s),
+        ("MCM: sketch", &["sketch"], s),
+        ("MCM: both", &["segmentation", "sketch"], s),
     ];
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut latencies = Vec::new();

@@ -45,6 +45,9 @@ enum Command {
         steps: usize,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Conditioning strength of the MCM cells (1.5 scores best on models/default).
+        #[arg(long, default_value_t = 1.5)]
+        strength: f32,
     },
     /// Generate one image from map files (no MQTT).
     Generate {
@@ -59,7 +62,7 @@ enum Command {
         seed: u64,
         #[arg(long, default_value_t = 20)]
         steps: usize,
-        #[arg(long, default_value_t = 1.0)]
+        #[arg(long, default_value_t = 1.5)]
         strength: f32,
         #[arg(long, default_value_t = 0.0)]
         eta: f32,
@@ -91,7 +94,7 @@ enum Command {
         limit: usize,
         #[arg(long, default_value_t = 20)]
         steps: usize,
-        #[arg(long, default_value_t = 1.0)]
+        #[arg(long, default_value_t = 1.5)]
         strength: f32,
         #[arg(long, default_value_t = 1000)]
         seed: u64,
@@ -118,8 +121,8 @@ fn run(cli: Cli) -> Result<()> {
             let summary = service::run(&config, Arc::new(generator), shutdown)?;
             log::info!("stopped: {}", serde_json::to_string(&summary)?);
         }
-        Command::Demo { model, samples, out, broker, steps, seed } => {
-            let latencies = demo::run(&DemoOptions { model, samples, out, broker, steps, seed })?;
+        Command::Demo { model, samples, out, broker, steps, seed, strength } => {
+            let latencies = demo::run(&DemoOptions { model, samples, out, broker, steps, seed, strength })?;
             let mean = latencies.iter().sum::<f64>() / latencies.len().max(1) as f64;
             println!("{} images, mean latency {mean:.0} ms per image ({steps} DDIM steps)", latencies.len());
         }

@@ -55,9 +55,11 @@ impl Schedule {
         self.alpha_bar.len()
     }
 
-    /// DDIM timesteps for `steps` sampling steps, "leading" spacing as in diffusers'
-    /// `DDIMScheduler`: `t_i = i * (T / steps)`, from the largest down to 0. Each entry is
-    /// `(timestep, alpha_bar_t, alpha_bar_prev)`, with alpha_bar_prev = 1 after the last step.
+    /// DDIM timesteps for `steps` sampling steps, "trailing" spacing (Lin et al. 2024, "Common
+    /// Diffusion Noise Schedules and Sample Steps are Flawed", Table 2; diffusers'
+    /// `timestep_spacing="trailing"`): `t_i = round(T - i * T / steps) - 1` for i in `0..steps`, so
+    /// sampling always starts at the noisiest timestep T - 1, even with very few steps. Each entry
+    /// is `(timestep, alpha_bar_t, alpha_bar_prev)`, with alpha_bar_prev = 1 after the last step.
     ///
     /// # Errors
     /// `steps` is 0 or larger than T.
@@ -66,12 +68,13 @@ impl Schedule {
         if steps == 0 || steps > t_max {
             return Err(format!("steps must be in 1..={t_max}, got {steps}"));
         }
-        let ratio = t_max / steps;
-        Ok((0..steps)
-            .rev()
-            .map(|i| {
-                let t = i * ratio;
-                let prev = if i == 0 { 1.0 } else { self.alpha_bar[t - ratio] };
+        let ratio = t_max as f64 / steps as f64;
+        let ts: Vec<usize> = (0..steps).map(|i| ((t_max as f64 - i as f64 * ratio).round() as usize).saturating_sub(1)).collect();
+        Ok(ts
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| {
+                let prev = ts.get(i + 1).map_or(1.0, |&p| self.alpha_bar[p]);
                 (t, self.alpha_bar[t], prev)
             })
             .collect())
@@ -112,13 +115,17 @@ mod tests {
     }
 
     #[test]
-    fn ddim_timesteps_are_leading_and_end_at_one() {
+    fn ddim_timesteps_are_trailing_and_end_at_one() {
         let s = Schedule::new(&info("linear")).unwrap();
         let ts = s.ddim_timesteps(10).unwrap();
         let t: Vec<usize> = ts.iter().map(|x| x.0).collect();
-        assert_eq!(t, vec![900, 800, 700, 600, 500, 400, 300, 200, 100, 0]);
-        assert_eq!(ts[0].2, s.alpha_bar[800]);
+        assert_eq!(t, vec![999, 899, 799, 699, 599, 499, 399, 299, 199, 99]);
+        assert_eq!(ts[0].2, s.alpha_bar[899]);
         assert_eq!(ts[9].2, 1.0);
+        // One step starts from pure noise (t = T - 1), not from t = 0.
+        assert_eq!(s.ddim_timesteps(1).unwrap(), vec![(999, s.alpha_bar[999], 1.0)]);
+        let all: Vec<usize> = s.ddim_timesteps(1000).unwrap().iter().map(|x| x.0).collect();
+        assert_eq!(all, (0..1000).rev().collect::<Vec<_>>());
         assert!(s.ddim_timesteps(0).is_err());
         assert!(s.ddim_timesteps(1001).is_err());
     }

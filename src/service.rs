@@ -883,8 +883,12 @@ fn parse_request(ctx: &Ctx, recent: &RecentIds, payload: &[u8], stopping: bool) 
     if chars == 0 || chars > MAX_ID_CHARS {
         return Err(Refusal::new(Some(id), "invalid_id", format!("id must have 1..={MAX_ID_CHARS} characters, not {chars}")));
     }
-    if id.contains(['+', '#', '\0']) {
-        return Err(Refusal::new(Some(id), "invalid_id", "id must not contain '+', '#' or NUL (it is used in a topic)"));
+    if id.contains(['/', '+', '#', '\0']) {
+        return Err(Refusal::new(
+            Some(id),
+            "invalid_id",
+            "id must not contain '/', '+', '#' or NUL (it is the last level of the topic image/<id>)",
+        ));
     }
     if recent.contains(id) {
         log::info!("request {id:?}: duplicate delivery ignored");

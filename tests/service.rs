@@ -555,6 +555,7 @@ fn bad_requests_get_errors_with_id_and_code() {
         (request("empty", json!({})), json!("empty"), "no_frames"),
         (request(&long_id, json!({ "segmentation": seg })), json!(long_id), "invalid_id"),
         (request("", json!({ "segmentation": seg })), json!(""), "invalid_id"),
+        (request("a/b", json!({ "segmentation": seg })), json!("a/b"), "invalid_id"),
         (
             serde_json::to_vec(&json!({ "id": "extra", "frames": { "segmentation": seg }, "colour": 1 })).unwrap(),
             json!("extra"),
