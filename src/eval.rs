@@ -236,44 +236,46 @@ pub fn evaluate(model_dir: &Path, data: &Path, opts: &EvalOptions) -> Result<Eva
     let seg_name = info.modalities.iter().find(|m| m.kind == ModalityKind::Segmentation).map(|m| m.name.clone()).unwrap_or_default();
     let sk_name = info.modalities.iter().find(|m| m.kind == ModalityKind::Sketch).map(|m| m.name.clone()).unwrap_or_default();
     let range = info.image.value_range;
-    let (mut iou_base, mut iou_mcm, mut iou_both, mut iou_real) =
-        (IouCounts::new(classes), IouCounts::new(classes), IouCounts::new(classes), IouCounts::new(classes));
-    let (mut e_base, mut e_mcm, mut e_both, mut e_real) = Default::default();
+    // Scored images per example, in this order: base alone, MCM with the segmentation, with the
+    // sketch, with both, and the real image (the ceilings).
+    const BASE: usize = 0;
+    const SEG: usize = 1;
+    const SKETCH: usize = 2;
+    const BOTH: usize = 3;
+    const REAL: usize = 4;
+    let mut ious = vec![IouCounts::new(classes); 5];
+    let mut edges = [EdgeCounts::default(); 5];
     for (i, ex) in examples.iter().enumerate() {
         let params = |strength| GenerationParams { seed: opts.seed + i as u64, steps: opts.steps, strength, eta: 0.0 };
-        let seg_map = ModalityMap::Segmentation(ex.segmentation.clone());
-        let sk_map = ModalityMap::Sketch(ex.sketch.clone());
-        let only_seg: Maps = [(seg_name.clone(), seg_map.clone())].into();
-        let only_sk: Maps = [(sk_name.clone(), sk_map.clone())].into();
-        let both: Maps = [(seg_name.clone(), seg_map), (sk_name.clone(), sk_map)].into();
+        let seg_map = (seg_name.clone(), ModalityMap::Segmentation(ex.segmentation.clone()));
+        let sk_map = (sk_name.clone(), ModalityMap::Sketch(ex.sketch.clone()));
+        let both: Maps = [seg_map.clone(), sk_map.clone()].into();
+        let images = [
+            generator.generate(&both, &params(0.0))?,
+            generator.generate(&[seg_map].into(), &params(opts.strength))?,
+            generator.generate(&[sk_map].into(), &params(opts.strength))?,
+            generator.generate(&both, &params(opts.strength))?,
+            ex.image.clone(),
+        ];
         let truth_edges = strokes_to_edges(&ex.sketch);
-        let base = generator.generate(&both, &params(0.0))?;
-        let img_seg = generator.generate(&only_seg, &params(opts.strength))?;
-        let img_sk = generator.generate(&only_sk, &params(opts.strength))?;
-        let img_both = generator.generate(&both, &params(opts.strength))?;
-        iou_base.add(&segment(&segmenter, &base, range)?, &ex.segmentation);
-        iou_mcm.add(&segment(&segmenter, &img_seg, range)?, &ex.segmentation);
-        iou_both.add(&segment(&segmenter, &img_both, range)?, &ex.segmentation);
-        iou_real.add(&segment(&segmenter, &ex.image, range)?, &ex.segmentation);
-        EdgeCounts::add(&mut e_base, &edges_of(&base), &truth_edges);
-        EdgeCounts::add(&mut e_mcm, &edges_of(&img_sk), &truth_edges);
-        EdgeCounts::add(&mut e_both, &edges_of(&img_both), &truth_edges);
-        EdgeCounts::add(&mut e_real, &edges_of(&ex.image), &truth_edges);
+        for (k, img) in images.iter().enumerate() {
+            ious[k].add(&segment(&segmenter, img, range)?, &ex.segmentation);
+            edges[k].add(&edges_of(img), &truth_edges);
+        }
         log::info!("eval {}/{}", i + 1, examples.len());
     }
-    let (e_base, e_mcm, e_both, e_real): (EdgeCounts, EdgeCounts, EdgeCounts, EdgeCounts) = (e_base, e_mcm, e_both, e_real);
     Ok(EvalReport {
         n: examples.len(),
         steps: opts.steps,
         strength: opts.strength,
-        miou_mcm: iou_mcm.miou(),
-        miou_mcm_both: iou_both.miou(),
-        miou_base: iou_base.miou(),
-        miou_ceiling: iou_real.miou(),
-        edge_f1_mcm: e_mcm.f1(),
-        edge_f1_mcm_both: e_both.f1(),
-        edge_f1_base: e_base.f1(),
-        edge_f1_ceiling: e_real.f1(),
+        miou_mcm: ious[SEG].miou(),
+        miou_mcm_both: ious[BOTH].miou(),
+        miou_base: ious[BASE].miou(),
+        miou_ceiling: ious[REAL].miou(),
+        edge_f1_mcm: edges[SKETCH].f1(),
+        edge_f1_mcm_both: edges[BOTH].f1(),
+        edge_f1_base: edges[BASE].f1(),
+        edge_f1_ceiling: edges[REAL].f1(),
         seconds: start.elapsed().as_secs_f64(),
     })
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -105,10 +106,11 @@ def cmd_mcm(a: argparse.Namespace) -> None:
                        drop_prob=a.drop_prob, l1_weight=a.l1_weight)
     if not result.done:
         return
-    if a.out.resolve() != a.base.resolve():
-        for name in ("base.onnx",):
-            (a.out / name).parent.mkdir(parents=True, exist_ok=True)
-            (a.out / name).write_bytes((a.base / name).read_bytes())
+    if a.out.resolve() != a.base.resolve():  # the new model dir carries the base it was trained on
+        (a.out / "test_vectors").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(a.base / doc["base"]["file"], a.out / doc["base"]["file"])
+        for vec in (a.base / "test_vectors").glob("base.*.npy"):
+            shutil.copy2(vec, a.out / "test_vectors" / vec.name)
         update_model_toml(a.out, **{k: v for k, v in doc.items() if k not in ("mcm", "modalities")})
     export_mcm(result.model, k, a.out)
     update_model_toml(a.out, modalities=[asdict(m) for m in modalities],

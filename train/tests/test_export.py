@@ -48,6 +48,12 @@ def test_cli_trains_and_exports_a_whole_model(scenes: Path, tmp_path: Path) -> N
         assert (out / f).exists(), f
     cfg = json.loads((runs / "b" / "config.json").read_text())
     assert cfg["unet"]["channels"] == [8, 16]
+    # An MCM written to a new directory carries the base it was trained on.
+    out2 = tmp_path / "model2"
+    main(["mcm", "--base", str(out), "--data", str(scenes), "--out", str(out2), "--run-dir", str(runs / "m2"), *small])
+    doc2 = tomllib.loads((out2 / "model.toml").read_text())
+    assert doc2["base"] == doc["base"] and doc2["mcm"]["steps"] == 2
+    assert (out2 / "base.onnx").exists() and (out2 / "test_vectors" / "base.eps.npy").exists()
 
 
 def test_export_diffusers_tiny_unet(tmp_path: Path) -> None:

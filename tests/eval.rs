@@ -1,0 +1,42 @@
+//! `mcm-edge eval` end to end on the committed `models/tiny` fixture and a two-scene dataset
+//! folder written here (random weights: only the plumbing and the value ranges are checked).
+
+use std::path::Path;
+
+use image::{Luma, Rgb, RgbImage};
+use mcm_edge::eval::{EvalOptions, evaluate};
+
+#[test]
+fn eval_scores_every_variant_on_a_folder_dataset() {
+    let data = std::env::temp_dir().join(format!("mcm-edge-eval-{}", std::process::id()));
+    for sub in ["images", "segmentation", "sketch"] {
+        std::fs::create_dir_all(data.join(sub)).unwrap();
+    }
+    for (i, horizon) in [(0, 10u32), (1, 20)] {
+        let name = format!("{i:05}.png");
+        let (sky, grass) = (Rgb([135, 206, 235]), Rgb([0, 200, 0]));
+        RgbImage::from_fn(32, 32, |_, y| if y < horizon { sky } else { grass }).save(data.join("segmentation").join(&name)).unwrap();
+        RgbImage::from_fn(32, 32, |_, y| if y < horizon { Rgb([90, 140, 220]) } else { Rgb([40, 150, 40]) })
+            .save(data.join("images").join(&name))
+            .unwrap();
+        image::GrayImage::from_fn(32, 32, |_, y| Luma([if y == horizon { 0 } else { 255 }])).save(data.join("sketch").join(&name)).unwrap();
+    }
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny");
+    let report = evaluate(&model, &data, &EvalOptions { limit: 10, steps: 3, strength: 1.0, seed: 0 }).unwrap();
+    assert_eq!((report.n, report.steps), (2, 3));
+    for v in [report.miou_mcm, report.miou_mcm_both, report.miou_base, report.miou_ceiling] {
+        assert!((0.0..=1.0).contains(&v), "{report:?}");
+    }
+    for v in [report.edge_f1_mcm, report.edge_f1_mcm_both, report.edge_f1_base, report.edge_f1_ceiling] {
+        assert!((0.0..=1.0).contains(&v), "{report:?}");
+    }
+    let json = serde_json::to_value(&report).unwrap();
+    for key in ["miou_mcm", "miou_base", "miou_ceiling", "edge_f1_mcm", "edge_f1_base", "n", "steps"] {
+        assert!(json.get(key).is_some(), "{key} missing from {json}");
+    }
+    // A folder without images is a clear error naming it.
+    let empty = data.join("nothing");
+    std::fs::create_dir_all(empty.join("images")).unwrap();
+    let err = evaluate(&model, &empty, &EvalOptions { limit: 10, steps: 3, strength: 1.0, seed: 0 }).unwrap_err().to_string();
+    assert!(err.contains("images"), "{err}");
+}
