@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -18,7 +19,7 @@ from .frozen import onnx_eps_fn, torch_eps_fn
 from .models import MCM, UNet, UNetConfig, count_parameters, modulate
 
 
-def _median_seconds(step: callable, runs: int) -> float:
+def _median_seconds(step: Callable[[], None], runs: int) -> float:
     step()  # warm-up
     times = []
     for _ in range(runs):
