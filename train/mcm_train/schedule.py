@@ -65,10 +65,3 @@ def add_noise(x_0: torch.Tensor, eps: torch.Tensor, timestep: torch.Tensor, alph
     ab = alpha_bar_t[timestep].view(-1, 1, 1, 1)
     return ab.sqrt() * x_0 + (1 - ab).sqrt() * eps
 
-
-def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, ab_t: float, ab_prev: float) -> torch.Tensor:
-    """Deterministic DDIM update (Song et al. 2021, Eq. 12 with eta = 0) from alpha_bar `ab_t` to
-    `ab_prev`; x_0 is clipped to [-1, 1]. Used for previews in Python; the device has its own sampler."""
-    x_0 = ((x_t - (1 - ab_t) ** 0.5 * eps) / ab_t**0.5).clamp(-1, 1)
-    eps = (x_t - ab_t**0.5 * x_0) / (1 - ab_t) ** 0.5
-    return ab_prev**0.5 * x_0 + (1 - ab_prev) ** 0.5 * eps
