@@ -264,6 +264,23 @@ enum TcClient {
     V5(rumqttc::v5::Client),
 }
 
+/// Forward a connection's events to the test thread until it hangs up; connection errors are
+/// retried after a pause (the event loop reconnects by itself).
+fn pump<E, Er>(events: impl Iterator<Item = Result<E, Er>>, tx: &mpsc::Sender<Ev>, to_ev: impl Fn(E) -> Option<Ev>) {
+    for ev in events {
+        match ev {
+            Ok(ev) => {
+                if let Some(ev) = to_ev(ev)
+                    && tx.send(ev).is_err()
+                {
+                    break;
+                }
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
 struct TestClient {
     client: TcClient,
     rx: Receiver<Ev>,
@@ -283,26 +300,17 @@ impl TestClient {
                 let (client, mut conn) = rumqttc::Client::new(o, 100);
                 std::thread::spawn(move || {
                     use rumqttc::{Event, Packet};
-                    for ev in conn.iter() {
-                        let sent = match ev {
-                            Ok(Event::Incoming(Packet::Publish(p))) => tx.send(Ev::Msg(Msg {
-                                topic: p.topic.clone(),
-                                payload: p.payload.to_vec(),
-                                retain: p.retain,
-                                correlation: None,
-                                content_type: None,
-                            })),
-                            Ok(Event::Incoming(Packet::SubAck(_))) => tx.send(Ev::SubAck),
-                            Ok(_) => Ok(()),
-                            Err(_) => {
-                                std::thread::sleep(Duration::from_millis(100));
-                                Ok(())
-                            }
-                        };
-                        if sent.is_err() {
-                            break;
-                        }
-                    }
+                    pump(conn.iter(), &tx, |ev| match ev {
+                        Event::Incoming(Packet::Publish(p)) => Some(Ev::Msg(Msg {
+                            topic: p.topic.clone(),
+                            payload: p.payload.to_vec(),
+                            retain: p.retain,
+                            correlation: None,
+                            content_type: None,
+                        })),
+                        Event::Incoming(Packet::SubAck(_)) => Some(Ev::SubAck),
+                        _ => None,
+                    })
                 });
                 TcClient::V4(client)
             }
@@ -313,26 +321,17 @@ impl TestClient {
                 std::thread::spawn(move || {
                     use rumqttc::v5::Event;
                     use rumqttc::v5::mqttbytes::v5::Packet;
-                    for ev in conn.iter() {
-                        let sent = match ev {
-                            Ok(Event::Incoming(Packet::Publish(p))) => tx.send(Ev::Msg(Msg {
-                                topic: String::from_utf8_lossy(&p.topic).into_owned(),
-                                payload: p.payload.to_vec(),
-                                retain: p.retain,
-                                correlation: p.properties.as_ref().and_then(|pr| pr.correlation_data.as_ref().map(|c| c.to_vec())),
-                                content_type: p.properties.as_ref().and_then(|pr| pr.content_type.clone()),
-                            })),
-                            Ok(Event::Incoming(Packet::SubAck(_))) => tx.send(Ev::SubAck),
-                            Ok(_) => Ok(()),
-                            Err(_) => {
-                                std::thread::sleep(Duration::from_millis(100));
-                                Ok(())
-                            }
-                        };
-                        if sent.is_err() {
-                            break;
-                        }
-                    }
+                    pump(conn.iter(), &tx, |ev| match ev {
+                        Event::Incoming(Packet::Publish(p)) => Some(Ev::Msg(Msg {
+                            topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                            payload: p.payload.to_vec(),
+                            retain: p.retain,
+                            correlation: p.properties.as_ref().and_then(|pr| pr.correlation_data.as_ref().map(|c| c.to_vec())),
+                            content_type: p.properties.as_ref().and_then(|pr| pr.content_type.clone()),
+                        })),
+                        Event::Incoming(Packet::SubAck(_)) => Some(Ev::SubAck),
+                        _ => None,
+                    })
                 });
                 TcClient::V5(client)
             }
