@@ -1,14 +1,17 @@
 //! `edge.toml`: the device service configuration (MQTT connection, model directory, generation
 //! defaults, limits).
 //!
-//! Every section and key is optional and has a default (see [`EdgeConfig::default`] and the
-//! commented `config/edge.toml`); unknown keys are refused so that a typo does not silently fall
-//! back to a default. Errors name the file and the key.
+//! Every key but `mqtt.device_id` is optional and has a default (see [`EdgeConfig::default`] and
+//! the commented `config/edge.toml`); the device id is required because it names the client id
+//! and topics, which must differ between the devices of a fleet. Unknown keys are refused so that
+//! a typo does not silently fall back to a default. Errors name the file and the key.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+pub use crate::framebuffer::DisplayConfig;
 
 /// One mebibyte in bytes.
 const MIB: usize = 1024 * 1024;
@@ -40,6 +43,8 @@ pub struct EdgeConfig {
     pub generation: GenerationConfig,
     /// `[limits]`: bounds on input sizes and queues.
     pub limits: LimitsConfig,
+    /// `[display]`: the status panel (framebuffer or PNG preview).
+    pub display: DisplayConfig,
 }
 
 /// MQTT protocol version spoken to the broker.
@@ -106,12 +111,46 @@ pub struct MqttConfig {
     /// MQTT 5 only: how long the broker keeps the session after a disconnect, in seconds, when
     /// `clean_session = false`.
     pub session_expiry_s: u32,
-    /// Pause between reconnection attempts, in milliseconds.
+    /// First pause before reconnecting, in milliseconds; it doubles after every failed attempt
+    /// up to `reconnect_max_delay_ms` and starts again from here after a CONNACK.
     pub reconnect_delay_ms: u64,
+    /// Longest pause between reconnection attempts, in milliseconds.
+    pub reconnect_max_delay_ms: u64,
     /// Optional user name.
     pub username: Option<String>,
-    /// Optional password (only with `username`).
-    pub password: Option<String>,
+    /// Optional password (only with `username`); prefer `password_file`, which keeps the secret
+    /// out of the configuration file. Never logged.
+    pub password: Option<Secret>,
+    /// File holding the password (only with `username`; one line, a trailing newline is ignored),
+    /// e.g. a systemd credential. Read at start.
+    pub password_file: Option<PathBuf>,
+    /// `[mqtt.tls]`: present = connect with TLS (rustls).
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[mqtt.tls]` section: TLS to the broker (rustls with the ring provider; TLS 1.2 and 1.3).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file with the CA certificate(s) that signed the broker's certificate; default: the
+    /// system's trusted roots.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) for brokers that require one (`require_certificate true` in
+    /// mosquitto); needs `client_key_file`.
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `client_cert_file`. Never logged.
+    pub client_key_file: Option<PathBuf>,
+}
+
+/// A secret string (a password): shown as `"***"` by `Debug` so that it never reaches a log.
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"***\"")
+    }
 }
 
 impl Default for MqttConfig {
@@ -130,9 +169,12 @@ impl Default for MqttConfig {
             qos: 1,
             clean_session: false,
             session_expiry_s: 3600,
-            reconnect_delay_ms: 1000,
+            reconnect_delay_ms: 500,
+            reconnect_max_delay_ms: 30_000,
             username: None,
             password: None,
+            password_file: None,
+            tls: None,
         }
     }
 }
@@ -233,8 +275,16 @@ impl EdgeConfig {
     /// # Errors
     /// As [`EdgeConfig::load`], without [`ConfigError::Io`].
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let config: EdgeConfig =
-            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+        let parse_error = |e: toml::de::Error| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() };
+        let table: toml::Table = toml::from_str(text).map_err(parse_error)?;
+        if table.get("mqtt").and_then(|m| m.get("device_id")).is_none() {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key: "mqtt.device_id",
+                message: "missing: every device needs its own id (it names the MQTT client id and topics)".into(),
+            });
+        }
+        let config: EdgeConfig = table.try_into().map_err(parse_error)?;
         config.validate(path)?;
         Ok(config)
     }
@@ -283,6 +333,20 @@ impl EdgeConfig {
         if m.password.is_some() && m.username.is_none() {
             return bad("mqtt.password", "needs mqtt.username".into());
         }
+        if m.password_file.is_some() && (m.username.is_none() || m.password.is_some()) {
+            return bad("mqtt.password_file", "needs mqtt.username, and excludes mqtt.password".into());
+        }
+        if m.reconnect_delay_ms == 0 || m.reconnect_max_delay_ms < m.reconnect_delay_ms {
+            return bad(
+                "mqtt.reconnect_max_delay_ms",
+                format!("{} must be >= mqtt.reconnect_delay_ms ({}) > 0", m.reconnect_max_delay_ms, m.reconnect_delay_ms),
+            );
+        }
+        if let Some(tls) = &m.tls
+            && tls.client_cert_file.is_some() != tls.client_key_file.is_some()
+        {
+            return bad("mqtt.tls", "client_cert_file and client_key_file go together".into());
+        }
         let g = &self.generation;
         if g.steps == 0 || g.steps > self.limits.max_steps {
             return bad("generation.steps", format!("{} must be within 1..={} (limits.max_steps)", g.steps, self.limits.max_steps));
@@ -315,6 +379,9 @@ impl EdgeConfig {
         if !l.max_strength.is_finite() || l.max_strength < 0.0 {
             return bad("limits.max_strength", format!("{} must be finite and non-negative", l.max_strength));
         }
+        if let Err(message) = self.display.validate() {
+            return bad("display", message);
+        }
         Ok(())
     }
 
@@ -338,9 +405,16 @@ impl EdgeConfig {
     /// A message when `mqtt.url` is malformed (never after a successful [`EdgeConfig::validate`]).
     pub fn broker_address(&self) -> Result<(String, u16), String> {
         match &self.mqtt.url {
-            Some(url) => parse_url(url),
+            Some(url) => parse_url(url).map(|(host, port, _)| (host, port)),
             None => Ok((self.mqtt.host.clone(), self.mqtt.port)),
         }
+    }
+
+    /// TLS settings when the connection uses TLS: the `[mqtt.tls]` section, or the defaults
+    /// (system roots) for an `mqtts://` URL without that section; `None` for plain TCP.
+    pub fn tls(&self) -> Option<TlsConfig> {
+        let mqtts = self.mqtt.url.as_deref().is_some_and(|u| u.starts_with("mqtts://"));
+        self.mqtt.tls.clone().or_else(|| mqtts.then(TlsConfig::default))
     }
 
     /// Keep-alive interval.
@@ -362,12 +436,18 @@ fn valid_filter(filter: &str) -> bool {
     })
 }
 
-/// `mqtt://host[:port][/]` or `tcp://host[:port]` (default port 1883) -> `(host, port)`.
-fn parse_url(url: &str) -> Result<(String, u16), String> {
-    let rest = url
-        .strip_prefix("mqtt://")
-        .or_else(|| url.strip_prefix("tcp://"))
-        .ok_or_else(|| format!("{url:?}: only mqtt:// and tcp:// URLs are supported (no TLS)"))?;
+/// `mqtt://host[:port][/]`, `tcp://host[:port]` (default port 1883) or `mqtts://host[:port]`
+/// (TLS, default port 8883) -> `(host, port, tls)`.
+fn parse_url(url: &str) -> Result<(String, u16, bool), String> {
+    let (rest, tls) = if let Some(rest) = url.strip_prefix("mqtts://") {
+        (rest, true)
+    } else {
+        let rest = url
+            .strip_prefix("mqtt://")
+            .or_else(|| url.strip_prefix("tcp://"))
+            .ok_or_else(|| format!("{url:?}: only mqtt://, tcp:// and mqtts:// URLs are supported"))?;
+        (rest, false)
+    };
     let rest = rest.trim_end_matches('/');
     if rest.contains(['/', '?', '@']) {
         return Err(format!("{url:?}: expected mqtt://host[:port] without path, query or credentials"));
@@ -387,22 +467,32 @@ fn parse_url(url: &str) -> Result<(String, u16), String> {
     }
     let port = match port {
         Some(p) => p.parse::<u16>().map_err(|_| format!("{url:?}: bad port {p:?}"))?,
+        None if tls => 8883,
         None => 1883,
     };
-    Ok((host, port))
+    Ok((host, port, tls))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Parse `text` with `mqtt.device_id = "edge-1"` added when it has none.
     fn parse(text: &str) -> Result<EdgeConfig, ConfigError> {
-        EdgeConfig::parse(text, Path::new("edge.toml"))
+        let id = "device_id = \"edge-1\"\n";
+        let text = if text.contains("device_id") {
+            text.to_string()
+        } else if text.contains("[mqtt]\n") {
+            text.replacen("[mqtt]\n", &format!("[mqtt]\n{id}"), 1)
+        } else {
+            format!("[mqtt]\n{id}{text}")
+        };
+        EdgeConfig::parse(&text, Path::new("edge.toml"))
     }
 
     #[test]
-    fn empty_file_gives_defaults() {
-        let c = parse("").unwrap();
+    fn a_file_with_only_the_device_id_gives_defaults() {
+        let c = parse("[mqtt]\ndevice_id = \"edge-1\"\n").unwrap();
         assert_eq!(c, EdgeConfig::default());
         assert_eq!(c.topic_prefix(), "mcm/edge-1/");
         assert_eq!(c.client_id(), "mcm-edge-edge-1");
@@ -432,6 +522,28 @@ mod tests {
         assert_eq!(c.client_id(), "mcm-edge-cam7");
         assert_eq!(c.generation.seed_policy, SeedPolicy::Random);
         assert_eq!(c.limits.queue_depth, 2);
+    }
+
+    #[test]
+    fn missing_device_id_is_refused() {
+        for text in ["", "[mqtt]\nport = 1\n"] {
+            let e = EdgeConfig::parse(text, Path::new("edge.toml")).unwrap_err().to_string();
+            assert!(e.contains("edge.toml") && e.contains("mqtt.device_id") && e.contains("missing"), "{e}");
+        }
+    }
+
+    #[test]
+    fn tls_from_section_or_url_and_secrets_hidden() {
+        let c = parse("[mqtt]\ndevice_id = \"d\"\nurl = \"mqtts://b\"\nusername = \"u\"\npassword = \"pw-123\"\n").unwrap();
+        assert_eq!(c.tls(), Some(TlsConfig::default()));
+        assert_eq!(c.broker_address().unwrap(), ("b".into(), 8883));
+        assert!(!format!("{c:?}").contains("pw-123"));
+        let c = parse("[mqtt]\ndevice_id = \"d\"\n[mqtt.tls]\nca_file = \"ca.pem\"\n").unwrap();
+        assert_eq!(c.tls().unwrap().ca_file, Some(PathBuf::from("ca.pem")));
+        let e = parse("[mqtt]\ndevice_id = \"d\"\n[mqtt.tls]\nclient_cert_file = \"c.pem\"\n").unwrap_err().to_string();
+        assert!(e.contains("mqtt.tls"), "{e}");
+        let e = parse("[mqtt]\ndevice_id = \"d\"\n[display]\nwidth = 2\n").unwrap_err().to_string();
+        assert!(e.contains("display") && e.contains("width"), "{e}");
     }
 
     #[test]
@@ -475,10 +587,11 @@ mod tests {
 
     #[test]
     fn urls() {
-        assert_eq!(parse_url("mqtt://broker.local").unwrap(), ("broker.local".into(), 1883));
-        assert_eq!(parse_url("tcp://10.0.0.2:1884/").unwrap(), ("10.0.0.2".into(), 1884));
-        assert_eq!(parse_url("mqtt://[::1]:1999").unwrap(), ("::1".into(), 1999));
-        assert!(parse_url("mqtts://x").is_err());
+        assert_eq!(parse_url("mqtt://broker.local").unwrap(), ("broker.local".into(), 1883, false));
+        assert_eq!(parse_url("tcp://10.0.0.2:1884/").unwrap(), ("10.0.0.2".into(), 1884, false));
+        assert_eq!(parse_url("mqtt://[::1]:1999").unwrap(), ("::1".into(), 1999, false));
+        assert_eq!(parse_url("mqtts://b").unwrap(), ("b".into(), 8883, true));
+        assert!(parse_url("ws://x").is_err());
         assert!(parse_url("mqtt://x:notaport").is_err());
         let c = parse("[mqtt]\nurl = \"mqtt://h:7\"\n").unwrap();
         assert_eq!(c.broker_address().unwrap(), ("h".into(), 7));

@@ -3,7 +3,8 @@
 //!
 //! One concept per module: [`model_info`] (model.toml), [`schedule`] (noise schedule), [`sampler`]
 //! (DDIM), [`model`] (tract plans), [`cond`] (conditioning tensor), [`pipeline`] (generation),
-//! [`frames`] (decoding), [`config`] (edge.toml), [`service`] (MQTT), [`broker`] (in-process
+//! [`frames`] (decoding), [`request`] (request JSON), [`config`] (edge.toml), [`mqtt`] (transport,
+//! TLS, reconnects), [`service`] (MQTT service), [`broker`] (in-process
 //! broker), [`display`] (contact sheets), [`eval`] (metrics), [`bench`] (timings), [`demo`].
 
 pub mod bench;
@@ -13,10 +14,13 @@ pub mod config;
 pub mod demo;
 pub mod display;
 pub mod eval;
+pub mod framebuffer;
 pub mod frames;
 pub mod model;
 pub mod model_info;
+pub mod mqtt;
 pub mod pipeline;
+pub mod request;
 pub mod sampler;
 pub mod schedule;
 pub mod service;

@@ -1,6 +1,6 @@
 //! `mcm-edge`: the device binary. `mcm-edge --help` lists the commands.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -13,7 +13,9 @@ use mcm_edge::config::EdgeConfig;
 use mcm_edge::demo::{self, DemoOptions};
 use mcm_edge::service;
 use mcm_edge::eval::{EvalOptions, evaluate};
+use mcm_edge::framebuffer::StatusDisplay;
 use mcm_edge::frames::{FrameLimits, decode_frame};
+use mcm_edge::mqtt::Settings;
 use mcm_edge::pipeline::{GenerationParams, ImageGenerator, TractGenerator};
 
 #[derive(Parser)]
@@ -27,6 +29,12 @@ struct Cli {
 enum Command {
     /// Run the MQTT service (README "MQTT interface") until SIGINT/SIGTERM.
     Run {
+        #[arg(long, default_value = "config/edge.toml")]
+        config: PathBuf,
+    },
+    /// Validate the config and everything it names (model files, TLS and password files,
+    /// framebuffer) without connecting; exit status 1 with the file and the problem otherwise.
+    Check {
         #[arg(long, default_value = "config/edge.toml")]
         config: PathBuf,
     },
@@ -112,14 +120,43 @@ fn main() -> ExitCode {
     }
 }
 
+/// Load and check what `run` needs before it connects: the config, the model (tract plans are
+/// built, so a corrupt or mismatched ONNX file fails here), the credential and TLS files and the
+/// framebuffer. Every error names the file and the problem.
+fn preflight(path: &Path) -> Result<(EdgeConfig, TractGenerator)> {
+    let config = EdgeConfig::load(path)?;
+    let generator = TractGenerator::load(&config.model.dir)
+        .with_context(|| format!("{}: model.dir = {}", path.display(), config.model.dir.display()))?;
+    Settings::from_config(&config).with_context(|| path.display().to_string())?;
+    StatusDisplay::new(&config.display).with_context(|| path.display().to_string())?;
+    Ok((config, generator))
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run { config } => {
-            let config = EdgeConfig::load(&config)?;
-            let generator = TractGenerator::load(&config.model.dir)?;
+            let (config, generator) = preflight(&config)?;
             let shutdown = service::shutdown_on_signals().context("installing signal handlers")?;
             let summary = service::run(&config, Arc::new(generator), shutdown)?;
             log::info!("stopped: {}", serde_json::to_string(&summary)?);
+        }
+        Command::Check { config: path } => {
+            let (config, generator) = preflight(&path)?;
+            let info = generator.info();
+            let (host, port) = config.broker_address().map_err(anyhow::Error::msg)?;
+            let modalities: Vec<&str> = info.modalities.iter().map(|m| m.name.as_str()).collect();
+            println!("{}: OK", path.display());
+            println!("  device {:?}, client id {:?}, topics {}*", config.mqtt.device_id, config.client_id(), config.topic_prefix());
+            println!("  broker {host}:{port}, MQTT {}, TLS {}", u8::from(config.mqtt.protocol), if config.tls().is_some() { "on" } else { "off" });
+            println!("  model {}: {}x{} image, modalities {modalities:?}", config.model.dir.display(), info.image.size, info.image.size);
+            let d = &config.display;
+            let target = match (&d.framebuffer, &d.preview_png) {
+                _ if !d.enabled => "off".to_string(),
+                (Some(fb), _) => format!("{} ({}x{} {:?})", fb.display(), d.width, d.height, d.pixel_format),
+                (None, Some(png)) => format!("preview {}", png.display()),
+                (None, None) => "off".to_string(),
+            };
+            println!("  status display: {target}");
         }
         Command::Demo { model, samples, out, broker, steps, seed, strength } => {
             let latencies = demo::run(&DemoOptions { model, samples, out, broker, steps, seed, strength })?;

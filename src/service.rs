@@ -29,31 +29,28 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::io::Cursor;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use image::{ImageFormat, RgbImage};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::cond::Maps;
 use crate::config::{ConfigError, EdgeConfig, MqttProtocol, SeedPolicy};
+use crate::mqtt::{self, Ack, AckQueue, Backoff, Content, LoopCtx, LoopEvent, Mqtt, OFFLINE, ReplyProps, ReplyTo, Settings, Ticket, TransportError};
+use crate::display::{BrokerState, PanelState, render_map};
+use crate::framebuffer::{DisplayError, StatusDisplay};
 use crate::frames::{FrameLimits, decode_frame};
 use crate::model_info::ModalityInfo;
 use crate::pipeline::{GenerateError, GenerationParams, ImageGenerator};
+use crate::request::{self, Refusal, Request, RequestRules};
 
-/// Capacity of the rumqttc request channel (publishes waiting for the event loop).
-const CHANNEL_CAPACITY: usize = 64;
 /// How often the threads look at the stop flags.
 const TICK: Duration = Duration::from_millis(50);
 /// How long a publish may wait for room in the request channel once stopping.
 const STOP_GRACE: Duration = Duration::from_secs(2);
-/// Payload of the last will and of the final status.
-const OFFLINE: &[u8] = br#"{"state":"offline"}"#;
-/// Longest request id, in characters.
-const MAX_ID_CHARS: usize = 128;
 
 /// Errors that stop the service.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +58,12 @@ pub enum ServiceError {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The connection settings (credentials, TLS files) are unusable.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The status display (framebuffer) cannot be opened.
+    #[error(transparent)]
+    Display(#[from] DisplayError),
     /// A thread could not be started.
     #[error("cannot start thread {name}: {source}")]
     Thread { name: &'static str, source: std::io::Error },
@@ -102,11 +105,13 @@ pub fn shutdown_on_signals() -> std::io::Result<Arc<AtomicBool>> {
 /// Run the service until `shutdown` becomes true, then finish the current job, answer the
 /// queued requests with `shutting_down`, publish the offline status and disconnect.
 ///
-/// Connection failures are not errors: the service keeps reconnecting every
-/// `mqtt.reconnect_delay_ms` and renews its subscriptions and status on every CONNACK.
+/// Connection failures are not errors: the service keeps reconnecting with a backoff from
+/// `mqtt.reconnect_delay_ms` up to `mqtt.reconnect_max_delay_ms` and renews its subscriptions and
+/// status on every CONNACK.
 ///
 /// # Errors
-/// An invalid `config`, a thread that cannot be started or that panicked.
+/// An invalid `config`, unreadable credential or TLS files, a thread that cannot be started or
+/// that panicked.
 pub fn run(
     config: &EdgeConfig,
     generator: Arc<dyn ImageGenerator>,
@@ -114,24 +119,31 @@ pub fn run(
 ) -> Result<ServiceSummary, ServiceError> {
     config.validate(Path::new("<config>"))?;
     let prefix = config.topic_prefix();
-    let (host, port) = config.broker_address().map_err(|message| {
-        ServiceError::Config(ConfigError::Invalid { path: "<config>".into(), key: "mqtt.url", message })
-    })?;
+    let settings = Settings::from_config(config)?;
+    let display = StatusDisplay::new(&config.display)?;
     let status_topic = format!("{prefix}status");
-    let (mqtt, driver) = connect(config, &host, port, &status_topic);
+    let (mqtt, driver) = mqtt::connect(config, &settings, &status_topic);
     log::info!(
-        "mcm-edge service: broker {host}:{port} (MQTT {}), client id {:?}, prefix {prefix:?}",
+        "mcm-edge service: broker {}:{} (MQTT {}{}), client id {:?}, prefix {prefix:?}",
+        settings.host,
+        settings.port,
         if config.mqtt.protocol == MqttProtocol::V5 { "5" } else { "3.1.1" },
+        if settings.uses_tls() { ", TLS" } else { "" },
         config.client_id()
     );
 
-    let ctx = Ctx::new(config, generator, mqtt.clone(), prefix);
+    let ctx = Ctx::new(config, generator, mqtt.clone(), prefix, display);
     let (tx, rx) = mpsc::channel();
     let loop_ctx = LoopCtx {
         tx,
         stop: Arc::new(AtomicBool::new(false)),
         alive: Arc::clone(&ctx.loop_alive),
-        reconnect_delay: Duration::from_millis(config.mqtt.reconnect_delay_ms),
+        connected: Arc::clone(&ctx.connected),
+        backoff: Backoff::new(
+            Duration::from_millis(config.mqtt.reconnect_delay_ms),
+            Duration::from_millis(config.mqtt.reconnect_max_delay_ms),
+        ),
+        clean_session: config.mqtt.clean_session,
     };
     let loop_stop = Arc::clone(&loop_ctx.stop);
     let loop_thread = spawn("mqtt-loop", move || driver.drive(loop_ctx))?;
@@ -169,7 +181,6 @@ pub fn run(
     loop_stop.store(true, Ordering::SeqCst);
     drop(mqtt);
     let summary = ctx.summary();
-    drop(ctx);
     let deadline = Instant::now() + Duration::from_secs(5);
     while !loop_thread.is_finished() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
@@ -181,6 +192,7 @@ pub fn run(
     } else {
         log::warn!("the MQTT event loop did not stop within 5 s; leaving it");
     }
+    ctx.refresh_display(BrokerState::Offline);
     log::info!("stopped: {summary:?}");
     match panicked {
         Some(name) => Err(ServiceError::Panic(name)),
@@ -190,260 +202,6 @@ pub fn run(
 
 fn spawn<F: FnOnce() + Send + 'static>(name: &'static str, f: F) -> Result<JoinHandle<()>, ServiceError> {
     std::thread::Builder::new().name(name.into()).spawn(f).map_err(|source| ServiceError::Thread { name, source })
-}
-
-// ---------------------------------------------------------------------------------------------
-// MQTT 3.1.1 / 5 behind one small enum.
-
-/// A cloneable handle that publishes and subscribes, for either protocol version.
-#[derive(Clone)]
-enum Mqtt {
-    V4(rumqttc::Client),
-    V5(rumqttc::v5::Client),
-}
-
-/// The `Connection` of either protocol version, driven by the loop thread.
-enum Driver {
-    V4(Box<rumqttc::Connection>),
-    V5(Box<rumqttc::v5::Connection>),
-}
-
-/// What the payload is (sent as the MQTT 5 content type of response-topic publishes).
-#[derive(Debug, Clone, Copy)]
-enum Content {
-    Png,
-    Json,
-}
-
-impl Content {
-    fn mime(self) -> &'static str {
-        match self {
-            Content::Png => "image/png",
-            Content::Json => "application/json",
-        }
-    }
-}
-
-fn qos4(q: u8) -> rumqttc::QoS {
-    rumqttc::qos(q).unwrap_or(rumqttc::QoS::AtLeastOnce)
-}
-
-fn qos5(q: u8) -> rumqttc::v5::mqttbytes::QoS {
-    rumqttc::v5::mqttbytes::qos(q).unwrap_or(rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
-}
-
-fn connect(config: &EdgeConfig, host: &str, port: u16, status_topic: &str) -> (Mqtt, Driver) {
-    let m = &config.mqtt;
-    match m.protocol {
-        MqttProtocol::V311 => {
-            let mut o = rumqttc::MqttOptions::new(config.client_id(), host, port);
-            o.set_keep_alive(config.keep_alive())
-                .set_max_packet_size(m.max_packet_bytes, m.max_packet_bytes)
-                .set_clean_session(m.clean_session)
-                .set_last_will(rumqttc::LastWill::new(status_topic, OFFLINE.to_vec(), qos4(m.qos), true));
-            if let Some(user) = &m.username {
-                o.set_credentials(user.clone(), m.password.clone().unwrap_or_default());
-            }
-            let (client, connection) = rumqttc::Client::new(o, CHANNEL_CAPACITY);
-            (Mqtt::V4(client), Driver::V4(Box::new(connection)))
-        }
-        MqttProtocol::V5 => {
-            use rumqttc::v5::mqttbytes::v5::LastWill;
-            let mut o = rumqttc::v5::MqttOptions::new(config.client_id(), host, port);
-            o.set_keep_alive(config.keep_alive())
-                .set_max_packet_size(Some(u32::try_from(m.max_packet_bytes).unwrap_or(u32::MAX)))
-                .set_clean_start(m.clean_session)
-                .set_last_will(LastWill::new(status_topic, OFFLINE.to_vec(), qos5(m.qos), true, None));
-            if !m.clean_session {
-                o.set_session_expiry_interval(Some(m.session_expiry_s));
-            }
-            if let Some(user) = &m.username {
-                o.set_credentials(user.clone(), m.password.clone().unwrap_or_default());
-            }
-            let (client, connection) = rumqttc::v5::Client::new(o, CHANNEL_CAPACITY);
-            (Mqtt::V5(client), Driver::V5(Box::new(connection)))
-        }
-    }
-}
-
-impl Mqtt {
-    /// Queue a publish without blocking; false when the request channel is full or closed.
-    ///
-    /// `props` (MQTT 5 only) are sent only on response-topic publishes: rumqttd 0.20 panics the
-    /// connection of an MQTT 3.1.1 subscriber that a publish with properties is forwarded to.
-    fn try_publish(&self, topic: &str, qos: u8, retain: bool, payload: Vec<u8>, props: Option<&ReplyProps<'_>>) -> bool {
-        match (self, props) {
-            (Mqtt::V4(c), _) => c.try_publish(topic, qos4(qos), retain, payload).is_ok(),
-            (Mqtt::V5(c), None) => c.try_publish(topic, qos5(qos), retain, payload).is_ok(),
-            (Mqtt::V5(c), Some(p)) => {
-                let props = rumqttc::v5::mqttbytes::v5::PublishProperties {
-                    content_type: Some(p.content.mime().to_string()),
-                    correlation_data: p.correlation.map(|c| c.to_vec().into()),
-                    ..Default::default()
-                };
-                c.try_publish_with_properties(topic, qos5(qos), retain, payload, props).is_ok()
-            }
-        }
-    }
-
-    fn try_subscribe(&self, filter: &str, qos: u8) -> bool {
-        match self {
-            Mqtt::V4(c) => c.try_subscribe(filter, qos4(qos)).is_ok(),
-            Mqtt::V5(c) => c.try_subscribe(filter, qos5(qos)).is_ok(),
-        }
-    }
-
-    fn disconnect(&self) {
-        let ok = match self {
-            Mqtt::V4(c) => c.try_disconnect().is_ok(),
-            Mqtt::V5(c) => c.try_disconnect().is_ok(),
-        };
-        if !ok {
-            log::warn!("cannot queue the MQTT disconnect");
-        }
-    }
-}
-
-/// Where a request's answer also goes: its MQTT 5 response topic and correlation data.
-#[derive(Debug, Clone, PartialEq)]
-struct ReplyTo {
-    topic: String,
-    correlation: Option<Vec<u8>>,
-}
-
-impl ReplyTo {
-    fn props(&self, content: Content) -> ReplyProps<'_> {
-        ReplyProps { content, correlation: self.correlation.as_deref() }
-    }
-}
-
-/// MQTT 5 properties of a publish to a response topic.
-struct ReplyProps<'a> {
-    content: Content,
-    correlation: Option<&'a [u8]>,
-}
-
-/// What the loop thread forwards to the dispatcher.
-enum LoopEvent {
-    Connected { session_present: bool },
-    Message { topic: String, payload: Vec<u8>, reply: Option<ReplyTo> },
-}
-
-struct LoopCtx {
-    tx: Sender<LoopEvent>,
-    stop: Arc<AtomicBool>,
-    alive: Arc<AtomicBool>,
-    reconnect_delay: Duration,
-}
-
-/// Clears the "event loop alive" flag when the loop thread ends, even by a panic.
-struct AliveGuard(Arc<AtomicBool>);
-
-impl Drop for AliveGuard {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::SeqCst);
-    }
-}
-
-/// What one poll of either event loop gave.
-enum Polled {
-    Event(Option<LoopEvent>),
-    Disconnected,
-    Error(String),
-    Closed,
-}
-
-impl Driver {
-    /// Drive the connection: only forwards events, never publishes (see the module docs).
-    fn drive(mut self, ctx: LoopCtx) {
-        let _guard = AliveGuard(ctx.alive);
-        let mut failures = 0u32;
-        let mut stop_seen: Option<Instant> = None;
-        loop {
-            match self.poll() {
-                Polled::Event(Some(event)) => {
-                    if let LoopEvent::Connected { session_present } = &event {
-                        log::info!("connected to the broker (session present: {session_present})");
-                        failures = 0;
-                    }
-                    if ctx.tx.send(event).is_err() {
-                        log::debug!("dispatcher gone; dropping an incoming event");
-                    }
-                }
-                Polled::Event(None) => {}
-                Polled::Disconnected | Polled::Closed => break,
-                Polled::Error(e) => {
-                    if ctx.stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    failures += 1;
-                    if failures == 1 {
-                        log::warn!("MQTT connection: {e}; reconnecting every {:?}", ctx.reconnect_delay);
-                    } else {
-                        log::debug!("MQTT connection: {e} (attempt {failures})");
-                    }
-                    let until = Instant::now() + ctx.reconnect_delay;
-                    while Instant::now() < until && !ctx.stop.load(Ordering::SeqCst) {
-                        std::thread::sleep(TICK.min(ctx.reconnect_delay));
-                    }
-                }
-            }
-            // After a stop, keep polling until the queued disconnect went out, but not forever.
-            if ctx.stop.load(Ordering::SeqCst) && stop_seen.get_or_insert_with(Instant::now).elapsed() > Duration::from_secs(5) {
-                break;
-            }
-        }
-        log::debug!("MQTT event loop stopped");
-    }
-
-    fn poll(&mut self) -> Polled {
-        match self {
-            Driver::V4(conn) => {
-                use rumqttc::{Event, Outgoing, Packet};
-                match conn.recv() {
-                    Err(_) => Polled::Closed,
-                    Ok(Err(e)) => Polled::Error(e.to_string()),
-                    Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
-                        Polled::Event(Some(LoopEvent::Connected { session_present: ack.session_present }))
-                    }
-                    Ok(Ok(Event::Incoming(Packet::Publish(p)))) => Polled::Event(Some(LoopEvent::Message {
-                        topic: p.topic.clone(),
-                        payload: p.payload.to_vec(),
-                        reply: None,
-                    })),
-                    Ok(Ok(Event::Outgoing(Outgoing::Disconnect))) => Polled::Disconnected,
-                    Ok(Ok(_)) => Polled::Event(None),
-                }
-            }
-            Driver::V5(conn) => {
-                use rumqttc::Outgoing;
-                use rumqttc::v5::Event;
-                use rumqttc::v5::mqttbytes::v5::Packet;
-                match conn.recv() {
-                    Err(_) => Polled::Closed,
-                    Ok(Err(e)) => Polled::Error(e.to_string()),
-                    Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
-                        Polled::Event(Some(LoopEvent::Connected { session_present: ack.session_present }))
-                    }
-                    Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
-                        let reply = p.properties.as_ref().and_then(|props| {
-                            props.response_topic.as_ref().map(|topic| ReplyTo {
-                                topic: topic.clone(),
-                                correlation: props.correlation_data.as_ref().map(|c| c.to_vec()),
-                            })
-                        });
-                        Polled::Event(Some(LoopEvent::Message {
-                            topic: String::from_utf8_lossy(&p.topic).into_owned(),
-                            payload: p.payload.to_vec(),
-                            reply,
-                        }))
-                    }
-                    Ok(Ok(Event::Outgoing(Outgoing::Disconnect))) => Polled::Disconnected,
-                    Ok(Ok(_)) => Polled::Event(None),
-                }
-            }
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -457,6 +215,8 @@ struct Outbox {
     max_packet_bytes: usize,
     stopping: Arc<AtomicBool>,
     loop_alive: Arc<AtomicBool>,
+    /// Acknowledgements of incoming publishes, released in arrival order.
+    acks: Arc<Mutex<AckQueue>>,
 }
 
 impl Outbox {
@@ -485,6 +245,28 @@ impl Outbox {
         }
     }
 
+    /// Queue the acknowledgement of a publish that just arrived (dispatcher only, in arrival order).
+    fn track(&self, ack: Ack) -> Ticket {
+        lock(&self.acks).push(ack)
+    }
+
+    /// The publish of `ticket` has been handled: send its acknowledgement and those it held
+    /// back, in arrival order (see [`AckQueue`]); waits for room in the request channel like
+    /// [`Outbox::publish`]. The queue stays locked while sending, so that order holds.
+    fn ack(&self, ticket: Ticket) {
+        let mut acks = lock(&self.acks);
+        for ack in acks.done(ticket) {
+            let start = Instant::now();
+            while !self.mqtt.try_ack(&ack) {
+                if !self.loop_alive.load(Ordering::SeqCst) || (self.stopping.load(Ordering::SeqCst) && start.elapsed() > STOP_GRACE) {
+                    log::warn!("cannot acknowledge {ack:?}; the broker will deliver it again");
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+
     fn subscribe(&self, filter: &str) -> Result<(), String> {
         let start = Instant::now();
         while !self.mqtt.try_subscribe(filter, self.qos) {
@@ -502,12 +284,10 @@ impl Outbox {
 
 /// An accepted request waiting for the worker.
 struct Job {
-    id: String,
-    maps: Maps,
-    seed: Option<u64>,
-    steps: usize,
-    strength: f32,
+    request: Request,
     reply: Option<ReplyTo>,
+    /// Its acknowledgement, sent once the request has been answered.
+    ack: Option<Ticket>,
 }
 
 #[derive(Default)]
@@ -522,6 +302,9 @@ struct Pending {
 struct Stats {
     summary: ServiceSummary,
     last_latency_ms: Option<u64>,
+    /// Pictures of the last input map and the last output, for the status display.
+    last_input: Option<RgbImage>,
+    last_output: Option<RgbImage>,
 }
 
 struct Shared {
@@ -548,6 +331,9 @@ struct Ctx {
     out: Outbox,
     shared: Arc<Shared>,
     loop_alive: Arc<AtomicBool>,
+    /// Whether the broker connection is up (set by the loop thread).
+    connected: Arc<AtomicBool>,
+    display: Arc<Mutex<StatusDisplay>>,
 }
 
 /// `P/status` payload.
@@ -589,7 +375,7 @@ struct ErrorMessage<'a> {
 }
 
 impl Ctx {
-    fn new(config: &EdgeConfig, generator: Arc<dyn ImageGenerator>, mqtt: Mqtt, prefix: String) -> Ctx {
+    fn new(config: &EdgeConfig, generator: Arc<dyn ImageGenerator>, mqtt: Mqtt, prefix: String, display: StatusDisplay) -> Ctx {
         let loop_alive = Arc::new(AtomicBool::new(true));
         let stopping = Arc::new(AtomicBool::new(false));
         let shared = Arc::new(Shared {
@@ -611,8 +397,11 @@ impl Ctx {
             max_packet_bytes: config.mqtt.max_packet_bytes,
             stopping,
             loop_alive: Arc::clone(&loop_alive),
+            acks: Arc::default(),
         };
-        Ctx { generator, config: Arc::new(config.clone()), prefix, model_id, out, shared, loop_alive }
+        let connected = Arc::new(AtomicBool::new(false));
+        let display = Arc::new(Mutex::new(display));
+        Ctx { generator, config: Arc::new(config.clone()), prefix, model_id, out, shared, loop_alive, connected, display }
     }
 
     fn stopping(&self) -> bool {
@@ -643,7 +432,53 @@ impl Ctx {
         }
     }
 
-    /// Publish the retained status.
+    /// Redraw the status display: at once for `Offline` (the last frame), otherwise at most every
+    /// `display.refresh_ms`. A failed write is logged, never fatal.
+    fn refresh_display(&self, broker: BrokerState) {
+        let mut display = lock(&self.display);
+        let state = || {
+            let queue_depth = lock(&self.shared.pending).requests.len();
+            let stats = lock(&self.shared.stats);
+            PanelState {
+                device_id: self.config.mqtt.device_id.clone(),
+                broker,
+                last_input: stats.last_input.clone(),
+                last_output: stats.last_output.clone(),
+                last_latency_ms: stats.last_latency_ms,
+                queue_depth,
+                queue_capacity: self.config.limits.queue_depth,
+                images_generated: stats.summary.images_generated,
+                errors: stats.summary.errors,
+            }
+        };
+        let shown = match broker {
+            BrokerState::Offline => display.show_now(&state()),
+            _ if display.due() => display.show_now(&state()),
+            _ => Ok(()),
+        };
+        if let Err(e) = shown {
+            log::warn!("status display: {e}");
+        }
+    }
+
+    /// The broker state for the display, from the loop thread's view.
+    fn broker_state(&self) -> BrokerState {
+        if self.connected.load(Ordering::SeqCst) { BrokerState::Online } else { BrokerState::Connecting }
+    }
+
+    /// Keep the pictures of the last input and output for the display (when it is on).
+    fn record_images(&self, maps: &Maps, output: &RgbImage) {
+        if !self.config.display.enabled {
+            return;
+        }
+        let info = self.generator.info();
+        let input = info.modalities.iter().find_map(|m| maps.get(&m.name).map(|map| render_map(map, m)));
+        let mut stats = lock(&self.shared.stats);
+        stats.last_input = input;
+        stats.last_output = Some(output.clone());
+    }
+
+    /// Publish the retained status (and refresh the display).
     fn publish_status(&self) {
         let _order = lock(&self.shared.status_order);
         let (queue_depth, pending_frames, busy) = {
@@ -688,36 +523,12 @@ impl Ctx {
         if let Err(e) = self.out.publish(&topic, body, true, None) {
             log::warn!("cannot publish the status: {e}");
         }
+        self.refresh_display(self.broker_state());
     }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Dispatcher: parses incoming messages, queues work, answers refusals.
-
-/// A refused request: the id when known, an error code and a message.
-#[derive(Debug, PartialEq)]
-struct Refusal {
-    id: Option<String>,
-    code: &'static str,
-    message: String,
-}
-
-impl Refusal {
-    fn new(id: Option<&str>, code: &'static str, message: impl Into<String>) -> Refusal {
-        Refusal { id: id.map(str::to_string), code, message: message.into() }
-    }
-}
-
-/// The JSON of a request.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RequestBody {
-    id: String,
-    frames: BTreeMap<String, String>,
-    seed: Option<u64>,
-    steps: Option<u64>,
-    strength: Option<f64>,
-}
 
 /// Bounded set of recently accepted request ids (oldest forgotten first).
 struct RecentIds {
@@ -762,12 +573,16 @@ fn dispatch(ctx: Ctx, rx: Receiver<LoopEvent>) {
         } else {
             match rx.recv_timeout(TICK) {
                 Ok(e) => e,
-                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Timeout) => {
+                    ctx.refresh_display(ctx.broker_state());
+                    continue;
+                }
                 Err(RecvTimeoutError::Disconnected) => break,
             }
         };
         match event {
             LoopEvent::Connected { .. } => {
+                lock(&ctx.out.acks).new_connection();
                 if stopping {
                     continue;
                 }
@@ -779,17 +594,29 @@ fn dispatch(ctx: Ctx, rx: Receiver<LoopEvent>) {
                 }
                 ctx.publish_status();
             }
-            LoopEvent::Message { topic, payload, reply } => {
-                if let Some(modality) = topic.strip_prefix(&frame_prefix) {
-                    if !stopping {
-                        on_frame(&ctx, modality, payload);
+            LoopEvent::Oversized { bytes, max } => ctx.error(
+                None,
+                "message_too_large",
+                &format!("a {bytes}-byte message exceeded mqtt.max_packet_bytes = {max} and was dropped"),
+                None,
+            ),
+            LoopEvent::Message { topic, payload, reply, ack } => {
+                let ticket = ctx.out.track(ack);
+                if topic_matches(&request_filter, &topic) {
+                    // Acknowledged once answered (by the worker when queued).
+                    if let Some(ticket) = on_request(&ctx, &mut recent, &payload, reply, ticket, stopping) {
+                        ctx.out.ack(ticket);
                     }
-                } else if topic_matches(&request_filter, &topic) {
-                    on_request(&ctx, &mut recent, &payload, reply, stopping);
-                } else {
-                    // E.g. a subscription left in a persistent session by an older configuration.
-                    log::debug!("ignoring a message on {topic:?}");
+                    continue;
                 }
+                match topic.strip_prefix(&frame_prefix) {
+                    Some(modality) if !stopping => on_frame(&ctx, modality, payload),
+                    Some(_) => {}
+                    // E.g. a subscription left in a persistent session by an older configuration.
+                    None => log::debug!("ignoring a message on {topic:?}"),
+                }
+                // A frame is only the latest picture of a stream: acknowledged on arrival.
+                ctx.out.ack(ticket);
             }
         }
     }
@@ -836,17 +663,20 @@ fn modality_names(ctx: &Ctx) -> String {
     format!("{names:?}")
 }
 
-fn on_request(ctx: &Ctx, recent: &mut RecentIds, payload: &[u8], reply: Option<ReplyTo>, stopping: bool) {
+/// Queue or refuse a request; returns its ack when it is done with here (refused, duplicate),
+/// `None` when the queued job carries it.
+fn on_request(ctx: &Ctx, recent: &mut RecentIds, payload: &[u8], reply: Option<ReplyTo>, ack: Ticket, stopping: bool) -> Option<Ticket> {
     let mut job = match parse_request(ctx, recent, payload, stopping) {
         Ok(Some(job)) => job,
-        Ok(None) => return, // duplicate
+        Ok(None) => return Some(ack), // duplicate
         Err(r) => {
             ctx.error(r.id.as_deref(), r.code, &r.message, reply.as_ref());
-            return;
+            return Some(ack);
         }
     };
     job.reply = reply;
-    let id = job.id.clone();
+    job.ack = Some(ack);
+    let id = job.request.id.clone();
     let refused = {
         let mut p = lock(&ctx.shared.pending);
         if p.requests.len() < ctx.config.limits.queue_depth {
@@ -859,101 +689,36 @@ fn on_request(ctx: &Ctx, recent: &mut RecentIds, payload: &[u8], reply: Option<R
     if let Some(job) = refused {
         let depth = ctx.config.limits.queue_depth;
         ctx.error(Some(&id), "queue_full", &format!("{depth} requests are already waiting; try again later"), job.reply.as_ref());
-        return;
+        return job.ack;
     }
     recent.insert(&id);
     lock(&ctx.shared.stats).summary.requests_accepted += 1;
     log::debug!("request {id:?} queued");
     ctx.shared.wake.notify_all();
+    None
 }
 
 /// Parse and check a request; `Ok(None)` for a duplicate of a recently accepted id.
 fn parse_request(ctx: &Ctx, recent: &RecentIds, payload: &[u8], stopping: bool) -> Result<Option<Job>, Refusal> {
-    let value: serde_json::Value =
-        serde_json::from_slice(payload).map_err(|e| Refusal::new(None, "invalid_json", format!("request is not JSON: {e}")))?;
-    let raw_id = value.get("id").and_then(serde_json::Value::as_str).map(str::to_string);
-    let id = raw_id.as_deref();
-    if !value.is_object() {
-        return Err(Refusal::new(None, "invalid_request", "request must be a JSON object"));
-    }
-    let body: RequestBody =
-        serde_json::from_value(value).map_err(|e| Refusal::new(id, "invalid_request", format!("invalid request: {e}")))?;
-    let id = body.id.as_str();
-    let chars = id.chars().count();
-    if chars == 0 || chars > MAX_ID_CHARS {
-        return Err(Refusal::new(Some(id), "invalid_id", format!("id must have 1..={MAX_ID_CHARS} characters, not {chars}")));
-    }
-    if id.contains(['/', '+', '#', '\0']) {
-        return Err(Refusal::new(
-            Some(id),
-            "invalid_id",
-            "id must not contain '/', '+', '#' or NUL (it is the last level of the topic image/<id>)",
-        ));
-    }
-    if recent.contains(id) {
-        log::info!("request {id:?}: duplicate delivery ignored");
+    let body = request::parse_body(payload)?;
+    if recent.contains(&body.id) {
+        log::info!("request {:?}: duplicate delivery ignored", body.id);
         lock(&ctx.shared.stats).summary.duplicates_ignored += 1;
         return Ok(None);
     }
     if stopping {
-        return Err(Refusal::new(Some(id), "shutting_down", "the device is shutting down"));
+        return Err(Refusal::new(Some(&body.id), "shutting_down", "the device is shutting down"));
     }
-    let info = ctx.generator.info();
-    if body.frames.is_empty() {
-        return Err(Refusal::new(Some(id), "no_frames", format!("frames is empty; give at least one of {}", modality_names(ctx))));
-    }
-    if let Some(unknown) = body.frames.keys().find(|k| info.modality(k).is_none()) {
-        return Err(Refusal::new(
-            Some(id),
-            "unknown_modality",
-            format!("frames.{unknown}: unknown modality; the model has {}", modality_names(ctx)),
-        ));
-    }
-    let max_steps = ctx.config.limits.max_steps.min(info.schedule.num_train_timesteps);
-    let steps = match body.steps {
-        None => ctx.config.generation.steps.min(max_steps),
-        Some(s) if s >= 1 && s <= max_steps as u64 => s as usize,
-        Some(s) => return Err(Refusal::new(Some(id), "invalid_steps", format!("steps {s} must be within 1..={max_steps}"))),
+    let (config, info) = (&ctx.config, ctx.generator.info());
+    let rules = RequestRules {
+        info,
+        frames: ctx.frame_limits(),
+        max_steps: config.limits.max_steps,
+        max_strength: config.limits.max_strength,
+        default_steps: config.generation.steps,
+        default_strength: config.generation.strength,
     };
-    let max_strength = ctx.config.limits.max_strength;
-    let strength = match body.strength {
-        None => ctx.config.generation.strength,
-        Some(s) if s.is_finite() && s >= 0.0 && s <= f64::from(max_strength) => s as f32,
-        Some(s) => {
-            return Err(Refusal::new(Some(id), "invalid_strength", format!("strength {s} must be within 0..={max_strength}")));
-        }
-    };
-    let limits = ctx.frame_limits();
-    let mut maps = Maps::new();
-    for (name, b64) in &body.frames {
-        let modality = info.modality(name).ok_or_else(|| Refusal::new(Some(id), "unknown_modality", name.clone()))?;
-        let b64 = strip_data_url(b64);
-        // A base64 text longer than 4/3 of the limit cannot decode within it.
-        if b64.len() / 4 * 3 > limits.max_bytes + 3 {
-            return Err(Refusal::new(
-                Some(id),
-                "frame_too_large",
-                format!("frames.{name}: about {} bytes, the limit is {}", b64.len() / 4 * 3, limits.max_bytes),
-            ));
-        }
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(b64.trim())
-            .map_err(|e| Refusal::new(Some(id), "invalid_base64", format!("frames.{name}: not base64: {e}")))?;
-        let map = decode_frame(&bytes, modality, info.image.size, &limits)
-            .map_err(|e| Refusal::new(Some(id), e.code(), format!("frames.{name}: {e}")))?;
-        maps.insert(name.clone(), map);
-    }
-    Ok(Some(Job { id: id.to_string(), maps, seed: body.seed, steps, strength, reply: None }))
-}
-
-/// `data:image/png;base64,AAAA` -> `AAAA`; anything else unchanged.
-fn strip_data_url(s: &str) -> &str {
-    if s.starts_with("data:")
-        && let Some((_, data)) = s.split_once(";base64,")
-    {
-        return data;
-    }
-    s
+    Ok(Some(Job { request: body.check(&rules)?, reply: None, ack: None }))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -998,7 +763,8 @@ fn work(ctx: Ctx) {
     // Every accepted request gets an answer, also on shutdown.
     let left: Vec<Job> = lock(&ctx.shared.pending).requests.drain(..).collect();
     for job in left {
-        ctx.error(Some(&job.id), "shutting_down", "the device is shutting down", job.reply.as_ref());
+        ctx.error(Some(&job.request.id), "shutting_down", "the device is shutting down", job.reply.as_ref());
+        ack_job(&ctx, &job);
     }
     log::debug!("worker stopped");
 }
@@ -1013,30 +779,43 @@ fn next_seed(ctx: &Ctx) -> u64 {
 }
 
 fn run_request(ctx: &Ctx, job: Job) {
+    answer_request(ctx, &job);
+    ack_job(ctx, &job);
+}
+
+/// Acknowledge a request to the broker once it has been answered (see [`Ack`]).
+fn ack_job(ctx: &Ctx, job: &Job) {
+    if let Some(ticket) = job.ack {
+        ctx.out.ack(ticket);
+    }
+}
+
+/// Generate and publish the image, or the error.
+fn answer_request(ctx: &Ctx, job: &Job) {
     let params = GenerationParams {
-        seed: job.seed.unwrap_or_else(|| next_seed(ctx)),
-        steps: job.steps,
-        strength: job.strength,
+        seed: job.request.seed.unwrap_or_else(|| next_seed(ctx)),
+        steps: job.request.steps,
+        strength: job.request.strength,
         eta: ctx.config.generation.eta,
     };
-    log::info!("request {:?}: generating ({} steps, strength {}, seed {})", job.id, params.steps, params.strength, params.seed);
+    log::info!("request {:?}: generating ({} steps, strength {}, seed {})", job.request.id, params.steps, params.strength, params.seed);
     let start = Instant::now();
-    let png = match generate_png(ctx, &job.maps, &params) {
+    let png = match generate_png(ctx, &job.request.maps, &params) {
         Ok(png) => png,
         Err((code, message)) => {
-            ctx.error(Some(&job.id), code, &message, job.reply.as_ref());
+            ctx.error(Some(&job.request.id), code, &message, job.reply.as_ref());
             return;
         }
     };
     finish_image(ctx, start);
-    let topic = format!("{}image/{}", ctx.prefix, job.id);
+    let topic = format!("{}image/{}", ctx.prefix, job.request.id);
     if let Err(e) = ctx.out.publish(&topic, png.clone(), false, None) {
-        log::error!("request {:?}: cannot publish the image: {e}", job.id);
+        log::error!("request {:?}: cannot publish the image: {e}", job.request.id);
     }
     if let Some(r) = &job.reply
         && let Err(e) = ctx.out.publish(&r.topic, png, false, Some(r.props(Content::Png)))
     {
-        log::warn!("request {:?}: cannot publish to the response topic: {e}", job.id);
+        log::warn!("request {:?}: cannot publish to the response topic: {e}", job.request.id);
     }
 }
 
@@ -1095,6 +874,7 @@ fn generate_png(ctx: &Ctx, maps: &Maps, params: &GenerationParams) -> Result<Vec
         };
         (code, format!("generation failed: {e}"))
     })?;
+    ctx.record_images(maps, &image);
     encode_png(&image).map_err(|e| ("encode_failed", format!("cannot encode the PNG: {e}")))
 }
 
@@ -1129,11 +909,5 @@ mod tests {
         assert!(topic_matches("mcm/#", "mcm/b/request/x"));
         assert!(topic_matches("mcm/#", "mcm"));
         assert!(!topic_matches("mcm/+", "mcm"));
-    }
-
-    #[test]
-    fn data_urls_are_stripped() {
-        assert_eq!(strip_data_url("data:image/png;base64,QUJD"), "QUJD");
-        assert_eq!(strip_data_url("QUJD"), "QUJD");
     }
 }

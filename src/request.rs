@@ -1,0 +1,160 @@
+//! Requests on `P/request` (README "MQTT interface"): JSON
+//! `{"id", "frames": {modality: base64 PNG/JPEG}, "seed"?, "steps"?, "strength"?}`, parsed and
+//! checked against the model and the configured limits. Every refusal carries the request id
+//! when it could be read, an error code and a message.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use serde::Deserialize;
+
+use crate::cond::Maps;
+use crate::frames::{FrameLimits, decode_frame};
+use crate::model_info::ModelInfo;
+
+/// Longest request id, in characters.
+pub const MAX_ID_CHARS: usize = 128;
+
+/// A refused request: the id when known, an error code (`snake_case`) and a message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    pub id: Option<String>,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl Refusal {
+    /// A refusal of the request `id` (when known).
+    pub fn new(id: Option<&str>, code: &'static str, message: impl Into<String>) -> Refusal {
+        Refusal { id: id.map(str::to_string), code, message: message.into() }
+    }
+}
+
+/// The JSON of a request, with a checked id but frames still base64.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestBody {
+    /// 1..=[`MAX_ID_CHARS`] characters, no `/`, `+`, `#` or NUL (it ends the topic `image/<id>`).
+    pub id: String,
+    frames: BTreeMap<String, String>,
+    seed: Option<u64>,
+    steps: Option<u64>,
+    strength: Option<f64>,
+}
+
+/// What a request is checked against.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestRules<'a> {
+    /// The loaded model (modalities, image size, training timesteps).
+    pub info: &'a ModelInfo,
+    /// Frame size limits (bytes before decoding, pixels).
+    pub frames: FrameLimits,
+    /// Largest `steps` (also capped by the model's training timesteps).
+    pub max_steps: usize,
+    /// Largest `strength`.
+    pub max_strength: f32,
+    /// `steps` and `strength` when the request does not give them.
+    pub default_steps: usize,
+    pub default_strength: f32,
+}
+
+/// A checked request with its frames decoded to maps of the model's size.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub id: String,
+    /// Decoded maps by modality name.
+    pub maps: Maps,
+    /// `None`: the service's seed policy decides.
+    pub seed: Option<u64>,
+    /// DDIM steps, 1..=max_steps.
+    pub steps: usize,
+    /// Conditioning strength, 0..=max_strength.
+    pub strength: f32,
+}
+
+/// Parse the JSON and check the id (cheap: frames are not decoded yet).
+///
+/// # Errors
+/// `invalid_json` (not JSON), `invalid_request` (not an object, unknown or mistyped field),
+/// `invalid_id`.
+pub fn parse_body(payload: &[u8]) -> Result<RequestBody, Refusal> {
+    let value: serde_json::Value =
+        serde_json::from_slice(payload).map_err(|e| Refusal::new(None, "invalid_json", format!("request is not JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(Refusal::new(None, "invalid_request", "request must be a JSON object"));
+    }
+    let raw_id = value.get("id").and_then(serde_json::Value::as_str).map(str::to_string);
+    let body: RequestBody = serde_json::from_value(value)
+        .map_err(|e| Refusal::new(raw_id.as_deref(), "invalid_request", format!("invalid request: {e}")))?;
+    let id = body.id.as_str();
+    let chars = id.chars().count();
+    if chars == 0 || chars > MAX_ID_CHARS {
+        return Err(Refusal::new(Some(id), "invalid_id", format!("id must have 1..={MAX_ID_CHARS} characters, not {chars}")));
+    }
+    if id.contains(['/', '+', '#', '\0']) {
+        return Err(Refusal::new(
+            Some(id),
+            "invalid_id",
+            "id must not contain '/', '+', '#' or NUL (it is the last level of the topic image/<id>)",
+        ));
+    }
+    Ok(body)
+}
+
+impl RequestBody {
+    /// Check the parameters against `rules` and decode the frames.
+    ///
+    /// # Errors
+    /// `no_frames`, `unknown_modality`, `invalid_steps`, `invalid_strength`, `frame_too_large`,
+    /// `invalid_base64`, or the frame decoder's code ([`crate::frames::FrameError::code`]).
+    pub fn check(self, rules: &RequestRules<'_>) -> Result<Request, Refusal> {
+        let id = self.id.as_str();
+        let refuse = |code, message: String| Refusal::new(Some(id), code, message);
+        let info = rules.info;
+        let names = || format!("{:?}", info.modalities.iter().map(|m| m.name.as_str()).collect::<Vec<_>>());
+        if self.frames.is_empty() {
+            return Err(refuse("no_frames", format!("frames is empty; give at least one of {}", names())));
+        }
+        let max_steps = rules.max_steps.min(info.schedule.num_train_timesteps);
+        let steps = match self.steps {
+            None => rules.default_steps.min(max_steps),
+            Some(s) if s >= 1 && s <= max_steps as u64 => s as usize,
+            Some(s) => return Err(refuse("invalid_steps", format!("steps {s} must be within 1..={max_steps}"))),
+        };
+        let strength = match self.strength {
+            None => rules.default_strength,
+            Some(s) if s.is_finite() && s >= 0.0 && s <= f64::from(rules.max_strength) => s as f32,
+            Some(s) => return Err(refuse("invalid_strength", format!("strength {s} must be within 0..={}", rules.max_strength))),
+        };
+        let mut maps = Maps::new();
+        for (name, b64) in &self.frames {
+            let Some(modality) = info.modality(name) else {
+                return Err(refuse("unknown_modality", format!("frames.{name}: unknown modality; the model has {}", names())));
+            };
+            let b64 = strip_data_url(b64).trim();
+            // A base64 text longer than 4/3 of the limit cannot decode within it.
+            let approx = b64.len() / 4 * 3;
+            if approx > rules.frames.max_bytes + 3 {
+                let limit = rules.frames.max_bytes;
+                return Err(refuse("frame_too_large", format!("frames.{name}: about {approx} bytes, the limit is {limit}")));
+            }
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|e| refuse("invalid_base64", format!("frames.{name}: not base64: {e}")))?;
+            let map = decode_frame(&bytes, modality, info.image.size, &rules.frames)
+                .map_err(|e| refuse(e.code(), format!("frames.{name}: {e}")))?;
+            maps.insert(name.clone(), map);
+        }
+        Ok(Request { id: self.id, maps, seed: self.seed, steps, strength })
+    }
+}
+
+/// `data:image/png;base64,AAAA` -> `AAAA`; anything else unchanged.
+fn strip_data_url(s: &str) -> &str {
+    if s.starts_with("data:")
+        && let Some((_, data)) = s.split_once(";base64,")
+    {
+        return data;
+    }
+    s
+}
