@@ -7,9 +7,11 @@
 #   - rustc-web 1.96 with libstd-rust-web-dev (amd64 for build scripts, arm64 for the target), from
 #     bookworm-security, unpacked into $MCM_AARCH64_TOOLCHAIN (apt-get download + dpkg -x) and used
 #     through RUSTC=; tract needs Rust >= 1.91, more than the rustc of bookworm itself.
-# Usage: scripts/build-aarch64.sh [--smoke]
-#   --smoke  also run the ARM binary under qemu-aarch64 on models/tiny and check it links nothing
-#            but glibc (no Python, no training dependency).
+# Usage: scripts/build-aarch64.sh [--smoke] [--package]
+#   --smoke    also run the ARM binary under qemu-aarch64 on models/tiny and check it links nothing
+#              but glibc (no Python, no training dependency).
+#   --package  also write dist/mcm-edge-aarch64.tar.gz: the install layout for the board
+#              (stripped bin/mcm-edge, models/default, config/, install.sh; README "Flash and run").
 # Output: target/aarch64-unknown-linux-gnu/release/mcm-edge
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -61,5 +63,21 @@ cargo build --release --locked --target "$TARGET" --bin mcm-edge
 BIN="target/$TARGET/release/mcm-edge"
 file "$BIN" 2>/dev/null || ls -l "$BIN"
 
-[ "${1:-}" = "--smoke" ] || exit 0
-scripts/smoke-aarch64.sh "$BIN"
+for arg in "$@"; do
+  case "$arg" in
+    --smoke) scripts/smoke-aarch64.sh "$BIN" ;;
+    --package)
+      stage=$(mktemp -d)/mcm-edge
+      mkdir -p "$stage/bin" "$stage/config/deploy" dist
+      aarch64-linux-gnu-strip -o "$stage/bin/mcm-edge" "$BIN"
+      cp -r models "$stage/models" && rm -rf "$stage/models/tiny"
+      cp config/edge.toml config/classes.toml "$stage/config/"
+      cp -r config/samples "$stage/config/"
+      cp config/deploy/mcm-edge.service "$stage/config/deploy/"
+      cp config/deploy/install.sh README.md "$stage/"
+      tar -C "$(dirname "$stage")" -czf dist/mcm-edge-aarch64.tar.gz mcm-edge
+      rm -rf "$(dirname "$stage")"
+      ls -l dist/mcm-edge-aarch64.tar.gz ;;
+    *) echo "unknown option $arg" >&2; exit 2 ;;
+  esac
+done
