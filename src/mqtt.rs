@@ -301,8 +301,8 @@ pub(crate) struct ReplyProps<'a> {
 /// stays unacknowledged, and the broker delivers it again to the restarted device (persistent
 /// session). No-op for QoS 0.
 pub(crate) enum Ack {
-    V4(rumqttc::Publish),
-    V5(rumqttc::v5::mqttbytes::v5::Publish),
+    V4(Box<rumqttc::Publish>),
+    V5(Box<rumqttc::v5::mqttbytes::v5::Publish>),
 }
 
 impl std::fmt::Debug for Ack {
@@ -536,7 +536,7 @@ impl Driver {
                         // The ack needs only the packet id and QoS: leave it without the payload.
                         payload: std::mem::take(&mut p.payload).to_vec(),
                         reply: None,
-                        ack: Ack::V4(p),
+                        ack: Ack::V4(Box::new(p)),
                     })),
                     Ok(Ok(Event::Outgoing(Outgoing::Disconnect))) => Polled::Disconnected,
                     Ok(Ok(_)) => Polled::Event(None),
@@ -567,7 +567,7 @@ impl Driver {
                             topic: String::from_utf8_lossy(&p.topic).into_owned(),
                             payload: std::mem::take(&mut p.payload).to_vec(),
                             reply,
-                            ack: Ack::V5(p),
+                            ack: Ack::V5(Box::new(p)),
                         }))
                     }
                     Ok(Ok(Event::Outgoing(Outgoing::Disconnect))) => Polled::Disconnected,
@@ -606,7 +606,7 @@ mod tests {
     fn ack(pkid: u16) -> Ack {
         let mut p = rumqttc::Publish::new("t", rumqttc::QoS::AtLeastOnce, Vec::new());
         p.pkid = pkid;
-        Ack::V4(p)
+        Ack::V4(Box::new(p))
     }
 
     fn pkids(acks: Vec<Ack>) -> Vec<u16> {
