@@ -60,7 +60,7 @@ export RUSTC="$TOOLCHAIN/rustc"
 export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 cargo build --release --locked --target "$TARGET" --bin mcm-edge
-BIN="target/$TARGET/release/mcm-edge"
+BIN="${CARGO_TARGET_DIR:-target}/$TARGET/release/mcm-edge"
 file "$BIN" 2>/dev/null || ls -l "$BIN"
 
 for arg in "$@"; do

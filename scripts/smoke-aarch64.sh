@@ -6,7 +6,7 @@
 # Usage: scripts/smoke-aarch64.sh [BINARY]   (default target/aarch64-unknown-linux-gnu/release/mcm-edge)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=${1:-target/aarch64-unknown-linux-gnu/release/mcm-edge}
+BIN=${1:-${CARGO_TARGET_DIR:-target}/aarch64-unknown-linux-gnu/release/mcm-edge}
 SYSROOT=/usr/aarch64-linux-gnu
 run() { qemu-aarch64 -L "$SYSROOT" "$BIN" "$@"; }
 OUT=$(mktemp -d)

@@ -15,4 +15,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --bin mcm-edge --example soak
 json="${SOAK_JSON:-docs/soak.json}"
-exec target/release/examples/soak --binary target/release/mcm-edge --json "$json" "$@"
+t="${CARGO_TARGET_DIR:-target}/release"
+exec "$t/examples/soak" --binary "$t/mcm-edge" --json "$json" "$@"
