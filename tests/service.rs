@@ -381,3 +381,38 @@ fn reconnect_renews_subscriptions_and_status() {
         handle.join().unwrap().unwrap();
     }
 }
+
+#[test]
+fn status_display_shows_the_last_input_and_output() {
+    use mcm_edge::config::DisplayConfig;
+    use mcm_edge::display::panel_layout;
+    let dir = std::env::temp_dir().join(format!("mcm-edge-panel-{}", std::process::id()));
+    let preview = dir.join("status.png");
+    let mut config = test_config(rumqttd().port, MqttProtocol::V311);
+    config.display = DisplayConfig { enabled: true, preview_png: Some(preview.clone()), refresh_ms: 0, ..DisplayConfig::default() };
+    let (svc, mut tc) = start(config, Duration::ZERO, MqttProtocol::V311);
+    let p = svc.prefix.clone();
+    tc.publish(&format!("{p}request"), request("panel", json!({ "segmentation": b64(&seg_png()) })));
+    tc.wait_for("image/panel", |m| m.topic == format!("{p}image/panel"));
+    svc.stop(); // draws the last frame at once, with the broker offline
+
+    let panel = image::open(&preview).expect("the preview PNG").to_rgb8();
+    assert_eq!(panel.dimensions(), (320, 240));
+    let layout = panel_layout(320, 240);
+    for tile in [layout.input, layout.output] {
+        // The map and the fake output are grass on the left half, water on the right half.
+        let (x, y, w, h) = (tile.top_left.x as u32, tile.top_left.y as u32, tile.size.width, tile.size.height);
+        assert_eq!(panel.get_pixel(x + w / 4, y + h / 2).0, PALETTE[1], "{tile:?}");
+        assert_eq!(panel.get_pixel(x + 3 * w / 4, y + h / 2).0, PALETTE[2], "{tile:?}");
+    }
+    let header = layout.header;
+    let reddish = (header.top_left.x..header.top_left.x + header.size.width as i32)
+        .flat_map(|x| (header.top_left.y..header.top_left.y + header.size.height as i32).map(move |y| (x as u32, y as u32)))
+        .filter(|&(x, y)| {
+            let [r, g, b] = panel.get_pixel(x, y).0;
+            r > 150 && g < 100 && b < 100
+        })
+        .count();
+    assert!(reddish > 20, "the offline badge is red ({reddish} red pixels in the header)");
+    let _ = std::fs::remove_dir_all(&dir);
+}
