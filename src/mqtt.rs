@@ -475,6 +475,7 @@ impl Driver {
                          clean session to drop it (set the broker's message size limit to avoid this)"
                     );
                     self.set_clean_session(true);
+                    ctx.connected.store(false, Ordering::SeqCst);
                     let _ = ctx.tx.send(LoopEvent::Oversized { bytes, max });
                     failures += 1;
                     if !wait_or_stop(&ctx, ctx.backoff.first) {

@@ -282,45 +282,14 @@ fn decode_checked(
 // ---------------------------------------------------------------------------------------------
 // Encoders.
 
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
-        }
-    }
-    !crc
-}
+#[path = "support/png.rs"]
+#[allow(dead_code)]
+mod png;
+use png::{chunk, crc32, zlib_stored};
 
-fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
-    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-    let start = out.len();
-    out.extend_from_slice(kind);
-    out.extend_from_slice(data);
-    let crc = crc32(&out[start..]);
-    out.extend_from_slice(&crc.to_be_bytes());
-}
-
-/// zlib stream of stored (uncompressed) deflate blocks.
-fn zlib_stored(data: &[u8]) -> Vec<u8> {
-    let mut out = vec![0x78, 0x01];
-    let blocks: Vec<&[u8]> = if data.is_empty() { vec![&[][..]] } else { data.chunks(65535).collect() };
-    for (i, block) in blocks.iter().enumerate() {
-        out.push(u8::from(i + 1 == blocks.len()));
-        let len = block.len() as u16;
-        out.extend_from_slice(&len.to_le_bytes());
-        out.extend_from_slice(&(!len).to_le_bytes());
-        out.extend_from_slice(block);
-    }
-    let (mut a, mut b) = (1u32, 0u32);
-    for &x in data {
-        a = (a + u32::from(x)) % 65521;
-        b = (b + a) % 65521;
-    }
-    out.extend_from_slice(&((b << 16) | a).to_be_bytes());
-    out
-}
+/// Legal (bit depth, colour type) pairs of PNG.
+const PNG_FORMATS: [(u8, u8); 13] =
+    [(1, 0), (2, 0), (4, 0), (8, 0), (16, 0), (8, 2), (16, 2), (1, 3), (8, 3), (8, 4), (16, 4), (8, 6), (16, 6)];
 
 /// A PNG from raw parts: IHDR (width, height, bit depth, colour type, interlace), `extra` chunks,
 /// one IDAT holding `idat` (already a zlib stream), IEND.
@@ -424,21 +393,7 @@ fn arbitrary_bytes_never_panic() {
     let mods = modalities();
     // Real headers, so that the random rest reaches the chunk / segment parsers: the first bytes
     // of a PNG up to its IHDR (valid CRC, random size and format) and of a JPEG up to a marker.
-    let formats = vec![
-        (1u8, 0u8),
-        (2, 0),
-        (4, 0),
-        (8, 0),
-        (16, 0),
-        (8, 2),
-        (16, 2),
-        (1, 3),
-        (8, 3),
-        (8, 4),
-        (16, 4),
-        (8, 6),
-        (16, 6),
-    ];
+    let formats = PNG_FORMATS.to_vec();
     let png_header = (1u32..=64, 1u32..=64, prop::sample::select(formats), 0u8..=1).prop_map(
         |(w, h, (depth, colour), interlace)| {
             let png = png_chunks(w, h, depth, colour, interlace, &[], &[]);
@@ -703,22 +658,7 @@ fn decompression_bombs_are_refused_before_allocating() {
     let tally = Tally::default();
     let mods = modalities();
     let limits = FrameLimits::DEFAULT;
-    // Legal (bit depth, colour type) pairs of PNG.
-    let formats = vec![
-        (1u8, 0u8),
-        (2, 0),
-        (4, 0),
-        (8, 0),
-        (16, 0),
-        (8, 2),
-        (16, 2),
-        (1, 3),
-        (8, 3),
-        (8, 4),
-        (16, 4),
-        (8, 6),
-        (16, 6),
-    ];
+    let formats = PNG_FORMATS.to_vec();
     let png = (
         huge_dims(limits.max_pixels, u32::MAX).prop_filter("PNG sides are >= 1", |&(w, h)| w > 0 && h > 0),
         prop::sample::select(formats),
