@@ -45,8 +45,9 @@ pub enum TransportError {
 /// [`Settings::from_config`]: files are read here, so a bad file stops the service at start.
 #[derive(Clone)]
 pub struct Settings {
-    /// Broker host and TCP port.
+    /// Broker host name or IP address.
     pub host: String,
+    /// Broker TCP port.
     pub port: u16,
     /// User name and password, when configured.
     credentials: Option<(String, String)>,

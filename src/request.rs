@@ -18,8 +18,11 @@ pub const MAX_ID_CHARS: usize = 128;
 /// A refused request: the id when known, an error code (`snake_case`) and a message.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Refusal {
+    /// The request id, when it could be read.
     pub id: Option<String>,
+    /// Error code, e.g. `invalid_steps` (README "MQTT interface").
     pub code: &'static str,
+    /// Human-readable reason, naming the field.
     pub message: String,
 }
 
@@ -53,14 +56,16 @@ pub struct RequestRules<'a> {
     pub max_steps: usize,
     /// Largest `strength`.
     pub max_strength: f32,
-    /// `steps` and `strength` when the request does not give them.
+    /// `steps` when the request does not give it.
     pub default_steps: usize,
+    /// `strength` when the request does not give it.
     pub default_strength: f32,
 }
 
 /// A checked request with its frames decoded to maps of the model's size.
 #[derive(Debug, Clone)]
 pub struct Request {
+    /// The request id (checked as in [`parse_body`]).
     pub id: String,
     /// Decoded maps by modality name.
     pub maps: Maps,
