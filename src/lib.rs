@@ -4,8 +4,9 @@
 //! One concept per module: [`model_info`] (model.toml), [`schedule`] (noise schedule), [`sampler`]
 //! (DDIM), [`model`] (tract plans), [`cond`] (conditioning tensor), [`pipeline`] (generation),
 //! [`frames`] (decoding), [`request`] (request JSON), [`config`] (edge.toml), [`mqtt`] (transport,
-//! TLS, reconnects), [`service`] (MQTT service), [`broker`] (in-process
-//! broker), [`display`] (contact sheets), [`eval`] (metrics), [`bench`] (timings), [`demo`].
+//! TLS, reconnects), [`service`] (MQTT service), [`broker`] (in-process broker), [`display`]
+//! (contact sheets, status panel), [`framebuffer`] (status screen output), [`eval`] (metrics),
+//! [`bench`] (timings), [`demo`].
 
 pub mod bench;
 pub mod broker;
