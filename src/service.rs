@@ -296,6 +296,8 @@ struct Pending {
     /// Latest undecoded stream frame per modality.
     frames: BTreeMap<String, Vec<u8>>,
     busy: bool,
+    /// The request being generated: its id and its acknowledgement, sent once it is answered.
+    running: Option<(String, Option<Ticket>)>,
 }
 
 #[derive(Default)]
@@ -667,8 +669,8 @@ fn modality_names(ctx: &Ctx) -> String {
 /// `None` when the queued job carries it.
 fn on_request(ctx: &Ctx, recent: &mut RecentIds, payload: &[u8], reply: Option<ReplyTo>, ack: Ticket, stopping: bool) -> Option<Ticket> {
     let mut job = match parse_request(ctx, recent, payload, stopping) {
-        Ok(Some(job)) => job,
-        Ok(None) => return Some(ack), // duplicate
+        Ok(Parsed::Job(job)) => job,
+        Ok(Parsed::Duplicate(id)) => return adopt_ack(ctx, &id, ack),
         Err(r) => {
             ctx.error(r.id.as_deref(), r.code, &r.message, reply.as_ref());
             return Some(ack);
@@ -699,12 +701,12 @@ fn on_request(ctx: &Ctx, recent: &mut RecentIds, payload: &[u8], reply: Option<R
 }
 
 /// Parse and check a request; `Ok(None)` for a duplicate of a recently accepted id.
-fn parse_request(ctx: &Ctx, recent: &RecentIds, payload: &[u8], stopping: bool) -> Result<Option<Job>, Refusal> {
+fn parse_request(ctx: &Ctx, recent: &RecentIds, payload: &[u8], stopping: bool) -> Result<Parsed, Refusal> {
     let body = request::parse_body(payload)?;
     if recent.contains(&body.id) {
         log::info!("request {:?}: duplicate delivery ignored", body.id);
         lock(&ctx.shared.stats).summary.duplicates_ignored += 1;
-        return Ok(None);
+        return Ok(Parsed::Duplicate(body.id));
     }
     if stopping {
         return Err(Refusal::new(Some(&body.id), "shutting_down", "the device is shutting down"));
@@ -718,7 +720,28 @@ fn parse_request(ctx: &Ctx, recent: &RecentIds, payload: &[u8], stopping: bool) 
         default_steps: config.generation.steps,
         default_strength: config.generation.strength,
     };
-    Ok(Some(Job { request: body.check(&rules)?, reply: None, ack: None }))
+    Ok(Parsed::Job(Job { request: body.check(&rules)?, reply: None, ack: None }))
+}
+
+/// A request that passed [`parse_request`].
+enum Parsed {
+    Job(Job),
+    /// Another delivery of a recently accepted id.
+    Duplicate(String),
+}
+
+/// A duplicate delivery of `id` (e.g. redelivered by the broker after a reconnect) arrived with
+/// `ticket`. While `id` is still queued or being generated, its answer acknowledges the new
+/// delivery instead, so that a crash before the answer still gets it delivered again; returns
+/// the ticket to release now (the replaced one, void on a new connection, or else the new one).
+fn adopt_ack(ctx: &Ctx, id: &str, ticket: Ticket) -> Option<Ticket> {
+    let mut guard = lock(&ctx.shared.pending);
+    let Pending { requests, running, .. } = &mut *guard;
+    let queued = requests.iter_mut().find(|j| j.request.id == id).map(|j| &mut j.ack);
+    match queued.or_else(|| running.as_mut().filter(|r| r.0 == id).map(|r| &mut r.1)) {
+        Some(slot) => slot.replace(ticket),
+        None => Some(ticket),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -739,9 +762,10 @@ fn work(ctx: Ctx) {
                 if ctx.stopping() {
                     break None;
                 }
-                let take_request = !p.requests.is_empty() && (p.frames.is_empty() || !prefer_frames);
-                if take_request {
-                    break p.requests.pop_front().map(Work::Request);
+                let take_request = p.frames.is_empty() || !prefer_frames;
+                if take_request && let Some(mut job) = p.requests.pop_front() {
+                    p.running = Some((job.request.id.clone(), job.ack.take()));
+                    break Some(Work::Request(job));
                 }
                 if !p.frames.is_empty() {
                     break Some(Work::Frames(std::mem::take(&mut p.frames)));
@@ -780,7 +804,10 @@ fn next_seed(ctx: &Ctx) -> u64 {
 
 fn run_request(ctx: &Ctx, job: Job) {
     answer_request(ctx, &job);
-    ack_job(ctx, &job);
+    let running = lock(&ctx.shared.pending).running.take();
+    if let Some(ticket) = running.and_then(|(_, ticket)| ticket) {
+        ctx.out.ack(ticket);
+    }
 }
 
 /// Acknowledge a request to the broker once it has been answered (see [`Ack`]).
