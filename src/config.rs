@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use crate::framebuffer::DisplayConfig;
+use crate::mqtt::topic_text_ok;
 
 /// One mebibyte in bytes.
 const MIB: usize = 1024 * 1024;
@@ -296,8 +297,8 @@ impl EdgeConfig {
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let bad = |key: &'static str, message: String| Err(ConfigError::Invalid { path: path.to_path_buf(), key, message });
         let m = &self.mqtt;
-        if m.device_id.is_empty() || m.device_id.contains(['/', '+', '#', '\0']) {
-            return bad("mqtt.device_id", format!("{:?} must be non-empty without '/', '+', '#'", m.device_id));
+        if m.device_id.is_empty() || m.device_id.contains(['/', '+', '#']) || !topic_text_ok(&m.device_id) {
+            return bad("mqtt.device_id", format!("{:?} must be non-empty without '/', '+', '#' or control characters", m.device_id));
         }
         if let Some(id) = &m.client_id
             && id.is_empty()
@@ -305,9 +306,9 @@ impl EdgeConfig {
             return bad("mqtt.client_id", "must not be empty (omit it for the default)".into());
         }
         if let Some(p) = &m.topic_prefix
-            && p.contains(['+', '#', '\0'])
+            && (p.contains(['+', '#']) || !topic_text_ok(p))
         {
-            return bad("mqtt.topic_prefix", format!("{p:?} must not contain wildcards '+' or '#'"));
+            return bad("mqtt.topic_prefix", format!("{p:?} must not contain wildcards '+' or '#' or control characters"));
         }
         if let Some(f) = &m.request_filter
             && !valid_filter(f)
@@ -425,7 +426,7 @@ impl EdgeConfig {
 
 /// An MQTT topic filter: non-empty, `#` only as the whole last level, `+` only as a whole level.
 fn valid_filter(filter: &str) -> bool {
-    if filter.is_empty() || filter.contains('\0') {
+    if filter.is_empty() || !topic_text_ok(filter) {
         return false;
     }
     let levels: Vec<&str> = filter.split('/').collect();
@@ -561,6 +562,8 @@ mod tests {
         let e = parse("[limits]\nqueue_depth = 0\n").unwrap_err().to_string();
         assert!(e.contains("limits.queue_depth"), "{e}");
         let e = parse("[mqtt]\ndevice_id = \"a/b\"\n").unwrap_err().to_string();
+        assert!(e.contains("mqtt.device_id"), "{e}");
+        let e = parse("[mqtt]\ndevice_id = \"ed\\nge\"\n").unwrap_err().to_string();
         assert!(e.contains("mqtt.device_id"), "{e}");
         let e = parse("[generation]\nsteps = 500\n").unwrap_err().to_string();
         assert!(e.contains("generation.steps"), "{e}");

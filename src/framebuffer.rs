@@ -180,12 +180,15 @@ impl StatusDisplay {
                 let file = file.map_err(|source| DisplayError::Open { path: path.clone(), source })?;
                 Sink::Framebuffer { path: path.clone(), file }
             }
-            (None, Some(path)) => Sink::Png(path.clone()),
+            (None, Some(path)) => {
+                probe_writable(path)?;
+                Sink::Png(path.clone())
+            }
             (None, None) => Sink::Off,
         };
         if let Sink::Framebuffer { path, .. } | Sink::Png(path) = &sink {
             let c = config;
-            log::info!("status display {}x{} {:?} -> {}", c.width, c.height, c.pixel_format, path.display());
+            log::debug!("status display {}x{} {:?} -> {}", c.width, c.height, c.pixel_format, path.display());
         }
         Ok(StatusDisplay { config: config.clone(), sink, last_draw: None })
     }
@@ -232,6 +235,18 @@ impl StatusDisplay {
 }
 
 /// Write `img` as PNG to `path` through a temporary file in the same directory and a rename.
+/// Check at start that the PNG preview can be written: its folder is created and a file written
+/// and removed beside it.
+fn probe_writable(path: &Path) -> Result<(), DisplayError> {
+    let io_error = |source| DisplayError::Write { path: path.to_path_buf(), source };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(io_error)?;
+    }
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let probe = path.with_file_name(format!(".{name}.probe"));
+    fs::write(&probe, b"").and_then(|()| fs::remove_file(&probe)).map_err(io_error)
+}
+
 fn write_png(img: &RgbImage, path: &Path) -> Result<(), DisplayError> {
     let io_error = |source| DisplayError::Write { path: path.to_path_buf(), source };
     let mut png = Vec::new();

@@ -128,7 +128,7 @@ pub enum FrameError {
     )]
     UnknownClassColour { color: [u8; 3], x: u32, y: u32, nearest: String, distance: f32 },
     /// A single-channel segmentation pixel whose value is not a class id of the model.
-    #[error("pixel (x={x}, y={y}) has class id {id}, but the model has {classes} classes (ids 0..{classes})")]
+    #[error("pixel (x={x}, y={y}) has class id {id}, but the model has {classes} classes (ids 0..={max})", max = .classes.saturating_sub(1))]
     ClassIdOutOfRange { id: u32, x: u32, y: u32, classes: usize },
 }
 

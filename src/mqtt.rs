@@ -24,6 +24,17 @@ const TICK: Duration = Duration::from_millis(50);
 /// Payload of the last will and of the final status.
 pub(crate) const OFFLINE: &[u8] = br#"{"state":"offline"}"#;
 
+/// Whether `s` may stand in an MQTT topic as text: no NUL, no control characters (U+0001-U+001F,
+/// U+007F-U+009F) and no Unicode non-characters. MQTT forbids or discourages them (3.1.1 section
+/// 1.5.3, MQTT 5 section 1.5.4) and mosquitto closes the connection of a client that publishes to
+/// such a topic. Wildcards are checked separately.
+pub fn topic_text_ok(s: &str) -> bool {
+    s.chars().all(|c| {
+        let u = c as u32;
+        !c.is_control() && !(0xFDD0..=0xFDEF).contains(&u) && u & 0xFFFE != 0xFFFE
+    })
+}
+
 /// Errors preparing the connection (before anything is sent).
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -595,6 +606,14 @@ fn wait_or_stop(ctx: &LoopCtx, delay: Duration) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn topic_text_refuses_controls_and_noncharacters() {
+        assert!(topic_text_ok("mcm/edge-1/image/tablet-42 é✓"));
+        for bad in ["a\nb", "a\tb", "\u{1b}", "\u{7f}", "\u{85}", "\u{fdd0}", "\u{ffff}", "\u{1fffe}", "\0"] {
+            assert!(!topic_text_ok(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_maximum_and_resets() {

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use crate::cond::Maps;
 use crate::frames::{FrameLimits, decode_frame};
 use crate::model_info::ModelInfo;
+use crate::mqtt::topic_text_ok;
 
 /// Longest request id, in characters.
 pub const MAX_ID_CHARS: usize = 128;
@@ -37,11 +38,12 @@ impl Refusal {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RequestBody {
-    /// 1..=[`MAX_ID_CHARS`] characters, no `/`, `+`, `#` or NUL (it ends the topic `image/<id>`).
+    /// 1..=[`MAX_ID_CHARS`] characters, no `/`, `+`, `#` or what [`topic_text_ok`] refuses (it
+    /// ends the topic `image/<id>`).
     pub id: String,
     frames: BTreeMap<String, String>,
     seed: Option<u64>,
-    steps: Option<u64>,
+    steps: Option<i64>,
     strength: Option<f64>,
 }
 
@@ -96,11 +98,11 @@ pub fn parse_body(payload: &[u8]) -> Result<RequestBody, Refusal> {
     if chars == 0 || chars > MAX_ID_CHARS {
         return Err(Refusal::new(Some(id), "invalid_id", format!("id must have 1..={MAX_ID_CHARS} characters, not {chars}")));
     }
-    if id.contains(['/', '+', '#', '\0']) {
+    if id.contains(['/', '+', '#']) || !topic_text_ok(id) {
         return Err(Refusal::new(
             Some(id),
             "invalid_id",
-            "id must not contain '/', '+', '#' or NUL (it is the last level of the topic image/<id>)",
+            "id must not contain '/', '+', '#', control characters or non-characters (it is the last level of the topic image/<id>)",
         ));
     }
     Ok(body)
@@ -123,7 +125,7 @@ impl RequestBody {
         let max_steps = rules.max_steps.min(info.schedule.num_train_timesteps);
         let steps = match self.steps {
             None => rules.default_steps.min(max_steps),
-            Some(s) if s >= 1 && s <= max_steps as u64 => s as usize,
+            Some(s) if s >= 1 && s <= max_steps as i64 => s as usize,
             Some(s) => return Err(refuse("invalid_steps", format!("steps {s} must be within 1..={max_steps}"))),
         };
         let strength = match self.strength {

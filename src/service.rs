@@ -49,6 +49,11 @@ use crate::request::{self, Refusal, Request, RequestRules};
 
 /// How often the threads look at the stop flags.
 const TICK: Duration = Duration::from_millis(50);
+/// Longest request id echoed in an error and in the log, in characters (valid ids have at most
+/// [`request::MAX_ID_CHARS`]).
+const MAX_ECHO_ID: usize = 160;
+/// Longest error message published and logged, in characters.
+const MAX_ECHO_MESSAGE: usize = 1000;
 /// How long a publish may wait for room in the request channel once stopping.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
@@ -121,6 +126,11 @@ pub fn run(
     let prefix = config.topic_prefix();
     let settings = Settings::from_config(config)?;
     let display = StatusDisplay::new(&config.display)?;
+    if config.display.enabled {
+        let d = &config.display;
+        let target = d.framebuffer.as_ref().or(d.preview_png.as_ref()).map_or("nowhere".into(), |p| p.display().to_string());
+        log::info!("status display {}x{} {:?} -> {target}", d.width, d.height, d.pixel_format);
+    }
     let status_topic = format!("{prefix}status");
     let (mqtt, driver) = mqtt::connect(config, &settings, &status_topic);
     log::info!(
@@ -223,7 +233,7 @@ impl Outbox {
     /// Queue a publish, waiting while the request channel is full (the loop thread drains it;
     /// once stopping, at most [`STOP_GRACE`]).
     fn publish(&self, topic: &str, payload: Vec<u8>, retain: bool, props: Option<ReplyProps<'_>>) -> Result<(), String> {
-        if topic.is_empty() || topic.contains(['+', '#', '\0']) {
+        if topic.is_empty() || topic.contains(['+', '#']) || !mqtt::topic_text_ok(topic) {
             return Err(format!("invalid topic {topic:?}"));
         }
         let size = payload.len() + topic.len() + props.as_ref().and_then(|p| p.correlation).map_or(0, <[u8]>::len) + 64;
@@ -317,6 +327,8 @@ struct Shared {
     status_order: Mutex<()>,
     stopping: Arc<AtomicBool>,
     seed_counter: AtomicU64,
+    /// The last status display write failed (logged once).
+    display_failing: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -387,6 +399,7 @@ impl Ctx {
             status_order: Mutex::new(()),
             stopping: Arc::clone(&stopping),
             seed_counter: AtomicU64::new(config.generation.fixed_seed),
+            display_failing: AtomicBool::new(false),
         });
         let model_id = config
             .model
@@ -420,6 +433,9 @@ impl Ctx {
 
     /// Publish an error answer on `P/error` (and the reply topic) and count it.
     fn error(&self, id: Option<&str>, code: &str, message: &str, reply: Option<&ReplyTo>) {
+        // An oversized id, key or topic in the input is cut, never echoed in full.
+        let id = id.map(|id| clip(id, MAX_ECHO_ID));
+        let (id, message) = (id.as_deref(), &*clip(message, MAX_ECHO_MESSAGE));
         log::warn!("error {code} (id {id:?}): {message}");
         lock(&self.shared.stats).summary.errors += 1;
         let body = serde_json::to_vec(&ErrorMessage { id, code, message }).unwrap_or_else(|_| b"{}".to_vec());
@@ -458,8 +474,11 @@ impl Ctx {
             _ if display.due() => display.show_now(&state()),
             _ => Ok(()),
         };
-        if let Err(e) = shown {
-            log::warn!("status display: {e}");
+        // The first failure is a warning, repeats are not (a redraw is tried twice a second).
+        match shown {
+            Ok(()) => self.shared.display_failing.store(false, Ordering::Relaxed),
+            Err(e) if !self.shared.display_failing.swap(true, Ordering::Relaxed) => log::warn!("status display: {e}"),
+            Err(e) => log::debug!("status display: {e}"),
         }
     }
 
@@ -905,6 +924,14 @@ fn generate_png(ctx: &Ctx, maps: &Maps, params: &GenerationParams) -> Result<Vec
     encode_png(&image).map_err(|e| ("encode_failed", format!("cannot encode the PNG: {e}")))
 }
 
+/// `s` cut to `max` characters, with a note of its full length when cut.
+fn clip(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match s.char_indices().nth(max) {
+        None => s.into(),
+        Some((end, _)) => format!("{}... ({} characters in all)", &s[..end], s.chars().count()).into(),
+    }
+}
+
 /// Encode an RGB image as PNG bytes.
 fn encode_png(image: &RgbImage) -> Result<Vec<u8>, image::ImageError> {
     let mut buf = Cursor::new(Vec::new());
@@ -925,6 +952,12 @@ mod tests {
         assert!(r.contains("a") && r.contains("b"));
         r.insert("c");
         assert!(!r.contains("a") && r.contains("b") && r.contains("c"));
+    }
+
+    #[test]
+    fn clip_cuts_long_text_only() {
+        assert_eq!(clip("short", 10), "short");
+        assert_eq!(clip("ééééé", 2), "éé... (5 characters in all)");
     }
 
     #[test]

@@ -175,3 +175,23 @@ fn device_crash_sends_the_last_will_and_the_restart_answers_what_was_missed() {
     let msgs = collect_answers(&mut tc, &prefix, &ids, Duration::from_secs(60));
     assert_each_answered_once(&prefix, &ids, &msgs);
 }
+
+#[test]
+fn control_characters_in_an_id_are_refused_and_the_device_stays_connected() {
+    // mosquitto closes the connection of a client that publishes to a topic with control
+    // characters: answering on image/<id> with such an id would cut the device off for good.
+    let Some(broker) = persistent_mosquitto() else { return };
+    let (svc, mut tc) = start(test_config(broker.port, MqttProtocol::V311), Duration::ZERO, MqttProtocol::V311);
+    let p = svc.prefix.clone();
+    let frame = b64(&seg_png());
+    for id in ["nl\nx", "esc\u{1b}", "del\u{7f}", "nonchar\u{ffff}"] {
+        tc.publish(&format!("{p}request"), request(id, json!({ "segmentation": frame })));
+        let err = tc.wait_for("invalid_id", |m| m.topic == format!("{p}error") && m.json()["id"] == id);
+        assert_eq!(err.json()["code"], "invalid_id");
+    }
+    tc.publish(&format!("{p}request"), request("after", json!({ "segmentation": frame })));
+    tc.wait_for("image/after", |m| m.topic == format!("{p}image/after"));
+    let offline = tc.drain(Duration::from_millis(300)).iter().any(|m| m.topic.ends_with("/status") && m.json()["state"] == "offline");
+    assert!(!offline, "the device was disconnected");
+    svc.stop();
+}
