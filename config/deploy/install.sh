@@ -13,7 +13,9 @@ install -m 0755 bin/mcm-edge /opt/mcm-edge/bin/mcm-edge
 rm -rf /opt/mcm-edge/models && cp -r models /opt/mcm-edge/models
 cp README.md /opt/mcm-edge/ 2>/dev/null || true
 if [ ! -e /etc/mcm-edge/edge.toml ]; then
-  sed "s/^device_id = .*/device_id = \"$DEVICE_ID\"/" config/edge.toml > /etc/mcm-edge/edge.toml
+  # The unit makes /opt read-only: the status preview goes to the state directory.
+  sed -e "s/^device_id = .*/device_id = \"$DEVICE_ID\"/" \
+      -e 's|^preview_png = .*|preview_png = "/var/lib/mcm-edge/status.png"|' config/edge.toml > /etc/mcm-edge/edge.toml
   chmod 0644 /etc/mcm-edge/edge.toml
 fi
 (cd /opt/mcm-edge && ./bin/mcm-edge check --config /etc/mcm-edge/edge.toml)
