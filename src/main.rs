@@ -120,6 +120,9 @@ fn main() -> ExitCode {
     }
 }
 
+/// mosquitto's default `max_inflight_messages`: unacknowledged QoS > 0 messages per client.
+const MOSQUITTO_INFLIGHT: usize = 20;
+
 /// The error and its causes, `: `-separated, leaving out a cause whose text is already part of
 /// the message (our error types name their source in their own text).
 fn error_chain(e: &anyhow::Error) -> String {
@@ -172,6 +175,14 @@ fn run(cli: Cli) -> Result<()> {
                 (None, None) => "off".to_string(),
             };
             println!("  status display: {target}");
+            if config.limits.queue_depth >= MOSQUITTO_INFLIGHT {
+                println!(
+                    "  note: limits.queue_depth = {} reaches mosquitto's default in-flight window ({MOSQUITTO_INFLIGHT}): \
+                     requests are acknowledged once answered, so the broker holds back further messages \
+                     (raise max_inflight_messages on the broker, or lower queue_depth)",
+                    config.limits.queue_depth
+                );
+            }
         }
         Command::Demo { model, samples, out, broker, steps, seed, strength } => {
             let latencies = demo::run(&DemoOptions { model, samples, out, broker, steps, seed, strength })?;
