@@ -191,6 +191,8 @@ pub fn run(
     loop_stop.store(true, Ordering::SeqCst);
     drop(mqtt);
     let summary = ctx.summary();
+    ctx.refresh_display(BrokerState::Offline);
+    drop(ctx); // the last client handles: lets the event loop end
     let deadline = Instant::now() + Duration::from_secs(5);
     while !loop_thread.is_finished() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
@@ -202,7 +204,6 @@ pub fn run(
     } else {
         log::warn!("the MQTT event loop did not stop within 5 s; leaving it");
     }
-    ctx.refresh_display(BrokerState::Offline);
     log::info!("stopped: {summary:?}");
     match panicked {
         Some(name) => Err(ServiceError::Panic(name)),
