@@ -29,6 +29,54 @@ pub struct BenchReport {
     pub steps: usize,
     /// Frame decode (PNG) -> `steps` DDIM steps with the MCM -> PNG encode.
     pub end_to_end_ms: f64,
+    /// `1000 / end_to_end_ms`: images per second, one at a time.
+    pub images_per_s: f64,
+    /// Peak resident memory of the process so far (Linux `VmHWM`), in MiB; `None` elsewhere.
+    pub peak_rss_mib: Option<f64>,
+    /// The same nets through onnxruntime (`bench/ort_bench.py` JSON, given with `--ort`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ort: Option<OrtComparison>,
+}
+
+/// tract against onnxruntime on the same ONNX files and shapes, one thread each.
+#[derive(Debug, Clone, Serialize)]
+pub struct OrtComparison {
+    /// onnxruntime's median for `base.onnx`, ms.
+    pub base_ms: f64,
+    /// onnxruntime's median for `mcm.onnx`, ms.
+    pub mcm_ms: Option<f64>,
+    /// tract base step / onnxruntime base.
+    pub base_ratio: f64,
+    /// tract MCM cost (mcm step - base step) / onnxruntime MCM.
+    pub mcm_ratio: Option<f64>,
+}
+
+impl BenchReport {
+    /// Compare with an `ort_bench.py` report (its 1-thread figures: tract runs on one thread).
+    ///
+    /// # Errors
+    /// The JSON lacks `ms.base."1"`.
+    pub fn compare_ort(&mut self, ort: &serde_json::Value) -> anyhow::Result<()> {
+        let ms = |net: &str| ort["ms"][net]["1"].as_f64();
+        let base_ms = ms("base").ok_or_else(|| anyhow::anyhow!("no ms.base.\"1\" in the onnxruntime report"))?;
+        let mcm_ms = ms("mcm");
+        let mcm_net_ms = self.mcm_step_ms - self.base_step_ms;
+        self.ort = Some(OrtComparison {
+            base_ms,
+            mcm_ms,
+            base_ratio: self.base_step_ms / base_ms,
+            mcm_ratio: mcm_ms.map(|m| mcm_net_ms / m),
+        });
+        Ok(())
+    }
+}
+
+/// Peak resident set size of this process in MiB, from `/proc/self/status` (`VmHWM`).
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.trim_start_matches("VmHWM:").trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib / 1024.0)
 }
 
 fn median_ms(runs: usize, mut f: impl FnMut()) -> f64 {
@@ -90,5 +138,8 @@ pub fn bench(dir: &Path, frame: &[u8], steps: usize, runs: usize) -> anyhow::Res
         mcm_overhead_pct: 100.0 * (mcm_step_ms - base_step_ms) / base_step_ms,
         steps,
         end_to_end_ms,
+        images_per_s: 1000.0 / end_to_end_ms,
+        peak_rss_mib: peak_rss_mib(),
+        ort: None,
     })
 }

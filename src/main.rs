@@ -88,6 +88,9 @@ enum Command {
         runs: usize,
         #[arg(long)]
         json: Option<PathBuf>,
+        /// `bench/ort_bench.py` report of the same model: adds tract / onnxruntime ratios.
+        #[arg(long)]
+        ort: Option<PathBuf>,
     },
     /// Evaluate a model through the device pipeline and write the metrics as JSON.
     Eval {
@@ -208,9 +211,14 @@ fn run(cli: Cli) -> Result<()> {
             img.save(&out).with_context(|| format!("writing {}", out.display()))?;
             println!("wrote {} in {:.0} ms", out.display(), start.elapsed().as_secs_f64() * 1e3);
         }
-        Command::Bench { model, frame, steps, runs, json } => {
+        Command::Bench { model, frame, steps, runs, json, ort } => {
             let bytes = std::fs::read(&frame).with_context(|| format!("reading {}", frame.display()))?;
-            let report = bench::bench(&model, &bytes, steps, runs)?;
+            let mut report = bench::bench(&model, &bytes, steps, runs)?;
+            if let Some(ort) = ort {
+                let text = std::fs::read_to_string(&ort).with_context(|| format!("reading {}", ort.display()))?;
+                let value: serde_json::Value = serde_json::from_str(&text).with_context(|| ort.display().to_string())?;
+                report.compare_ort(&value).with_context(|| ort.display().to_string())?;
+            }
             let text = serde_json::to_string_pretty(&report)?;
             if let Some(json) = json {
                 std::fs::write(&json, &text).with_context(|| format!("writing {}", json.display()))?;
