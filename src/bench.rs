@@ -10,6 +10,8 @@ use serde::Serialize;
 
 use crate::cond::{Maps, build_cond};
 use crate::frames::{FrameLimits, decode_frame};
+use crate::model::{OpTime, timestep_tensor};
+use tract_onnx::prelude::IntoTensor;
 use crate::pipeline::{GenerationParams, ImageGenerator, TractGenerator};
 use crate::sampler::Noise;
 
@@ -33,9 +35,19 @@ pub struct BenchReport {
     pub images_per_s: f64,
     /// Peak resident memory of the process so far (Linux `VmHWM`), in MiB; `None` elsewhere.
     pub peak_rss_mib: Option<f64>,
+    /// Time per tract operator kind in one call of each net, largest first (`--profile`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Profile>,
     /// The same nets through onnxruntime (`bench/ort_bench.py` JSON, given with `--ort`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ort: Option<OrtComparison>,
+}
+
+/// Where the time of one call goes, per net.
+#[derive(Debug, Clone, Serialize)]
+pub struct Profile {
+    pub base: Vec<OpTime>,
+    pub mcm: Vec<OpTime>,
 }
 
 /// tract against onnxruntime on the same ONNX files and shapes, one thread each.
@@ -95,7 +107,7 @@ fn median_ms(runs: usize, mut f: impl FnMut()) -> f64 {
 ///
 /// # Errors
 /// Model load, frame decoding or inference failures.
-pub fn bench(dir: &Path, frame: &[u8], steps: usize, runs: usize) -> anyhow::Result<BenchReport> {
+pub fn bench(dir: &Path, frame: &[u8], steps: usize, runs: usize, profile: bool) -> anyhow::Result<BenchReport> {
     let start = Instant::now();
     let generator = TractGenerator::load(dir)?;
     let load_ms = start.elapsed().as_secs_f64() * 1e3;
@@ -129,6 +141,18 @@ pub fn bench(dir: &Path, frame: &[u8], steps: usize, runs: usize) -> anyhow::Res
     if let Some(e) = failure {
         return Err(e);
     }
+    let profile = if profile {
+        let models = generator.models();
+        let (x_t, t) = (x.clone().into_tensor(), timestep_tensor(500.0, 1));
+        let base = models.base.profile(vec![x_t.clone(), t.clone()], runs)?;
+        let mcm = match &models.mcm {
+            Some(net) => net.profile(vec![x_t.clone(), x_t, cond.clone().into_tensor(), t], runs)?,
+            None => Vec::new(),
+        };
+        Some(Profile { base, mcm })
+    } else {
+        None
+    };
     Ok(BenchReport {
         model: dir.display().to_string(),
         image_size: size,
@@ -140,6 +164,7 @@ pub fn bench(dir: &Path, frame: &[u8], steps: usize, runs: usize) -> anyhow::Res
         end_to_end_ms,
         images_per_s: 1000.0 / end_to_end_ms,
         peak_rss_mib: peak_rss_mib(),
+        profile,
         ort: None,
     })
 }

@@ -91,6 +91,9 @@ enum Command {
         /// `bench/ort_bench.py` report of the same model: adds tract / onnxruntime ratios.
         #[arg(long)]
         ort: Option<PathBuf>,
+        /// Also time every tract operator kind of both nets.
+        #[arg(long)]
+        profile: bool,
     },
     /// Evaluate a model through the device pipeline and write the metrics as JSON.
     Eval {
@@ -211,9 +214,9 @@ fn run(cli: Cli) -> Result<()> {
             img.save(&out).with_context(|| format!("writing {}", out.display()))?;
             println!("wrote {} in {:.0} ms", out.display(), start.elapsed().as_secs_f64() * 1e3);
         }
-        Command::Bench { model, frame, steps, runs, json, ort } => {
+        Command::Bench { model, frame, steps, runs, json, ort, profile } => {
             let bytes = std::fs::read(&frame).with_context(|| format!("reading {}", frame.display()))?;
-            let mut report = bench::bench(&model, &bytes, steps, runs)?;
+            let mut report = bench::bench(&model, &bytes, steps, runs, profile)?;
             if let Some(ort) = ort {
                 let text = std::fs::read_to_string(&ort).with_context(|| format!("reading {}", ort.display()))?;
                 let value: serde_json::Value = serde_json::from_str(&text).with_context(|| ort.display().to_string())?;

@@ -81,6 +81,50 @@ impl Net {
     }
 }
 
+/// Time spent in one kind of operator during [`Net::profile`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OpTime {
+    /// tract's operator name after optimization (e.g. `Conv`, `OptMatMul`, `Reduce<Sum>`).
+    pub op: String,
+    /// Nodes of that operator in the plan.
+    pub nodes: usize,
+    /// Mean time per run, ms.
+    pub ms: f64,
+}
+
+impl Net {
+    /// Run `runs` times on `inputs`, timing every node; returns the time per operator kind,
+    /// largest first (what tract's profiler shows, without its CLI).
+    ///
+    /// # Errors
+    /// [`ModelError::Tract`] when tract fails.
+    pub fn profile(&self, inputs: Vec<Tensor>, runs: usize) -> Result<Vec<OpTime>, ModelError> {
+        use std::collections::{BTreeMap, BTreeSet};
+        let err = |message: String| ModelError::Tract { path: self.path.clone(), message };
+        let mut state = tract_core::plan::SimpleState::new(&self.plan).map_err(|e| err(format!("{e:#}")))?;
+        let mut total: BTreeMap<String, f64> = BTreeMap::new();
+        let mut nodes: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
+        let runs = runs.max(1);
+        for _ in 0..runs {
+            let inputs = inputs.iter().map(|t| t.clone().into_tvalue()).collect();
+            state
+                .run_plan_with_eval(inputs, |ctx, op_state, node, input| {
+                    let start = std::time::Instant::now();
+                    let out = tract_core::plan::eval(ctx, op_state, node, input);
+                    let name = node.op().name().to_string();
+                    *total.entry(name.clone()).or_default() += start.elapsed().as_secs_f64() * 1e3;
+                    nodes.entry(name).or_default().insert(node.id);
+                    out
+                })
+                .map_err(|e| err(format!("{e:#}")))?;
+        }
+        let mut times: Vec<OpTime> =
+            total.into_iter().map(|(op, ms)| OpTime { nodes: nodes[&op].len(), op, ms: ms / runs as f64 }).collect();
+        times.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+        Ok(times)
+    }
+}
+
 /// A `[B]` timestep tensor.
 pub fn timestep_tensor(t: f32, batch: usize) -> Tensor {
     tract_ndarray::Array1::from_elem(batch, t).into_tensor()
