@@ -109,3 +109,22 @@ fn request_over_mqtt_is_answered_with_a_png_from_tract() {
     assert_eq!(img, direct);
     service.join().unwrap().unwrap();
 }
+
+#[test]
+fn bench_reports_the_operator_profile_and_onnxruntime_ratios() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let frame = std::fs::read(root.join("config/samples/segmentation/tablet-0.png")).unwrap();
+    let mut report = mcm_edge::bench::bench(&root.join("models/tiny"), &frame, 2, 2, true).unwrap();
+    let profile = report.profile.as_ref().expect("asked for a profile");
+    for ops in [&profile.base, &profile.mcm] {
+        assert!(!ops.is_empty());
+        assert!(ops.iter().all(|o| o.nodes > 0 && o.ms >= 0.0));
+        assert!(ops.windows(2).all(|w| w[0].ms >= w[1].ms), "largest first");
+    }
+    assert!(report.images_per_s > 0.0 && report.peak_rss_mib.is_some_and(|m| m > 1.0));
+    let ort = serde_json::json!({ "ms": { "base": { "1": report.base_step_ms / 2.0 }, "mcm": { "1": 1.0 } } });
+    report.compare_ort(&ort).unwrap();
+    let cmp = report.ort.as_ref().unwrap();
+    assert!((cmp.base_ratio - 2.0).abs() < 1e-9);
+    assert!(report.compare_ort(&serde_json::json!({})).is_err(), "a report without ms.base is refused");
+}
