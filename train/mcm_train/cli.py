@@ -139,6 +139,16 @@ def cmd_export_diffusers(a: argparse.Namespace) -> None:
     print(f"exported {a.source} to {a.out}/base.onnx + model.toml")
 
 
+def cmd_export_random(a: argparse.Namespace) -> None:
+    from .export import write_random_model
+
+    classes = [{"name": c.name, "color": list(c.color)} for c in data_mod.load_classes()]
+    a.out.mkdir(parents=True, exist_ok=True)
+    doc = write_random_model(a.out, classes, a.preset, a.seed)
+    base, mcm = doc["base"]["parameters"], doc["mcm"]["parameters"]
+    print(f"{a.out}: random {a.preset} model, base {base:,} parameters, MCM {mcm:,} ({100 * mcm / base:.1f} % of the base)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mcm-train", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -181,6 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("source", type=Path, help="local diffusers folder (a pipeline or a bare UNet2DModel)")
     e.add_argument("--out", type=Path, required=True)
     e.set_defaults(func=cmd_export_diffusers)
+
+    r = sub.add_parser("export-random", help="a random-weight model directory (tiny fixture, or paper-scale for benchmarks)")
+    r.add_argument("--preset", choices=["tiny", "paper"], default="tiny")
+    r.add_argument("--out", type=Path, required=True)
+    r.add_argument("--seed", type=int, default=0)
+    r.set_defaults(func=cmd_export_random)
     return p
 
 

@@ -139,31 +139,68 @@ _HEADER = """\
 """
 
 
-def write_tiny_model(out_dir: Path, classes: list[dict], seed: int = 0) -> None:
-    """A tiny random-weight model directory (16x16 RGB, segmentation + sketch MCM with non-zero
-    outputs, segmenter) with test vectors: a fixture for the device's tests, small enough to commit.
-    The weights are random, so the images are noise; only shapes and numerics are meaningful."""
+#: Random-weight model sets. `tiny`: the 16x16 RGB fixture committed as models/tiny. `paper`: a
+#: paper-scale pair for speed measurements (issue 4): a 64 M-parameter base on a 32x32x4
+#: latent-like input (Stable Diffusion's latent shape at 256 px) and an MCM of about 2 % of it.
+PRESETS: dict[str, dict] = {
+    "tiny": {
+        "size": 16,
+        "channels": 3,
+        "base": {"channels": (8, 16), "num_res_blocks": 1, "attention_resolutions": (8,), "groups": 4},
+        "mcm": {"channels": (8, 16), "num_res_blocks": 1, "attention_resolutions": (8,), "groups": 4},
+        "segmenter": True,
+    },
+    "paper": {
+        "size": 32,
+        "channels": 4,
+        "base": {"channels": (128, 256, 512), "num_res_blocks": 2, "attention_resolutions": (16, 8), "groups": 32},
+        "mcm": {"channels": (24, 48, 96), "num_res_blocks": 1, "attention_resolutions": (), "groups": 8},
+        "segmenter": False,
+    },
+}
+
+
+def write_random_model(out_dir: Path, classes: list[dict], preset: str = "tiny", seed: int = 0) -> dict:
+    """A random-weight model directory of a [`PRESETS`] entry: base, segmentation + sketch MCM (output
+    layer made non-zero so that the test vectors exercise the MCM path), optional segmenter, test
+    vectors and `model.toml`. The images are noise; only shapes, numerics and speed are meaningful.
+
+    Returns the written `model.toml` as a dict.
+
+    Raises:
+        KeyError: unknown `preset`.
+        ExportError: the exported graph disagrees with PyTorch.
+    """
     from .schedule import ScheduleConfig
 
+    p = PRESETS[preset]
     torch.manual_seed(seed)
-    size = 16
-    small = {"channels": (8, 16), "num_res_blocks": 1, "attention_resolutions": (8,), "image_size": size, "groups": 4}
-    base = UNet(UNetConfig(in_channels=3, out_channels=3, **small)).eval()
+    size, c = p["size"], p["channels"]
+    base = UNet(UNetConfig(in_channels=c, out_channels=c, image_size=size, **p["base"])).eval()
     modalities = [ModalitySpec("segmentation", "segmentation", len(classes), classes), ModalitySpec("sketch", "sketch", 1)]
     k = sum(m.width for m in modalities)
-    mcm = MCM(3, k, UNetConfig(**small)).eval()
+    mcm = MCM(c, k, UNetConfig(image_size=size, **p["mcm"])).eval()
     nn.init.normal_(mcm.net.conv_out.weight, std=0.02)  # non-zero so that the vectors test the MCM path
-    seg = UNet(UNetConfig(in_channels=3, out_channels=len(classes), timestep_embedding=False, **small)).eval()
     export_base(base, out_dir)
     export_mcm(mcm, k, out_dir)
-    export_segmenter(seg, out_dir)
     provenance = {"dataset": "none (random weights)", "steps": 0}
-    update_model_toml(
+    nets: dict[str, dict] = {
+        "base": {"file": "base.onnx", "parameters": sum(q.numel() for q in base.parameters()), **provenance},
+        "mcm": {"file": "mcm.onnx", "cond_channels": k, "parameters": sum(q.numel() for q in mcm.parameters()), **provenance},
+    }
+    if p["segmenter"]:
+        seg = UNet(UNetConfig(in_channels=3, out_channels=len(classes), timestep_embedding=False, image_size=size, **p["base"]))
+        export_segmenter(seg.eval(), out_dir)
+        nets["segmenter"] = {"file": "segmenter.onnx", "parameters": sum(q.numel() for q in seg.parameters()), **provenance}
+    return update_model_toml(
         out_dir,
-        image={"size": size, "channels": 3, "value_range": [-1.0, 1.0]},
+        image={"size": size, "channels": c, "value_range": [-1.0, 1.0]},
         schedule=ScheduleConfig().to_dict(),
-        base={"file": "base.onnx", "parameters": sum(p.numel() for p in base.parameters()), **provenance},
         modalities=[{"name": m.name, "kind": m.kind, "channels": m.channels, "classes": m.classes} for m in modalities],
-        mcm={"file": "mcm.onnx", "cond_channels": k, "parameters": sum(p.numel() for p in mcm.parameters()), **provenance},
-        segmenter={"file": "segmenter.onnx", "parameters": sum(p.numel() for p in seg.parameters()), **provenance},
+        **nets,
     )
+
+
+def write_tiny_model(out_dir: Path, classes: list[dict], seed: int = 0) -> None:
+    """The 16x16 RGB random-weight fixture (`PRESETS["tiny"]`), small enough to commit as models/tiny."""
+    write_random_model(out_dir, classes, "tiny", seed)

@@ -6,11 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import pytest
 import torch
 
 from mcm_train.cli import main
 from mcm_train.data import load_classes
-from mcm_train.export import write_tiny_model
+from mcm_train.export import PRESETS, write_tiny_model
+from mcm_train.models import MCM, UNet, UNetConfig
 
 
 def _run(path: Path, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -76,3 +78,17 @@ def test_export_diffusers_tiny_unet(tmp_path: Path) -> None:
         want = unet(x, t).sample.numpy()
     got = _run(tmp_path / "out" / "base.onnx", {"sample": x.numpy(), "timestep": t.numpy()})[0]
     assert np.abs(got - want).max() < 1e-4
+
+
+def test_export_random_cli_and_paper_preset_sizes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main(["export-random", "--preset", "tiny", "--out", str(tmp_path)])
+    doc = tomllib.loads((tmp_path / "model.toml").read_text())
+    assert doc["image"] == {"size": 16, "channels": 3, "value_range": [-1.0, 1.0]}
+    assert (tmp_path / "base.onnx").is_file() and (tmp_path / "mcm.onnx").is_file()
+    assert "random tiny model" in capsys.readouterr().out
+    # The paper-scale pair (not exported here: 250 MB): base 50-100 M parameters, MCM 1-4 % of it.
+    p = PRESETS["paper"]
+    base = UNet(UNetConfig(in_channels=p["channels"], out_channels=p["channels"], image_size=p["size"], **p["base"]))
+    mcm = MCM(p["channels"], 11, UNetConfig(image_size=p["size"], **p["mcm"]))
+    nb, nm = (sum(q.numel() for q in m.parameters()) for m in (base, mcm))
+    assert 50e6 <= nb <= 100e6 and 0.01 <= nm / nb <= 0.04, (nb, nm)
