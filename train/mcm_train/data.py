@@ -13,7 +13,9 @@ Files are paired by stem; a modality folder may be missing (then that modality i
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -306,9 +308,64 @@ def _open(path: Path, size: int) -> Image.Image:
     return img
 
 
+#: Decoded arrays of a dataset folder, beside it, reused while no file changed (see `load_dataset`).
+CACHE_NAME = ".mcm-cache.npz"
+
+
+def _fingerprint(paths: list[Path], classes: list[ClassInfo]) -> str:
+    """Hash of every file's name, size and modification time, and of the palette."""
+    h = hashlib.sha1(repr([(c.name, tuple(c.color)) for c in classes]).encode())
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _dataset_files(root: Path, paths: list[Path]) -> list[Path]:
+    """The image files and every existing paired map file."""
+    files = list(paths)
+    for folder in (root / "segmentation", root / "sketch"):
+        if folder.is_dir():
+            files.extend(_pair(folder, p) for p in paths)
+    return files
+
+
+def _read_cache(root: Path, key: str, classes: list[ClassInfo]) -> Dataset | None:
+    try:
+        with np.load(root / CACHE_NAME, allow_pickle=False) as z:
+            if str(z["key"]) != key:
+                return None
+            return Dataset(
+                images=z["images"].astype(np.float32) / 127.5 - 1.0,
+                segmentation=z["segmentation"] if z["segmentation"].size else None,
+                sketch=z["sketch"] if z["sketch"].size else None,
+                classes=classes,
+                stems=[str(x) for x in z["stems"]],
+            )
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _write_cache(root: Path, key: str, ds: Dataset, images_u8: np.ndarray) -> None:
+    """Best effort: a read-only dataset folder just is not cached."""
+    tmp = root / f".mcm-cache.{os.getpid()}.tmp.npz"
+    empty = np.zeros((0,), np.float32)
+    try:
+        np.savez(tmp, key=np.array(key), images=images_u8, stems=np.array(ds.stems),
+                 segmentation=ds.segmentation if ds.segmentation is not None else empty,
+                 sketch=ds.sketch if ds.sketch is not None else empty)
+        tmp.replace(root / CACHE_NAME)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+
 def load_dataset(root: Path, classes: list[ClassInfo] | None = None, limit: int | None = None) -> Dataset:
     """Load a dataset folder (layout in the module doc) into memory. All images must be square and
     of one size. `classes` defaults to the manifest's list, else config/classes.toml.
+
+    Decoding a few thousand PNGs and matching palette colours takes tens of seconds, so the arrays
+    are kept in `DIR/.mcm-cache.npz` (images as uint8) and reused while no file's name, size or
+    modification time and not the palette changed: every resumed training run loads in a second.
 
     Raises:
         DataError: the folder has no images, sizes differ, or a map cannot be read.
@@ -325,6 +382,10 @@ def load_dataset(root: Path, classes: list[ClassInfo] | None = None, limit: int 
         paths = paths[:limit]
     if not paths:
         raise DataError(f"{root}/images: no PNG or JPEG images")
+    key = _fingerprint(_dataset_files(root, paths), classes)
+    cached = _read_cache(root, key, classes)
+    if cached is not None:
+        return cached
     first = Image.open(paths[0])
     size = first.size[0]
     if first.size[0] != first.size[1]:
@@ -332,18 +393,21 @@ def load_dataset(root: Path, classes: list[ClassInfo] | None = None, limit: int 
     images, segs, sketches = [], [], []
     seg_dir, sk_dir = root / "segmentation", root / "sketch"
     for p in paths:
-        images.append(np.asarray(_open(p, size).convert("RGB"), np.float32) / 127.5 - 1.0)
+        images.append(np.asarray(_open(p, size).convert("RGB"), np.uint8))
         if seg_dir.is_dir():
             segs.append(labels_from_image(_open(_pair(seg_dir, p), size), classes, p))
         if sk_dir.is_dir():
             sketches.append(strokes_from_image(_open(_pair(sk_dir, p), size)))
-    return Dataset(
-        images=np.stack(images).transpose(0, 3, 1, 2).copy(),
+    images_u8 = np.stack(images).transpose(0, 3, 1, 2).copy()
+    ds = Dataset(
+        images=images_u8.astype(np.float32) / 127.5 - 1.0,
         segmentation=np.stack(segs) if segs else None,
         sketch=np.stack(sketches)[:, None] if sketches else None,
         classes=classes,
         stems=[p.stem for p in paths],
     )
+    _write_cache(root, key, ds, images_u8)
+    return ds
 
 
 def _pair(folder: Path, image_path: Path) -> Path:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -7,6 +9,7 @@ import pytest
 from PIL import Image
 
 from mcm_train.data import (
+    CACHE_NAME,
     DataError,
     load_classes,
     load_dataset,
@@ -72,3 +75,21 @@ def test_sketch_polarity_and_transparency_are_detected() -> None:
     rgba[..., 3] = np.where(strokes, 255, 0)  # black strokes on a transparent background
     for img in (dark_on_light, light_on_dark, Image.fromarray(rgba, mode="RGBA")):
         assert np.array_equal(strokes_from_image(img) > 0.5, strokes)
+
+
+def test_decoded_dataset_is_cached_until_a_file_changes(scenes: Path, tmp_path: Path) -> None:
+    root = tmp_path / "copy"
+    shutil.copytree(scenes, root, ignore=shutil.ignore_patterns(CACHE_NAME))
+    first = load_dataset(root)
+    assert (root / CACHE_NAME).is_file()
+    again = load_dataset(root)
+    for name in ("images", "segmentation", "sketch"):
+        assert np.array_equal(getattr(first, name), getattr(again, name)), name
+    assert again.images.dtype == np.float32 and again.stems == first.stems
+    # A changed map invalidates the cache: its new content is read.
+    seg = sorted((root / "segmentation").glob("*.png"))[0]
+    Image.new("RGB", (first.size, first.size), tuple(first.classes[1].color)).save(seg)
+    st = seg.stat()
+    os.utime(seg, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    changed = load_dataset(root)
+    assert (changed.segmentation[0] == 1).all() and not np.array_equal(changed.segmentation, first.segmentation)
