@@ -18,12 +18,16 @@
 //! when the request channel fills): the *loop* thread only drives the rumqttc `Connection` and
 //! forwards events through an unbounded channel; the *dispatcher* parses and queues them,
 //! answers refusals and renews subscriptions on every CONNACK; the *worker* generates and
-//! publishes. Both publish through cloned clients.
+//! publishes. Both publish through cloned clients (transport: [`crate::mqtt`]).
+//!
+//! Incoming publishes are acknowledged once handled, in arrival order ([`AckQueue`]): a request
+//! when it has been answered, a frame or a refusal on arrival (after the requests before it).
+//! The status display, when configured, is redrawn from the same state.
 //!
 //! Error codes: `invalid_json`, `invalid_request`, `invalid_id`, `no_frames`, `unknown_modality`,
 //! `invalid_base64`, `invalid_steps`, `invalid_strength`, the frame decoder's codes
 //! ([`crate::frames::FrameError::code`]), `queue_full`, `shutting_down`, `invalid_params`,
-//! `invalid_maps`, `model_error`, `inference_failed`, `encode_failed`.
+//! `invalid_maps`, `model_error`, `inference_failed`, `encode_failed`, `message_too_large`.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::io::Cursor;
