@@ -28,6 +28,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use base64::Engine;
 use clap::Parser;
+use rand::{Rng, RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use serde_json::{Value, json};
 
@@ -90,20 +92,6 @@ struct Args {
 const DEVICE_ID: &str = "soak";
 const PREFIX: &str = "mcm/soak/";
 
-/// Small deterministic generator (message order, payload choices).
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
 
 /// A child process that is killed (SIGKILL) and reaped if still running when dropped.
 struct Guard {
@@ -269,22 +257,22 @@ fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-fn garbage(rng: &mut XorShift, len: usize) -> Vec<u8> {
-    (0..len).map(|_| rng.next() as u8).collect()
+fn garbage(rng: &mut ChaCha8Rng, len: usize) -> Vec<u8> {
+    (0..len).map(|_| rng.next_u64() as u8).collect()
 }
 
-fn frame_message(rng: &mut XorShift, s: &Samples) -> Message {
-    let pick = |v: &Vec<Vec<u8>>, rng: &mut XorShift| v[rng.below(v.len())].clone();
-    let (kind, topic, payload) = match rng.below(100) {
+fn frame_message(rng: &mut ChaCha8Rng, s: &Samples) -> Message {
+    let pick = |v: &Vec<Vec<u8>>, rng: &mut ChaCha8Rng| v[rng.random_range(0..v.len())].clone();
+    let (kind, topic, payload) = match rng.random_range(0..100) {
         0..=41 => ("segmentation", "frame/segmentation", pick(&s.segmentation, rng)),
         42..=83 => ("sketch", "frame/sketch", pick(&s.sketch, rng)),
         84..=87 => ("garbage_bytes", "frame/segmentation", {
-            let n = 1 + rng.below(2000);
+            let n = 1 + rng.random_range(0..2000);
             garbage(rng, n)
         }),
         88..=91 => ("truncated_png", "frame/sketch", {
             let png = pick(&s.sketch, rng);
-            let n = 1 + rng.below(png.len() - 1);
+            let n = 1 + rng.random_range(0..png.len() - 1);
             png[..n].to_vec()
         }),
         92..=95 => ("sketch_on_segmentation_topic", "frame/segmentation", pick(&s.sketch, rng)),
@@ -293,21 +281,21 @@ fn frame_message(rng: &mut XorShift, s: &Samples) -> Message {
     Message::Frame { kind, topic: format!("{PREFIX}{topic}"), payload }
 }
 
-fn valid_request(rng: &mut XorShift, s: &Samples, n: usize, steps: usize, burst: bool) -> Message {
-    let seg = b64(&s.segmentation[rng.below(s.segmentation.len())]);
-    let sketch = b64(&s.sketch[rng.below(s.sketch.len())]);
-    let (kind, frames) = match rng.below(3) {
+fn valid_request(rng: &mut ChaCha8Rng, s: &Samples, n: usize, steps: usize, burst: bool) -> Message {
+    let seg = b64(&s.segmentation[rng.random_range(0..s.segmentation.len())]);
+    let sketch = b64(&s.sketch[rng.random_range(0..s.sketch.len())]);
+    let (kind, frames) = match rng.random_range(0..3) {
         0 => ("segmentation", json!({ "segmentation": seg })),
         1 => ("sketch", json!({ "sketch": sketch })),
         _ => ("both", json!({ "segmentation": seg, "sketch": sketch })),
     };
     let id = format!("soak-{n}");
-    let body = json!({ "id": id, "frames": frames, "steps": steps, "seed": rng.next() % 1000 });
+    let body = json!({ "id": id, "frames": frames, "steps": steps, "seed": rng.next_u64() % 1000 });
     let kind = if burst { "burst" } else { kind };
     Message::Request { kind, id: Some(id), payload: body.to_string().into_bytes(), expect: Expect::Image }
 }
 
-fn invalid_request(rng: &mut XorShift, s: &Samples, n: usize, steps: usize) -> Message {
+fn invalid_request(rng: &mut ChaCha8Rng, s: &Samples, n: usize, steps: usize) -> Message {
     let id = format!("soak-{n}");
     let seg = || b64(&s.segmentation[0]);
     let with_id = |kind: &'static str, body: Value, code: &'static str| Message::Request {
@@ -316,10 +304,10 @@ fn invalid_request(rng: &mut XorShift, s: &Samples, n: usize, steps: usize) -> M
         payload: body.to_string().into_bytes(),
         expect: Expect::Error(code),
     };
-    match rng.below(11) {
+    match rng.random_range(0..11) {
         0 => {
             let text = json!({ "id": id, "frames": { "segmentation": seg() } }).to_string();
-            let cut = 1 + rng.below(text.len() - 1);
+            let cut = 1 + rng.random_range(0..text.len() - 1);
             Message::Request {
                 kind: "truncated_json",
                 id: None,
@@ -375,13 +363,13 @@ fn invalid_request(rng: &mut XorShift, s: &Samples, n: usize, steps: usize) -> M
 /// The whole message sequence: frames and requests interleaved at random, with bursts of valid
 /// requests; `true` marks a message sent without a pause before the next one.
 fn schedule(args: &Args, samples: &Samples) -> Vec<(Message, bool)> {
-    let mut rng = XorShift(args.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
     let (mut frames, mut requests) = (0usize, 0usize);
     let mut out = Vec::with_capacity(args.frames + args.requests);
     while frames < args.frames || requests < args.requests {
         let left_frames = args.frames - frames;
         let left_requests = args.requests - requests;
-        let request = rng.below(left_frames + left_requests) < left_requests;
+        let request = rng.random_range(0..left_frames + left_requests) < left_requests;
         if !request {
             out.push((frame_message(&mut rng, samples), false));
             frames += 1;
@@ -394,7 +382,7 @@ fn schedule(args: &Args, samples: &Samples) -> Vec<(Message, bool)> {
             }
             continue;
         }
-        let msg = if rng.below(100) < 85 {
+        let msg = if rng.random_range(0..100) < 85 {
             valid_request(&mut rng, samples, requests, args.steps, false)
         } else {
             invalid_request(&mut rng, samples, requests, args.steps)

@@ -593,36 +593,7 @@ mod tests {
     mod png {
         include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/png.rs"));
     }
-    use png::{chunk, zlib_stored};
-
-    /// A PNG from raw parts; `rows` are unfiltered scanlines (a 0 filter byte is prepended).
-    fn raw_png(w: u32, h: u32, depth: u8, colour: u8, extra: &[(&[u8; 4], Vec<u8>)], rows: &[Vec<u8>]) -> Vec<u8> {
-        let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
-        let mut ihdr = Vec::new();
-        ihdr.extend_from_slice(&w.to_be_bytes());
-        ihdr.extend_from_slice(&h.to_be_bytes());
-        ihdr.extend_from_slice(&[depth, colour, 0, 0, 0]);
-        chunk(&mut out, b"IHDR", &ihdr);
-        for (kind, data) in extra {
-            chunk(&mut out, kind, data);
-        }
-        let mut data = Vec::new();
-        for row in rows {
-            data.push(0);
-            data.extend_from_slice(row);
-        }
-        chunk(&mut out, b"IDAT", &zlib_stored(&data));
-        chunk(&mut out, b"IEND", &[]);
-        out
-    }
-
-    fn pack_bits(values: &[u8], depth: u8) -> Vec<u8> {
-        let per = (8 / depth) as usize;
-        values
-            .chunks(per)
-            .map(|c| c.iter().enumerate().fold(0u8, |acc, (i, &v)| acc | (v << (8 - depth as usize * (i + 1)))))
-            .collect()
-    }
+    use png::{pack_bits, raw_png};
 
     // --- segmentation -----------------------------------------------------------------------------
 

@@ -36,6 +36,8 @@ use image::{DynamicImage, ExtendedColorType, GrayImage, ImageEncoder};
 use ndarray::Array2;
 use proptest::prelude::*;
 use proptest::sample::Index;
+use rand::SeedableRng as _;
+use rand_chacha::ChaCha8Rng;
 use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestRunner};
 
 use mcm_edge::cond::ModalityMap;
@@ -285,55 +287,11 @@ fn decode_checked(
 #[path = "support/png.rs"]
 #[allow(dead_code)]
 mod png;
-use png::{chunk, crc32, zlib_stored};
+use png::{crc32, pack_bits, png_chunks, raw_png, zlib_stored};
 
 /// Legal (bit depth, colour type) pairs of PNG.
 const PNG_FORMATS: [(u8, u8); 13] =
     [(1, 0), (2, 0), (4, 0), (8, 0), (16, 0), (8, 2), (16, 2), (1, 3), (8, 3), (8, 4), (16, 4), (8, 6), (16, 6)];
-
-/// A PNG from raw parts: IHDR (width, height, bit depth, colour type, interlace), `extra` chunks,
-/// one IDAT holding `idat` (already a zlib stream), IEND.
-fn png_chunks(
-    w: u32,
-    h: u32,
-    depth: u8,
-    colour: u8,
-    interlace: u8,
-    extra: &[(&[u8; 4], Vec<u8>)],
-    idat: &[u8],
-) -> Vec<u8> {
-    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
-    let mut ihdr = Vec::new();
-    ihdr.extend_from_slice(&w.to_be_bytes());
-    ihdr.extend_from_slice(&h.to_be_bytes());
-    ihdr.extend_from_slice(&[depth, colour, 0, 0, interlace]);
-    chunk(&mut out, b"IHDR", &ihdr);
-    for (kind, data) in extra {
-        chunk(&mut out, kind, data);
-    }
-    chunk(&mut out, b"IDAT", idat);
-    chunk(&mut out, b"IEND", &[]);
-    out
-}
-
-/// A non-interlaced PNG whose scanlines are `rows` (unfiltered; a 0 filter byte is prepended).
-fn raw_png(w: u32, h: u32, depth: u8, colour: u8, extra: &[(&[u8; 4], Vec<u8>)], rows: &[Vec<u8>]) -> Vec<u8> {
-    let mut data = Vec::new();
-    for row in rows {
-        data.push(0);
-        data.extend_from_slice(row);
-    }
-    png_chunks(w, h, depth, colour, 0, extra, &zlib_stored(&data))
-}
-
-/// Pack `values` (each < 2^depth) into bytes, most significant bits first.
-fn pack_bits(values: &[u8], depth: u8) -> Vec<u8> {
-    let per = (8 / depth) as usize;
-    values
-        .chunks(per)
-        .map(|c| c.iter().enumerate().fold(0u8, |acc, (i, &v)| acc | (v << (8 - depth as usize * (i + 1)))))
-        .collect()
-}
 
 /// Recompute the CRC of every complete chunk of a (mutated) PNG, so that mutations reach the
 /// decoder's chunk parsers instead of stopping at the CRC check.
@@ -372,17 +330,6 @@ fn exif_orientation(o: u8) -> Vec<u8> {
     vec![b'M', b'M', 0, 42, 0, 0, 0, 8, 0, 1, 0x01, 0x12, 0, 3, 0, 0, 0, 1, 0, o, 0, 0, 0, 0, 0, 0]
 }
 
-/// Small deterministic generator for image content (proptest draws the seed).
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Property 1: arbitrary bytes.
@@ -462,15 +409,15 @@ fn make_image(enc: Encoding, w: u32, h: u32, seed: u64, orientation: u8) -> Vec<
         [240, 200, 80],
         [96, 96, 96],
     ];
-    let mut rng = XorShift(seed | 1);
-    let mode = rng.next() % 3;
-    let block = 1 + (rng.next() % 32) as u32;
-    let table: Vec<u64> = (0..64).map(|_| rng.next()).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mode = rng.next_u64() % 3;
+    let block = 1 + (rng.next_u64() % 32) as u32;
+    let table: Vec<u64> = (0..64).map(|_| rng.next_u64()).collect();
     // A value per pixel: palette index of a block, noise, or a stroke mask.
-    let px = |x: u32, y: u32, rng: &mut XorShift| -> u64 {
+    let px = |x: u32, y: u32, rng: &mut ChaCha8Rng| -> u64 {
         match mode {
             0 => table[((x / block + 7 * (y / block)) % 64) as usize],
-            1 => rng.next(),
+            1 => rng.next_u64(),
             _ => u64::from(x == y || x.abs_diff(w / 2) <= 1 || y == h / 3) * u64::MAX,
         }
     };
@@ -804,7 +751,7 @@ fn segmentation_round_trip() {
             let classes = m.classes.len();
             prop_assume!(ids.iter().all(|&id| (id as usize) < classes));
             let colour = |id: u8| m.classes[id as usize].color;
-            let mut rng = XorShift(seed | 1);
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
             let (w32, h32) = (w as u32, h as u32);
             let exif = (orientation > 1).then(|| exif_orientation(orientation));
             let pixels = || ids.iter().copied();
@@ -816,7 +763,7 @@ fn segmentation_round_trip() {
                     let raw: Vec<u8> = pixels()
                         .flat_map(|id| {
                             let c = colour(id);
-                            [c[0], c[1], c[2], rng.next() as u8]
+                            [c[0], c[1], c[2], rng.next_u64() as u8]
                         })
                         .collect();
                     encode_png(&raw, w32, h32, ExtendedColorType::Rgba8, exif)
@@ -829,13 +776,13 @@ fn segmentation_round_trip() {
                 SegEncoding::Rgb8Noisy => {
                     let raw: Vec<u8> = pixels()
                         .flat_map(colour)
-                        .map(|c| (i32::from(c) + (rng.next() % 21) as i32 - 10).clamp(0, 255) as u8)
+                        .map(|c| (i32::from(c) + (rng.next_u64() % 21) as i32 - 10).clamp(0, 255) as u8)
                         .collect();
                     encode_png(&raw, w32, h32, ExtendedColorType::Rgb8, exif)
                 }
                 SegEncoding::Indexed(depth) => {
                     // Palette order: a rotation of the class order.
-                    let shift = (rng.next() % classes as u64) as usize;
+                    let shift = (rng.next_u64() % classes as u64) as usize;
                     let order: Vec<usize> = (0..classes).map(|i| (i + shift) % classes).collect();
                     let plte: Vec<u8> = order.iter().flat_map(|&c| m.classes[c].color).collect();
                     let index_of =
@@ -853,7 +800,7 @@ fn segmentation_round_trip() {
                 }
                 SegEncoding::Grey8 => encode_png(&pixels().collect::<Vec<_>>(), w32, h32, ExtendedColorType::L8, exif),
                 SegEncoding::GreyA8 => {
-                    let raw: Vec<u8> = pixels().flat_map(|id| [id, rng.next() as u8]).collect();
+                    let raw: Vec<u8> = pixels().flat_map(|id| [id, rng.next_u64() as u8]).collect();
                     encode_png(&raw, w32, h32, ExtendedColorType::La8, exif)
                 }
                 SegEncoding::Grey16 => {

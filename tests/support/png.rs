@@ -43,3 +43,47 @@ pub fn zlib_stored(data: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&((b << 16) | a).to_be_bytes());
     out
 }
+
+/// A PNG from raw parts: IHDR (width, height, bit depth, colour type, interlace), `extra` chunks,
+/// one IDAT holding `idat` (already a zlib stream), IEND.
+pub fn png_chunks(
+    w: u32,
+    h: u32,
+    depth: u8,
+    colour: u8,
+    interlace: u8,
+    extra: &[(&[u8; 4], Vec<u8>)],
+    idat: &[u8],
+) -> Vec<u8> {
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[depth, colour, 0, 0, interlace]);
+    chunk(&mut out, b"IHDR", &ihdr);
+    for (kind, data) in extra {
+        chunk(&mut out, kind, data);
+    }
+    chunk(&mut out, b"IDAT", idat);
+    chunk(&mut out, b"IEND", &[]);
+    out
+}
+
+/// A non-interlaced PNG whose scanlines are `rows` (unfiltered; a 0 filter byte is prepended).
+pub fn raw_png(w: u32, h: u32, depth: u8, colour: u8, extra: &[(&[u8; 4], Vec<u8>)], rows: &[Vec<u8>]) -> Vec<u8> {
+    let mut data = Vec::new();
+    for row in rows {
+        data.push(0);
+        data.extend_from_slice(row);
+    }
+    png_chunks(w, h, depth, colour, 0, extra, &zlib_stored(&data))
+}
+
+/// Pack `values` (each < 2^depth) into bytes, most significant bits first.
+pub fn pack_bits(values: &[u8], depth: u8) -> Vec<u8> {
+    let per = (8 / depth) as usize;
+    values
+        .chunks(per)
+        .map(|c| c.iter().enumerate().fold(0u8, |acc, (i, &v)| acc | (v << (8 - depth as usize * (i + 1)))))
+        .collect()
+}
