@@ -111,6 +111,17 @@ impl Default for DisplayConfig {
 }
 
 impl DisplayConfig {
+    /// Where frames go, for people: `off`, `/dev/fb0 (320x240 Rgb565)` or
+    /// `preview out/status.png (320x240)`.
+    pub fn describe(&self) -> String {
+        match (&self.framebuffer, &self.preview_png) {
+            _ if !self.enabled => "off".into(),
+            (Some(fb), _) => format!("{} ({}x{} {:?})", fb.display(), self.width, self.height, self.pixel_format),
+            (None, Some(png)) => format!("preview {} ({}x{})", png.display(), self.width, self.height),
+            (None, None) => "off".into(),
+        }
+    }
+
     /// Check ranges.
     ///
     /// # Errors
@@ -186,10 +197,6 @@ impl StatusDisplay {
             }
             (None, None) => Sink::Off,
         };
-        if let Sink::Framebuffer { path, .. } | Sink::Png(path) = &sink {
-            let c = config;
-            log::debug!("status display {}x{} {:?} -> {}", c.width, c.height, c.pixel_format, path.display());
-        }
         Ok(StatusDisplay { config: config.clone(), sink, last_draw: None })
     }
 

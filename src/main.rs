@@ -144,28 +144,29 @@ fn error_chain(e: &anyhow::Error) -> String {
     text
 }
 
-/// Load and check what `run` needs before it connects: the config, the model (tract plans are
-/// built, so a corrupt or mismatched ONNX file fails here), the credential and TLS files and the
-/// framebuffer. Every error names the file and the problem.
-fn preflight(path: &Path) -> Result<(EdgeConfig, TractGenerator)> {
+/// Load the config and the model it names (tract plans are built, so a corrupt or mismatched
+/// ONNX file fails here); errors name the file and the problem. `run` then reads the credential
+/// and TLS files and opens the display before it connects ([`service::run`]); `check` does the
+/// same without connecting.
+fn load(path: &Path) -> Result<(EdgeConfig, TractGenerator)> {
     let config = EdgeConfig::load(path)?;
     let generator = TractGenerator::load(&config.model.dir)
         .with_context(|| format!("{}: model.dir = {}", path.display(), config.model.dir.display()))?;
-    Settings::from_config(&config).with_context(|| path.display().to_string())?;
-    StatusDisplay::new(&config.display).with_context(|| path.display().to_string())?;
     Ok((config, generator))
 }
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Run { config } => {
-            let (config, generator) = preflight(&config)?;
+        Command::Run { config: path } => {
+            let (config, generator) = load(&path)?;
             let shutdown = service::shutdown_on_signals().context("installing signal handlers")?;
-            let summary = service::run(&config, Arc::new(generator), shutdown)?;
+            let summary = service::run(&config, Arc::new(generator), shutdown).with_context(|| path.display().to_string())?;
             log::info!("stopped: {}", serde_json::to_string(&summary)?);
         }
         Command::Check { config: path } => {
-            let (config, generator) = preflight(&path)?;
+            let (config, generator) = load(&path)?;
+            Settings::from_config(&config).with_context(|| path.display().to_string())?;
+            StatusDisplay::new(&config.display).with_context(|| path.display().to_string())?;
             let info = generator.info();
             let (host, port) = config.broker_address().map_err(anyhow::Error::msg)?;
             let modalities: Vec<&str> = info.modalities.iter().map(|m| m.name.as_str()).collect();
@@ -173,14 +174,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("  device {:?}, client id {:?}, topics {}*", config.mqtt.device_id, config.client_id(), config.topic_prefix());
             println!("  broker {host}:{port}, MQTT {}, TLS {}", u8::from(config.mqtt.protocol), if config.tls().is_some() { "on" } else { "off" });
             println!("  model {}: {}x{} image, modalities {modalities:?}", config.model.dir.display(), info.image.size, info.image.size);
-            let d = &config.display;
-            let target = match (&d.framebuffer, &d.preview_png) {
-                _ if !d.enabled => "off".to_string(),
-                (Some(fb), _) => format!("{} ({}x{} {:?})", fb.display(), d.width, d.height, d.pixel_format),
-                (None, Some(png)) => format!("preview {}", png.display()),
-                (None, None) => "off".to_string(),
-            };
-            println!("  status display: {target}");
+            println!("  status display: {}", config.display.describe());
             if config.limits.queue_depth >= MOSQUITTO_INFLIGHT {
                 println!(
                     "  note: limits.queue_depth = {} reaches mosquitto's default in-flight window ({MOSQUITTO_INFLIGHT}): \

@@ -131,9 +131,7 @@ pub fn run(
     let settings = Settings::from_config(config)?;
     let display = StatusDisplay::new(&config.display)?;
     if config.display.enabled {
-        let d = &config.display;
-        let target = d.framebuffer.as_ref().or(d.preview_png.as_ref()).map_or("nowhere".into(), |p| p.display().to_string());
-        log::info!("status display {}x{} {:?} -> {target}", d.width, d.height, d.pixel_format);
+        log::info!("status display: {}", config.display.describe());
     }
     let status_topic = format!("{prefix}status");
     let (mqtt, driver) = mqtt::connect(config, &settings, &status_topic);
