@@ -29,6 +29,9 @@ class UNetConfig:
         timestep_embedding: add a sinusoidal embedding of `timestep` (diffusion nets); False for the segmenter.
         groups: GroupNorm groups (must divide every width).
         zero_out: zero-initialise the output conv (the MCM starts as the identity modulation).
+        space_to_depth: run the net at H / f with f*f times the channels: the input is folded with
+            `pixel_unshuffle(f)` and the output unfolded with `pixel_shuffle(f)` (Shi et al. 2016), so
+            every output pixel keeps its own value while the cost drops roughly by f*f. 1 = off.
     """
 
     in_channels: int = 3
@@ -40,6 +43,7 @@ class UNetConfig:
     timestep_embedding: bool = True
     groups: int = 8
     zero_out: bool = False
+    space_to_depth: int = 1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -100,7 +104,7 @@ class Attention(nn.Module):
 
 class UNet(nn.Module):
     """U-Net `(x [B, in, H, W], timestep f32 [B] or None) -> [B, out, H, W]`; H, W divisible by
-    2**(len(channels)-1)."""
+    space_to_depth * 2**(len(channels)-1)."""
 
     def __init__(self, cfg: UNetConfig) -> None:
         super().__init__()
@@ -109,9 +113,10 @@ class UNet(nn.Module):
         self.temb_dim = 4 * ch0 if cfg.timestep_embedding else None
         if self.temb_dim:
             self.temb_mlp = nn.Sequential(nn.Linear(ch0, self.temb_dim), nn.SiLU(), nn.Linear(self.temb_dim, self.temb_dim))
-        self.conv_in = nn.Conv2d(cfg.in_channels, ch0, 3, padding=1)
+        f = cfg.space_to_depth
+        self.conv_in = nn.Conv2d(cfg.in_channels * f * f, ch0, 3, padding=1)
         self.down = nn.ModuleList()
-        skips, cur, res = [ch0], ch0, cfg.image_size
+        skips, cur, res = [ch0], ch0, cfg.image_size // f
         for level, ch in enumerate(cfg.channels):
             for _ in range(cfg.num_res_blocks):
                 self.down.append(self._block(cur, ch, res))
@@ -131,7 +136,7 @@ class UNet(nn.Module):
                 self.up.append(Upsample(cur))
                 res *= 2
         self.norm_out = nn.GroupNorm(g, cur)
-        self.conv_out = nn.Conv2d(cur, cfg.out_channels, 3, padding=1)
+        self.conv_out = nn.Conv2d(cur, cfg.out_channels * f * f, 3, padding=1)
         if cfg.zero_out:
             nn.init.zeros_(self.conv_out.weight)
             nn.init.zeros_(self.conv_out.bias)
@@ -157,7 +162,8 @@ class UNet(nn.Module):
             if timestep is None:
                 raise ValueError("this UNet needs a timestep [B]")
             temb = self.temb_mlp(timestep_embedding(timestep, self.cfg.channels[0]))
-        h = self.conv_in(x)
+        f = self.cfg.space_to_depth
+        h = self.conv_in(F.pixel_unshuffle(x, f) if f > 1 else x)
         hs = [h]
         for layer in self.down:
             h = self._run(layer, h, temb)
@@ -169,7 +175,8 @@ class UNet(nn.Module):
                 h = layer(h)
             else:
                 h = self._run(layer, torch.cat([h, hs.pop()], dim=1), temb)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        out = self.conv_out(F.silu(self.norm_out(h)))
+        return F.pixel_shuffle(out, f) if f > 1 else out
 
 
 class Upsample(nn.Module):

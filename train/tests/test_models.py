@@ -26,3 +26,15 @@ def test_untrained_mcm_is_the_identity() -> None:
 def test_modulate_is_scale_and_shift() -> None:
     eps = torch.tensor([1.0, -2.0])
     assert torch.allclose(modulate(eps, torch.tensor([0.5, 1.0]), torch.tensor([0.1, 0.2])), torch.tensor([1.6, -3.8]))
+
+
+def test_space_to_depth_keeps_full_resolution_output() -> None:
+    cfg = UNetConfig(**{**SMALL.to_dict(), "space_to_depth": 2})
+    net = UNet(cfg)
+    torch.nn.init.normal_(net.conv_out.weight)
+    assert net.conv_in.in_channels == 3 * 4 and net.conv_out.out_channels == 3 * 4
+    out = net(torch.randn(2, 3, 16, 16), torch.tensor([0.0, 999.0]))
+    assert out.shape == (2, 3, 16, 16)
+    # pixel_shuffle, not upsampling: the four pixels of a 2x2 block carry different values
+    block = out[0, 0, :2, :2].flatten()
+    assert len(set(block.tolist())) == 4
