@@ -35,6 +35,12 @@ def _add_train_args(p: argparse.ArgumentParser, steps: int, batch: int, lr: floa
     p.add_argument("--limit", type=int, help="use only the first N examples of the dataset")
 
 
+def _add_budget_final(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--budget-final", action="store_true",
+                   help="the --minutes budget ends training: export the weights reached then (equal wall-clock "
+                        "comparisons) instead of stopping for a later resume")
+
+
 def _train_config(a: argparse.Namespace) -> TrainConfig:
     return TrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, ema_decay=a.ema_decay, seed=a.seed,
                        minutes=a.minutes, checkpoint_every=a.checkpoint_every, threads=a.threads)
@@ -43,7 +49,8 @@ def _train_config(a: argparse.Namespace) -> TrainConfig:
 def _provenance(a: argparse.Namespace, result: TrainResult, net: object) -> dict:
     return {"dataset": str(a.data), "steps": result.steps, "batch_size": a.batch_size,
             "wall_time_s": round(result.wall_time_s, 1), "seconds_per_step": round(result.seconds_per_step, 4),
-            "final_loss": round(result.final_loss, 6), "parameters": count_parameters(net)}
+            "final_loss": round(result.final_loss, 6), "parameters": count_parameters(net),
+            **({"stopped_by_budget_minutes": a.minutes} if not result.done else {})}
 
 
 def cmd_data(a: argparse.Namespace) -> None:
@@ -84,16 +91,37 @@ def _modalities(names: list[str], ds: data_mod.Dataset) -> list[ModalitySpec]:
     return specs
 
 
-def cmd_mcm(a: argparse.Namespace) -> None:
-    from .frozen import load_base_run, onnx_eps_fn, torch_eps_fn
-
+def _conditioning_inputs(a: argparse.Namespace) -> tuple[dict, data_mod.Dataset, list[ModalitySpec]]:
+    """model.toml of `--base`, the dataset and the modalities, checked against each other (mcm, controlnet)."""
     doc = read_model_toml(a.base)
     if "image" not in doc or "schedule" not in doc:
         raise SystemExit(f"{a.base}/model.toml: needs [image] and [schedule] (run pretrain-base or export-diffusers)")
     ds = data_mod.load_dataset(a.data, limit=a.limit)
     if ds.size != doc["image"]["size"]:
         raise SystemExit(f"{a.data}: images are {ds.size}px, the base in {a.base} expects {doc['image']['size']}px")
-    modalities = _modalities(a.modalities.split(","), ds)
+    return doc, ds, _modalities(a.modalities.split(","), ds)
+
+
+def _carry_base(a: argparse.Namespace, doc: dict) -> None:
+    """A conditioning model written to a new directory carries the base it was trained on and the
+    other nets of `--base` (the segmenter that `mcm-edge eval` needs): files, test vectors, sections."""
+    if a.out.resolve() == a.base.resolve():
+        return
+    (a.out / "test_vectors").mkdir(parents=True, exist_ok=True)
+    for name, section in doc.items():
+        if name == "mcm" or not isinstance(section, dict) or "file" not in section:
+            continue
+        if (a.base / section["file"]).exists():
+            shutil.copy2(a.base / section["file"], a.out / section["file"])
+        for vec in (a.base / "test_vectors").glob(f"{name}.*.npy"):
+            shutil.copy2(vec, a.out / "test_vectors" / vec.name)
+    update_model_toml(a.out, **{k: v for k, v in doc.items() if k not in ("mcm", "modalities")})
+
+
+def cmd_mcm(a: argparse.Namespace) -> None:
+    from .frozen import load_base_run, onnx_eps_fn, torch_eps_fn
+
+    doc, ds, modalities = _conditioning_inputs(a)
     eps_fn = torch_eps_fn(load_base_run(a.base_run)) if a.base_run else onnx_eps_fn(a.base / "base.onnx", a.threads)
     k = cond_channels(modalities)
     cfg = UNetConfig(channels=_ints(a.channels), num_res_blocks=a.res_blocks,
@@ -104,19 +132,56 @@ def cmd_mcm(a: argparse.Namespace) -> None:
     sched = ScheduleConfig(**doc["schedule"])
     result = train_mcm(ds, mcm, eps_fn, modalities, sched, _train_config(a), a.run_dir or Path("runs/mcm"),
                        drop_prob=a.drop_prob, l1_weight=a.l1_weight)
-    if not result.done:
+    if not result.done and not a.budget_final:
         return
-    if a.out.resolve() != a.base.resolve():  # the new model dir carries the base it was trained on
-        (a.out / "test_vectors").mkdir(parents=True, exist_ok=True)
-        shutil.copy2(a.base / doc["base"]["file"], a.out / doc["base"]["file"])
-        for vec in (a.base / "test_vectors").glob("base.*.npy"):
-            shutil.copy2(vec, a.out / "test_vectors" / vec.name)
-        update_model_toml(a.out, **{k: v for k, v in doc.items() if k not in ("mcm", "modalities")})
+    _carry_base(a, doc)
     export_mcm(result.model, k, a.out)
     update_model_toml(a.out, modalities=[asdict(m) for m in modalities],
-                      mcm={"file": "mcm.onnx", "cond_channels": k, "architecture": cfg.to_dict(),
+                      mcm={"file": "mcm.onnx", "method": "mcm", "cond_channels": k, "architecture": cfg.to_dict(),
                            "drop_prob": a.drop_prob, "l1_weight": a.l1_weight, **_provenance(a, result, result.model)})
     print(f"exported {a.out}/mcm.onnx after {result.steps} steps, loss {result.final_loss:.4f}")
+
+
+def cmd_controlnet(a: argparse.Namespace) -> None:
+    from .controlnet import ControlNet, check_base_matches, export_controlnet, train_controlnet
+    from .frozen import load_base_run
+
+    if a.out.resolve() == a.base.resolve():
+        raise SystemExit("--out must differ from --base: the baseline would replace the model's own MCM")
+    doc, ds, modalities = _conditioning_inputs(a)
+    base = load_base_run(a.base_run)
+    check_base_matches(base, a.base)
+    k = cond_channels(modalities)
+    net = ControlNet(base, k, _ints(a.hint_channels))
+    print(f"ControlNet baseline: {count_parameters(net):,} trainable parameters (frozen base "
+          f"{sum(p.numel() for p in base.parameters()):,}), cond channels {k}")
+    result = train_controlnet(ds, net, modalities, ScheduleConfig(**doc["schedule"]), _train_config(a),
+                              a.run_dir or Path("runs/controlnet"), drop_prob=a.drop_prob)
+    if not result.done and not a.budget_final:
+        return
+    _carry_base(a, doc)
+    export_controlnet(result.model, a.out)
+    update_model_toml(a.out, modalities=[asdict(m) for m in modalities],
+                      mcm={"file": "mcm.onnx", "method": "controlnet", "cond_channels": k,
+                           "hint_channels": list(_ints(a.hint_channels)), "base_run": str(a.base_run),
+                           "drop_prob": a.drop_prob, **_provenance(a, result, result.model)})
+    print(f"exported the ControlNet baseline as {a.out}/mcm.onnx (gamma = 0, beta = eps_controlnet - eps) after "
+          f"{result.steps} steps, loss {result.final_loss:.4f}")
+
+
+def cmd_cost(a: argparse.Namespace) -> None:
+    import shlex
+
+    from .cost import format_report, measure_cost
+
+    report = measure_cost(a.base, a.base_run, a.data, batch_size=a.batch_size, steps=a.steps, warmup=a.warmup,
+                          threads=a.threads, limit=a.limit, methods=a.methods.split(","),
+                          extra_args={"mcm": shlex.split(a.mcm_args), "controlnet": shlex.split(a.controlnet_args)})
+    print(format_report(report))
+    if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {a.json}")
 
 
 def cmd_segmenter(a: argparse.Namespace) -> None:
@@ -180,7 +245,34 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--attention", default="16")
     m.add_argument("--drop-prob", type=float, default=0.3, help="probability of dropping each modality")
     m.add_argument("--l1-weight", type=float, default=1e-4, help="L1 penalty on gamma and beta")
+    _add_budget_final(m)
     m.set_defaults(func=cmd_mcm)
+
+    c = sub.add_parser("controlnet", help="train a ControlNet-style baseline (trainable encoder copy, gradients "
+                                          "through the frozen base's decoder) and export it as mcm.onnx")
+    _add_train_args(c, steps=3000, batch=16, lr=2e-4, ema=0.995)
+    c.add_argument("--base", type=Path, required=True, help="model dir with base.onnx + model.toml")
+    c.add_argument("--base-run", type=Path, required=True, help="the pretrain-base run dir base.onnx was exported from")
+    c.add_argument("--modalities", default="segmentation,sketch")
+    c.add_argument("--hint-channels", default="16,32", help="widths of the hint convs on cond (a zero conv follows)")
+    c.add_argument("--drop-prob", type=float, default=0.3, help="probability of dropping each modality")
+    _add_budget_final(c)
+    c.set_defaults(func=cmd_controlnet)
+
+    t = sub.add_parser("cost", help="training cost, MCM vs ControlNet baseline: s/step, peak memory, parameters")
+    t.add_argument("--base", type=Path, required=True, help="model dir with base.onnx + model.toml")
+    t.add_argument("--base-run", type=Path, required=True, help="pretrain-base run dir (both methods use the PyTorch base)")
+    t.add_argument("--data", type=Path, required=True)
+    t.add_argument("--batch-size", type=int, default=16)
+    t.add_argument("--steps", type=int, default=20, help="timed training steps per method")
+    t.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--limit", type=int, help="use only the first N examples of the dataset")
+    t.add_argument("--methods", default="mcm,controlnet")
+    t.add_argument("--mcm-args", default="", help="extra `mcm-train mcm` options, e.g. \"--channels 16,32,64\"")
+    t.add_argument("--controlnet-args", default="", help="extra `mcm-train controlnet` options")
+    t.add_argument("--json", type=Path, help="write the report here (e.g. docs/train-cost.json)")
+    t.set_defaults(func=cmd_cost)
 
     g = sub.add_parser("segmenter", help="train the reference segmenter used by `mcm-edge eval`")
     _add_train_args(g, steps=1500, batch=32, lr=1e-3, ema=0.99)

@@ -1,0 +1,258 @@
+"""ControlNet-style baseline (Zhang et al., ICCV 2023) on the same frozen base U-Net, for comparing
+training cost and quality with the MCM (issue 4).
+
+Structure, as in ControlNet:
+- a *trainable copy* of the base's encoder (time embedding, `conv_in`, `down`, `mid`), initialised
+  from the base's weights, reads x_t; the modality maps `cond` [B, K, H, W] go through a small conv
+  "hint" block whose last conv is zero-initialised and whose output is added after the copy's `conv_in`;
+- every skip feature of the copy and its mid output pass through a zero-initialised 1x1 conv and are
+  added to the frozen base's skip features / mid output before the base's decoder runs.
+
+The base's weights are frozen (`requires_grad` False) but, unlike the MCM, the loss backpropagates
+through the base's decoder into the copy: that is the cost the MCM avoids. At initialisation every
+zero conv outputs exactly 0, so the ControlNet's eps equals the base's eps.
+
+The base's forward is split into `encode` / `decode` here, written against `models.UNet`'s attributes
+(`conv_in`, `down`, `mid`, `up`, `norm_out`, `conv_out`, `_run`); `encode` + `decode` reproduce
+`UNet.forward` exactly (tested).
+
+For the device, `ControlNetMCM` wraps the trained net in the unchanged `mcm.onnx` contract:
+`gamma = 0`, `beta = eps_controlnet - eps`, so that `eps * (1 + gamma) + beta` is the ControlNet's eps
+(the wrapper holds the whole base plus the copy, so the device runs the base twice per step).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import Dataset
+from .export import export_mcm
+from .models import ModalitySpec, ResBlock, UNet, Upsample, timestep_embedding
+from .schedule import ScheduleConfig, add_noise, alpha_bar
+from .training import Batches, TrainConfig, TrainResult, build_cond, train_loop
+
+# --------------------------------------------------------------------------------------------
+# The base's forward, split at the mid block
+# --------------------------------------------------------------------------------------------
+
+
+def time_embed(net: UNet, timestep: torch.Tensor) -> torch.Tensor:
+    """`net`'s timestep embedding: `timestep` f32 [B] -> [B, 4 * channels[0]].
+
+    Raises:
+        ValueError: `net` has no timestep embedding (not a diffusion U-Net).
+    """
+    if not net.temb_dim:
+        raise ValueError("a ControlNet needs a diffusion U-Net with a timestep embedding")
+    return net.temb_mlp(timestep_embedding(timestep, net.cfg.channels[0]))
+
+
+def encode(net: UNet, x: torch.Tensor, temb: torch.Tensor, hint: torch.Tensor | None = None
+           ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The encoder half of `UNet.forward`: `x` [B, in, H, W] -> (skip features `hs`, mid output).
+
+    `hs[0]` is `conv_in(x)` [B, channels[0], H', W'] (plus `hint` when given, same shape), then one
+    feature per `down` layer; the mid output is [B, channels[-1], H' / 2**(L-1), W' / 2**(L-1)]. H' = H
+    unless the config folds space into depth (`space_to_depth` f: H' = H / f).
+    """
+    h = net.conv_in(_fold(net, x))
+    if hint is not None:
+        h = h + hint
+    hs = [h]
+    for layer in net.down:
+        h = net._run(layer, h, temb)
+        hs.append(h)
+    for layer in net.mid:
+        h = net._run(layer, h, temb)
+    return hs, h
+
+
+def decode(net: UNet, h: torch.Tensor, hs: Sequence[torch.Tensor], temb: torch.Tensor) -> torch.Tensor:
+    """The decoder half of `UNet.forward`: mid output `h` and skip features `hs` (as `encode` returns
+    them) -> output [B, out, H, W]. `hs` is not modified."""
+    hs = list(hs)
+    for layer in net.up:
+        if isinstance(layer, Upsample):
+            h = layer(h)
+        else:
+            h = net._run(layer, torch.cat([h, hs.pop()], dim=1), temb)
+    out = net.conv_out(F.silu(net.norm_out(h)))
+    f = _fold_factor(net)
+    return F.pixel_shuffle(out, f) if f > 1 else out
+
+
+def _fold_factor(net: UNet) -> int:
+    """The U-Net's space-to-depth factor f (`UNetConfig.space_to_depth`)."""
+    return net.cfg.space_to_depth
+
+
+def _fold(net: UNet, x: torch.Tensor) -> torch.Tensor:
+    """`x` [B, C, H, W] -> [B, C*f*f, H/f, W/f] as the U-Net folds its input (identity for f = 1)."""
+    f = _fold_factor(net)
+    return F.pixel_unshuffle(x, f) if f > 1 else x
+
+
+def _out_channels(layer: nn.Module) -> int:
+    """Channels a `down` / `mid` layer of a `UNet` outputs."""
+    if isinstance(layer, nn.Conv2d):
+        return layer.out_channels
+    if isinstance(layer, ResBlock):
+        return layer.conv2.out_channels
+    if isinstance(layer, nn.ModuleList):  # ResBlock followed by attention (keeps the width)
+        return _out_channels(layer[0])
+    raise TypeError(f"unexpected U-Net layer {type(layer).__name__}")
+
+
+def _zero_conv(cin: int, cout: int, kernel: int = 1) -> nn.Conv2d:
+    conv = nn.Conv2d(cin, cout, kernel, padding=kernel // 2)
+    nn.init.zeros_(conv.weight)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+# --------------------------------------------------------------------------------------------
+# The network
+# --------------------------------------------------------------------------------------------
+
+
+class ControlNet(nn.Module):
+    """Frozen base U-Net + trainable encoder copy joined by zero convolutions.
+
+    `forward(sample [B, C, H, W], cond [B, K, H, W], timestep f32 [B]) -> eps [B, C, H, W]`.
+
+    Attributes:
+        base: the frozen `UNet` (held by reference, `requires_grad` False, kept in eval mode).
+        control: trainable copy of the base (decoder removed: only `encode` is used on it).
+        hint: conv block `cond` [B, K, H, W] -> [B, channels[0], H, W], last conv zero-initialised
+            (a base that folds space into depth by f gets `cond` folded alike: K*f*f channels at H / f).
+        zero_skips: one zero-initialised 1x1 conv per skip feature of `encode`.
+        zero_mid: zero-initialised 1x1 conv on the mid output.
+        cfg: the base's `UNetConfig` (image size and channels; used by `export_mcm`).
+    """
+
+    def __init__(self, base: UNet, cond_channels: int, hint_channels: Sequence[int] = (16, 32)) -> None:
+        super().__init__()
+        if not base.temb_dim:
+            raise ValueError("a ControlNet needs a diffusion U-Net with a timestep embedding")
+        self.cfg = base.cfg
+        self.cond_channels = cond_channels
+        self.base = base.requires_grad_(False).eval()
+        self.control = copy.deepcopy(base).requires_grad_(True)
+        del self.control.up, self.control.norm_out, self.control.conv_out
+        f = _fold_factor(base)
+        ch0, layers, cin = base.cfg.channels[0], [], cond_channels * f * f
+        for ch in hint_channels:
+            layers += [nn.Conv2d(cin, ch, 3, padding=1), nn.SiLU()]
+            cin = ch
+        self.hint = nn.Sequential(*layers, _zero_conv(cin, ch0, 3))
+        skips = [ch0] + [_out_channels(layer) for layer in base.down]
+        self.zero_skips = nn.ModuleList([_zero_conv(c, c) for c in skips])
+        mid = _out_channels(base.mid[-1])
+        self.zero_mid = _zero_conv(mid, mid)
+
+    def train(self, mode: bool = True) -> ControlNet:
+        """Set training mode on the trainable parts; the frozen base stays in eval mode."""
+        super().train(mode)
+        self.base.eval()
+        return self
+
+    def controls(self, sample: torch.Tensor, cond: torch.Tensor, timestep: torch.Tensor
+                 ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The residuals added to the base: one per skip feature (shapes of `encode`'s `hs`) and one
+        for the mid output. All exactly zero at initialisation."""
+        temb = time_embed(self.control, timestep)
+        hs, h = encode(self.control, sample, temb, hint=self.hint(_fold(self.base, cond)))
+        return [z(f) for z, f in zip(self.zero_skips, hs, strict=True)], self.zero_mid(h)
+
+    def forward(self, sample: torch.Tensor, cond: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():  # the frozen encoder's outputs need no gradient: nothing before them trains
+            temb = time_embed(self.base, timestep)
+            hs, h = encode(self.base, sample, temb)
+        skips, mid = self.controls(sample, cond, timestep)
+        return decode(self.base, h + mid, [a + b for a, b in zip(hs, skips, strict=True)], temb)
+
+
+def check_base_matches(net: UNet, model_dir: Path, atol: float = 1e-3) -> None:
+    """Check that the PyTorch base `net` computes what `model_dir/base.onnx` does, on the exporter's
+    test vectors (`test_vectors/base.{sample,timestep,eps}.npy`); skipped when there are none.
+
+    Raises:
+        ValueError: the outputs differ by more than `atol` (the run is not the exported base).
+    """
+    vec = Path(model_dir) / "test_vectors"
+    if not all((vec / f"base.{n}.npy").exists() for n in ("sample", "timestep", "eps")):
+        return
+    load = lambda n: torch.from_numpy(np.load(vec / f"base.{n}.npy"))  # noqa: E731
+    with torch.no_grad():
+        diff = float((net(load("sample"), load("timestep")) - load("eps")).abs().max())
+    if diff > atol:
+        raise ValueError(f"the PyTorch base differs from {model_dir}/base.onnx by {diff:.2g} on its test vectors: "
+                         "--base-run must be the run that base.onnx was exported from")
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+
+
+def controlnet_loss(data: Dataset, modalities: list[ModalitySpec], sched: ScheduleConfig, batch_size: int,
+                    drop_prob: float = 0.3) -> Callable[[nn.Module, torch.Generator], torch.Tensor]:
+    """The plain DDPM loss `||eps_controlnet(x_t, cond, t) - eps_true||^2` with each modality dropped
+    with probability `drop_prob`. Draws batch, timesteps, noise and dropout from the generator in the
+    same order as `training.train_mcm`, so that both trainers see identical batches for one seed."""
+    batches, ab = Batches(data), alpha_bar(sched)
+    T = sched.num_train_timesteps
+
+    def loss_fn(net: nn.Module, gen: torch.Generator) -> torch.Tensor:
+        x_0, labels, sketch = batches.sample(gen, batch_size)
+        b = x_0.shape[0]
+        t = torch.randint(0, T, (b,), generator=gen)
+        noise = torch.randn(x_0.shape, generator=gen)
+        x_t = add_noise(x_0, noise, t, ab)
+        present = torch.rand(b, len(modalities), generator=gen) >= drop_prob
+        return F.mse_loss(net(x_t, build_cond(modalities, labels, sketch, present), t.float()), noise)
+
+    return loss_fn
+
+
+def train_controlnet(data: Dataset, net: ControlNet, modalities: list[ModalitySpec], sched: ScheduleConfig,
+                     tc: TrainConfig, run_dir: Path, drop_prob: float = 0.3) -> TrainResult:
+    """Train the ControlNet's copy, hint block and zero convs (the base stays frozen) with
+    `controlnet_loss` in `training.train_loop` (AdamW, EMA, checkpoints `run_dir/controlnet.pt`, budget)."""
+    return train_loop("controlnet", net, controlnet_loss(data, modalities, sched, tc.batch_size, drop_prob), tc, run_dir)
+
+
+# --------------------------------------------------------------------------------------------
+# Export in the device's MCM contract
+# --------------------------------------------------------------------------------------------
+
+
+class ControlNetMCM(nn.Module):
+    """A `ControlNet` behind the `mcm.onnx` contract: `(sample, eps, cond [B, K, H, W], timestep [B])
+    -> (gamma, beta)` with `gamma = 0` and `beta = eps_controlnet(sample, cond, timestep) - eps`, all
+    [B, C, H, W]; so the device's `eps * (1 + gamma) + beta` is the ControlNet's eps (strength 1).
+
+    Has the attributes `export.export_mcm` reads (`image_channels`, `net.cfg`).
+    """
+
+    def __init__(self, net: ControlNet) -> None:
+        super().__init__()
+        self.net = net
+        self.image_channels = net.cfg.in_channels
+
+    def forward(self, sample: torch.Tensor, eps: torch.Tensor, cond: torch.Tensor,
+                timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.zeros_like(eps), self.net(sample, cond, timestep) - eps
+
+
+def export_controlnet(net: ControlNet, out_dir: Path) -> None:
+    """Write `out_dir/mcm.onnx` (the `ControlNetMCM` wrapper, through `export.export_mcm`) and its
+    `mcm.*` test vectors (B = 2, random 0/1 `cond`)."""
+    export_mcm(ControlNetMCM(net).eval(), net.cond_channels, out_dir)  # type: ignore[arg-type]

@@ -1,0 +1,229 @@
+"""Training cost of the MCM vs the ControlNet-style baseline (issue 4): `mcm-train cost`.
+
+For each method the real trainer runs (`mcm-train mcm` / `mcm-train controlnet` with their default
+architectures and optimiser settings, i.e. `training.train_loop` with AdamW, gradient clipping and
+EMA) in its own fresh Python process, so that memory figures are that method's alone:
+
+    python -m mcm_train.cost --result FILE --warmup W --steps N -- METHOD [mcm-train METHOD options]
+
+Both methods use the frozen base the same way it is used in training: the MCM gets eps from the
+PyTorch base (`--base-run`) under `no_grad`; the ControlNet runs the base's encoder under `no_grad`
+and its decoder with gradients (its trainable copy sits before the decoder).
+
+In the child a global forward pre-hook on the trained module (the `MCM` or `ControlNet`, called once
+per step by the loss) time-stamps the start of every step: the interval between two stamps is one
+whole optimiser step (batch, forward, backward, clipping, AdamW, EMA, log). After `W` untimed warm-up
+steps and `N` timed steps the child writes its figures and exits at once (no checkpoint, no export):
+
+- `seconds_per_step`: median wall-clock seconds of the timed steps; `samples_per_second` = batch / it;
+- `cpu_seconds_per_step`: median process CPU time (user + system) per step, less sensitive than wall
+  time to other jobs on a shared machine;
+- `peak_rss_mib`: the child's peak resident memory (`VmHWM` in /proc/self/status) at the end of the
+  last timed step; `rss_at_first_step_mib` is its resident memory when the first step starts (data set,
+  models, optimiser and EMA copy loaded) and `training_working_set_mib` their difference (activations,
+  gradients, AdamW state); `process_max_rss_mib` is the child's `ru_maxrss` from `os.wait4`;
+- `trainable_parameters`: parameters with `requires_grad` in the trained module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+METHODS = ("mcm", "controlnet")
+
+
+def _proc_status_mib(field: str) -> float:
+    """A memory field of /proc/self/status (e.g. `VmHWM`, `VmRSS`) in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def _cpu_seconds() -> float:
+    return time.process_time()
+
+
+# --------------------------------------------------------------------------------------------
+# Child: one method in this process
+# --------------------------------------------------------------------------------------------
+
+
+def run_child(result_path: Path, warmup: int, steps: int, cli_argv: list[str]) -> None:
+    """Run `mcm-train CLI_ARGV` in this process, time `warmup + steps` training steps, write the
+    figures as JSON to `result_path` and exit the process (`os._exit(0)`).
+
+    `cli_argv` must be an `mcm` or `controlnet` command whose `--steps` exceeds `warmup + steps`.
+
+    Raises:
+        RuntimeError: training ended before `warmup + steps` steps were timed.
+    """
+    from .cli import main as cli_main
+    from .controlnet import ControlNet
+    from .models import MCM, count_parameters
+
+    stamps: list[tuple[float, float]] = []  # (wall, cpu) at the start of each step
+    first: dict = {}
+    needed = warmup + steps + 1
+
+    def hook(module: torch.nn.Module, args: tuple) -> None:
+        if not isinstance(module, MCM | ControlNet) or not module.training:
+            return
+        stamps.append((time.perf_counter(), _cpu_seconds()))
+        if len(stamps) == 1:
+            first["rss"] = _proc_status_mib("VmRSS")
+            first["hwm"] = _proc_status_mib("VmHWM")
+            first["trainable"] = count_parameters(module)
+            first["frozen"] = sum(p.numel() for p in module.parameters() if not p.requires_grad)
+            if isinstance(module, MCM):
+                first["architecture"] = module.net.cfg.to_dict()
+            else:
+                first["architecture"] = {"copy_of_base": module.cfg.to_dict(),
+                                         "hint": [m.out_channels for m in module.hint if isinstance(m, torch.nn.Conv2d)]}
+        if len(stamps) < needed:
+            return
+        peak = _proc_status_mib("VmHWM")
+        wall = [b[0] - a[0] for a, b in zip(stamps, stamps[1:], strict=False)][warmup:]
+        cpu = [b[1] - a[1] for a, b in zip(stamps, stamps[1:], strict=False)][warmup:]
+        result = {
+            "trainable_parameters": first["trainable"],
+            "frozen_parameters_in_module": first["frozen"],
+            "architecture": first["architecture"],
+            "seconds_per_step": round(statistics.median(wall), 4),
+            "cpu_seconds_per_step": round(statistics.median(cpu), 4),
+            "step_seconds": [round(w, 4) for w in wall],
+            "peak_rss_mib": round(peak, 1),
+            "rss_at_first_step_mib": round(first["rss"], 1),
+            "training_working_set_mib": round(peak - first["rss"], 1),
+            "peak_rss_before_training_mib": round(first["hwm"], 1),
+        }
+        Path(result_path).write_text(json.dumps(result))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+    torch.nn.modules.module.register_module_forward_pre_hook(hook)
+    cli_main(cli_argv)
+    raise RuntimeError(f"training ended after {len(stamps)} steps, before {needed} were timed")
+
+
+# --------------------------------------------------------------------------------------------
+# Parent: one child per method
+# --------------------------------------------------------------------------------------------
+
+
+def _measure_one(method: str, cli_args: list[str], warmup: int, steps: int, batch_size: int, tmp: Path) -> dict:
+    result = tmp / f"{method}.json"
+    log = tmp / f"{method}.log"
+    cmd = [sys.executable, "-m", "mcm_train.cost", "--result", str(result), "--warmup", str(warmup),
+           "--steps", str(steps), "--", method, *cli_args]
+    load = os.getloadavg()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: tell Popen
+    if proc.returncode != 0 or not result.exists():
+        tail = log.read_text()[-3000:]
+        raise RuntimeError(f"cost of {method}: the child failed (exit {proc.returncode}):\n{tail}")
+    r = json.loads(result.read_text())
+    r["samples_per_second"] = round(batch_size / r["seconds_per_step"], 2)
+    r["process_max_rss_mib"] = round(usage.ru_maxrss / 1024, 1)  # Linux: KiB
+    r["load_average_before"] = [round(v, 2) for v in load]
+    return r
+
+
+def measure_cost(base: Path, base_run: Path, data: Path, batch_size: int = 16, steps: int = 20, warmup: int = 3,
+                 threads: int = 2, limit: int | None = None, methods: Sequence[str] = METHODS,
+                 extra_args: dict[str, list[str]] | None = None) -> dict:
+    """Measure the training cost of each method (module doc) and return the report as a dict:
+    `settings`, `machine`, `methods` (per method: `seconds_per_step`, `samples_per_second`,
+    `peak_rss_mib`, `trainable_parameters`, ...) and, with both methods, `controlnet_over_mcm` ratios.
+
+    `extra_args[method]` are appended to that method's `mcm-train` options.
+
+    Raises:
+        ValueError: an unknown method.
+        RuntimeError: a child failed (its log tail is in the message).
+    """
+    for m in methods:
+        if m not in METHODS:
+            raise ValueError(f"unknown method {m!r}: known are {', '.join(METHODS)}")
+    extra_args = extra_args or {}
+    report: dict = {
+        "what": "training cost per optimiser step: MCM (base eps under no_grad) vs ControlNet-style baseline "
+                "(gradients through the frozen base's decoder); `mcm-train cost`, module mcm_train.cost",
+        "settings": {"base": str(base), "base_run": str(base_run), "data": str(data), "limit": limit,
+                     "batch_size": batch_size, "warmup_steps": warmup, "timed_steps": steps, "threads": threads,
+                     "extra_args": {m: extra_args.get(m, []) for m in methods}},
+        "machine": _machine(),
+        "methods": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="mcm-cost-") as tmp_name:
+        tmp = Path(tmp_name)
+        for m in methods:
+            args = ["--base", str(base), "--base-run", str(base_run), "--data", str(data),
+                    "--out", str(tmp / f"{m}-out"), "--run-dir", str(tmp / f"{m}-run"),
+                    "--batch-size", str(batch_size), "--steps", str(warmup + steps + 10),
+                    "--checkpoint-every", str(10**9), "--threads", str(threads)]
+            if limit is not None:
+                args += ["--limit", str(limit)]
+            print(f"cost: {m}, {warmup} + {steps} steps of batch {batch_size} in a fresh process", file=sys.stderr)
+            report["methods"][m] = _measure_one(m, args + extra_args.get(m, []), warmup, steps, batch_size, tmp)
+    r = report["methods"]
+    if "mcm" in r and "controlnet" in r:
+        report["controlnet_over_mcm"] = {
+            k: round(r["controlnet"][k] / r["mcm"][k], 2)
+            for k in ("seconds_per_step", "cpu_seconds_per_step", "peak_rss_mib", "training_working_set_mib",
+                      "trainable_parameters") if r["mcm"][k] > 0
+        }
+    return report
+
+
+def _machine() -> dict:
+    cpu = platform.processor()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        cpu = next((ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines() if ln.startswith("model name")), cpu)
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+
+
+def format_report(report: dict) -> str:
+    """A short text table of a `measure_cost` report."""
+    lines = [f"{'method':<12}{'s/step':>9}{'cpu s/step':>12}{'samples/s':>11}{'peak MiB':>10}{'train MiB':>11}{'trainable':>12}"]
+    for name, r in report["methods"].items():
+        lines.append(f"{name:<12}{r['seconds_per_step']:>9.3f}{r['cpu_seconds_per_step']:>12.3f}{r['samples_per_second']:>11.1f}"
+                     f"{r['peak_rss_mib']:>10.0f}{r['training_working_set_mib']:>11.0f}{r['trainable_parameters']:>12,}")
+    if "controlnet_over_mcm" in report:
+        lines.append("controlnet / mcm: " + ", ".join(f"{k} {v}x" for k, v in report["controlnet_over_mcm"].items()))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Child entry point: `python -m mcm_train.cost --result FILE --warmup W --steps N -- METHOD ARGS...`."""
+    p = argparse.ArgumentParser(description="one method's training cost, in this process (used by `mcm-train cost`)")
+    p.add_argument("--result", type=Path, required=True)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("cli", nargs=argparse.REMAINDER, help="-- METHOD [mcm-train METHOD options]")
+    a = p.parse_args(argv)
+    cli = a.cli[1:] if a.cli[:1] == ["--"] else a.cli
+    if not cli or cli[0] not in METHODS:
+        p.error(f"expected -- METHOD ... with METHOD one of {', '.join(METHODS)}")
+    run_child(a.result, a.warmup, a.steps, cli)
+
+
+if __name__ == "__main__":
+    main()
