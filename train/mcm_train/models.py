@@ -31,7 +31,10 @@ class UNetConfig:
         zero_out: zero-initialise the output conv (the MCM starts as the identity modulation).
         space_to_depth: run the net at H / f with f*f times the channels: the input is folded with
             `pixel_unshuffle(f)` and the output unfolded with `pixel_shuffle(f)` (Shi et al. 2016), so
-            every output pixel keeps its own value while the cost drops roughly by f*f. 1 = off.
+            every output pixel keeps its own value while the cost drops roughly by f*f; a 3x3 conv
+            from the input at full resolution (`conv_local`, zero-initialised with `zero_out`) is
+            added to the output so that thin sketch strokes and class boundaries act per pixel.
+            1 = off.
     """
 
     in_channels: int = 3
@@ -137,9 +140,13 @@ class UNet(nn.Module):
                 res *= 2
         self.norm_out = nn.GroupNorm(g, cur)
         self.conv_out = nn.Conv2d(cur, cfg.out_channels * f * f, 3, padding=1)
+        self.conv_local = nn.Conv2d(cfg.in_channels, cfg.out_channels, 3, padding=1, bias=False) if f > 1 else None
         if cfg.zero_out:
-            nn.init.zeros_(self.conv_out.weight)
-            nn.init.zeros_(self.conv_out.bias)
+            for conv in (self.conv_out, self.conv_local):
+                if conv is not None:
+                    nn.init.zeros_(conv.weight)
+                    if conv.bias is not None:
+                        nn.init.zeros_(conv.bias)
 
     def _block(self, cin: int, cout: int, res: int) -> nn.Module:
         block = ResBlock(cin, cout, self.temb_dim, self.cfg.groups)
@@ -176,7 +183,9 @@ class UNet(nn.Module):
             else:
                 h = self._run(layer, torch.cat([h, hs.pop()], dim=1), temb)
         out = self.conv_out(F.silu(self.norm_out(h)))
-        return F.pixel_shuffle(out, f) if f > 1 else out
+        if self.conv_local is None:
+            return out
+        return F.pixel_shuffle(out, f) + self.conv_local(x)
 
 
 class Upsample(nn.Module):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 import torch
 
 from mcm_train.models import MCM, ModalitySpec, UNet, UNetConfig, cond_channels, modulate
@@ -13,10 +14,11 @@ def test_unet_shapes() -> None:
     assert out.shape == (2, 3, 16, 16)
 
 
-def test_untrained_mcm_is_the_identity() -> None:
+@pytest.mark.parametrize("space_to_depth", [1, 2])
+def test_untrained_mcm_is_the_identity(space_to_depth: int) -> None:
     k = cond_channels([ModalitySpec("segmentation", "segmentation", 8), ModalitySpec("sketch", "sketch", 1)])
     assert k == 11
-    mcm = MCM(3, k, SMALL)
+    mcm = MCM(3, k, UNetConfig(**{**SMALL.to_dict(), "space_to_depth": space_to_depth}))
     x, eps = torch.randn(2, 3, 16, 16), torch.randn(2, 3, 16, 16)
     gamma, beta = mcm(x, eps, torch.rand(2, k, 16, 16), torch.tensor([5.0, 500.0]))
     assert gamma.shape == beta.shape == eps.shape
