@@ -58,11 +58,14 @@ def encode(net: UNet, x: torch.Tensor, temb: torch.Tensor, hint: torch.Tensor | 
            ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """The encoder half of `UNet.forward`: `x` [B, in, H, W] -> (skip features `hs`, mid output).
 
-    `hs[0]` is `conv_in(x)` [B, channels[0], H', W'] (plus `hint` when given, same shape), then one
-    feature per `down` layer; the mid output is [B, channels[-1], H' / 2**(L-1), W' / 2**(L-1)]. H' = H
-    unless the config folds space into depth (`space_to_depth` f: H' = H / f).
+    `hs[0]` is `conv_in(x)` [B, channels[0], H, W] (plus `hint` when given, same shape), then one
+    feature per `down` layer; the mid output is [B, channels[-1], H / 2**(L-1), W / 2**(L-1)].
+
+    Raises:
+        ValueError: `net` folds space into depth (`space_to_depth` > 1; not split here).
     """
-    h = net.conv_in(_fold(net, x))
+    _check_plain(net)
+    h = net.conv_in(x)
     if hint is not None:
         h = h + hint
     hs = [h]
@@ -76,27 +79,26 @@ def encode(net: UNet, x: torch.Tensor, temb: torch.Tensor, hint: torch.Tensor | 
 
 def decode(net: UNet, h: torch.Tensor, hs: Sequence[torch.Tensor], temb: torch.Tensor) -> torch.Tensor:
     """The decoder half of `UNet.forward`: mid output `h` and skip features `hs` (as `encode` returns
-    them) -> output [B, out, H, W]. `hs` is not modified."""
+    them) -> output [B, out, H, W]. `hs` is not modified.
+
+    Raises:
+        ValueError: `net` folds space into depth (`space_to_depth` > 1; not split here).
+    """
+    _check_plain(net)
     hs = list(hs)
     for layer in net.up:
         if isinstance(layer, Upsample):
             h = layer(h)
         else:
             h = net._run(layer, torch.cat([h, hs.pop()], dim=1), temb)
-    out = net.conv_out(F.silu(net.norm_out(h)))
-    f = _fold_factor(net)
-    return F.pixel_shuffle(out, f) if f > 1 else out
+    return net.conv_out(F.silu(net.norm_out(h)))
 
 
-def _fold_factor(net: UNet) -> int:
-    """The U-Net's space-to-depth factor f (`UNetConfig.space_to_depth`)."""
-    return net.cfg.space_to_depth
-
-
-def _fold(net: UNet, x: torch.Tensor) -> torch.Tensor:
-    """`x` [B, C, H, W] -> [B, C*f*f, H/f, W/f] as the U-Net folds its input (identity for f = 1)."""
-    f = _fold_factor(net)
-    return F.pixel_unshuffle(x, f) if f > 1 else x
+def _check_plain(net: UNet) -> None:
+    """Refuse U-Nets that fold space into depth: their forward has extra paths (an MCM speed option,
+    not a base layout) that this split does not reproduce."""
+    if net.cfg.space_to_depth != 1:
+        raise ValueError(f"encode/decode split U-Nets with space_to_depth = 1, got {net.cfg.space_to_depth}")
 
 
 def _out_channels(layer: nn.Module) -> int:
@@ -130,8 +132,7 @@ class ControlNet(nn.Module):
     Attributes:
         base: the frozen `UNet` (held by reference, `requires_grad` False, kept in eval mode).
         control: trainable copy of the base (decoder removed: only `encode` is used on it).
-        hint: conv block `cond` [B, K, H, W] -> [B, channels[0], H, W], last conv zero-initialised
-            (a base that folds space into depth by f gets `cond` folded alike: K*f*f channels at H / f).
+        hint: conv block `cond` [B, K, H, W] -> [B, channels[0], H, W], last conv zero-initialised.
         zero_skips: one zero-initialised 1x1 conv per skip feature of `encode`.
         zero_mid: zero-initialised 1x1 conv on the mid output.
         cfg: the base's `UNetConfig` (image size and channels; used by `export_mcm`).
@@ -141,13 +142,13 @@ class ControlNet(nn.Module):
         super().__init__()
         if not base.temb_dim:
             raise ValueError("a ControlNet needs a diffusion U-Net with a timestep embedding")
+        _check_plain(base)
         self.cfg = base.cfg
         self.cond_channels = cond_channels
         self.base = base.requires_grad_(False).eval()
         self.control = copy.deepcopy(base).requires_grad_(True)
         del self.control.up, self.control.norm_out, self.control.conv_out
-        f = _fold_factor(base)
-        ch0, layers, cin = base.cfg.channels[0], [], cond_channels * f * f
+        ch0, layers, cin = base.cfg.channels[0], [], cond_channels
         for ch in hint_channels:
             layers += [nn.Conv2d(cin, ch, 3, padding=1), nn.SiLU()]
             cin = ch
@@ -168,7 +169,7 @@ class ControlNet(nn.Module):
         """The residuals added to the base: one per skip feature (shapes of `encode`'s `hs`) and one
         for the mid output. All exactly zero at initialisation."""
         temb = time_embed(self.control, timestep)
-        hs, h = encode(self.control, sample, temb, hint=self.hint(_fold(self.base, cond)))
+        hs, h = encode(self.control, sample, temb, hint=self.hint(cond))
         return [z(f) for z, f in zip(self.zero_skips, hs, strict=True)], self.zero_mid(h)
 
     def forward(self, sample: torch.Tensor, cond: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
