@@ -1,6 +1,7 @@
-//! `mcm-edge bench`: latency of the device pipeline on this machine (README "Speed"). Timings
-//! are medians over repeated runs, in milliseconds, taken in one process so that they compare as
-//! ratios even on a shared, noisy machine.
+//! `mcm-edge bench`: latency of the device pipeline on this machine (README "Speed"), with one
+//! or several inference backends. Timings are medians over repeated runs, in milliseconds, taken
+//! in one process (interleaved between backends) so that they compare as ratios even on a shared,
+//! noisy machine.
 
 use std::path::Path;
 use std::time::Instant;
@@ -10,17 +11,25 @@ use serde::Serialize;
 
 use crate::cond::{Maps, build_cond};
 use crate::frames::{FrameLimits, decode_frame};
-use crate::model::{OpTime, timestep_tensor};
+use crate::model::{Backend, OpTime, timestep_tensor};
+use anyhow::Context;
 use tract_onnx::prelude::IntoTensor;
 use crate::pipeline::{GenerationParams, ImageGenerator, TractGenerator};
 use crate::sampler::Noise;
 
-/// What `mcm-edge bench` reports.
+/// What `mcm-edge bench` reports for one backend.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
     pub model: String,
+    /// The backend that ran the nets, e.g. `tract` or `onnxruntime 1.32.0, 1 thread`.
+    pub backend: String,
+    /// Threads of one inference call (tract: 1; onnxruntime: its intra-op threads).
+    pub threads: usize,
+    /// The onnxruntime shared library (onnxruntime only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub library: Option<String>,
     pub image_size: usize,
-    /// Model load: read, check, optimize and plan both nets.
+    /// Model load: read, check, optimize and plan (or create the sessions of) both nets.
     pub load_ms: f64,
     /// One denoising step with the base alone (strength 0).
     pub base_step_ms: f64,
@@ -33,12 +42,13 @@ pub struct BenchReport {
     pub end_to_end_ms: f64,
     /// `1000 / end_to_end_ms`: images per second, one at a time.
     pub images_per_s: f64,
-    /// Peak resident memory of the process so far (Linux `VmHWM`), in MiB; `None` elsewhere.
+    /// Peak resident memory of the process so far (Linux `VmHWM`), in MiB; `None` elsewhere. With
+    /// several backends in one run, it covers all of them (they are loaded side by side).
     pub peak_rss_mib: Option<f64>,
-    /// Time per tract operator kind in one call of each net, largest first (`--profile`).
+    /// Time per tract operator kind in one call of each net, largest first (`--profile`; tract only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profile: Option<Profile>,
-    /// The same nets through onnxruntime (`bench/ort_bench.py` JSON, given with `--ort`).
+    /// The same nets through onnxruntime from Python (`bench/ort_bench.py` JSON, given with `--ort`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ort: Option<OrtComparison>,
 }
@@ -50,17 +60,80 @@ pub struct Profile {
     pub mcm: Vec<OpTime>,
 }
 
-/// tract against onnxruntime on the same ONNX files and shapes, one thread each.
+/// This report's backend against onnxruntime from Python (`bench/ort_bench.py`) on the same ONNX
+/// files and shapes, one thread each.
 #[derive(Debug, Clone, Serialize)]
 pub struct OrtComparison {
     /// onnxruntime's median for `base.onnx`, ms.
     pub base_ms: f64,
     /// onnxruntime's median for `mcm.onnx`, ms.
     pub mcm_ms: Option<f64>,
-    /// tract base step / onnxruntime base.
+    /// This backend's base step / onnxruntime base.
     pub base_ratio: f64,
-    /// tract MCM cost (mcm step - base step) / onnxruntime MCM.
+    /// This backend's MCM cost (mcm step - base step) / onnxruntime MCM.
     pub mcm_ratio: Option<f64>,
+}
+
+/// What `mcm-edge bench` reports for several backends timed in one process (`--backend both`):
+/// the measurements are interleaved (each round times every backend once), so that the ratios
+/// hold even on a shared, noisy machine.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackendsReport {
+    pub model: String,
+    pub steps: usize,
+    /// Timed calls per figure (end to end: at most 5).
+    pub runs: usize,
+    /// One report per backend, in the order asked for (tract first with `--backend both`).
+    pub reports: Vec<BenchReport>,
+    /// The first report's backend (tract) against each other one.
+    pub ratios: Vec<BackendRatio>,
+}
+
+/// `baseline / other` for each figure: how many times slower the baseline is (> 1: slower).
+#[derive(Debug, Clone, Serialize)]
+pub struct BackendRatio {
+    pub baseline: String,
+    pub other: String,
+    /// Base step.
+    pub base_step: f64,
+    /// Base + MCM step.
+    pub mcm_step: f64,
+    /// The MCM's own cost: mcm step - base step.
+    pub mcm_net: f64,
+    /// One image end to end.
+    pub end_to_end: f64,
+}
+
+impl BackendRatio {
+    /// `baseline / other` for each figure.
+    pub fn new(baseline: &BenchReport, other: &BenchReport) -> Self {
+        let net = |r: &BenchReport| r.mcm_step_ms - r.base_step_ms;
+        BackendRatio {
+            baseline: baseline.backend.clone(),
+            other: other.backend.clone(),
+            base_step: baseline.base_step_ms / other.base_step_ms,
+            mcm_step: baseline.mcm_step_ms / other.mcm_step_ms,
+            mcm_net: net(baseline) / net(other),
+            end_to_end: baseline.end_to_end_ms / other.end_to_end_ms,
+        }
+    }
+}
+
+impl BackendsReport {
+    /// Collect `reports` (the first is the baseline of the ratios).
+    pub fn new(reports: Vec<BenchReport>, runs: usize) -> Self {
+        let ratios = match reports.split_first() {
+            Some((first, rest)) => rest.iter().map(|r| BackendRatio::new(first, r)).collect(),
+            None => Vec::new(),
+        };
+        BackendsReport {
+            model: reports.first().map(|r| r.model.clone()).unwrap_or_default(),
+            steps: reports.first().map_or(0, |r| r.steps),
+            runs,
+            reports,
+            ratios,
+        }
+    }
 }
 
 impl BenchReport {
@@ -91,27 +164,60 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-fn median_ms(runs: usize, mut f: impl FnMut()) -> f64 {
-    let mut t: Vec<f64> = (0..runs)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
+fn median(mut t: Vec<f64>) -> f64 {
     t.sort_by(f64::total_cmp);
     t[t.len() / 2]
 }
 
-/// Time the model in `dir` with `frame` (PNG/JPEG bytes of the first modality) as the input map.
+/// Milliseconds taken by `f`.
+fn time_ms(f: impl FnOnce()) -> f64 {
+    let s = Instant::now();
+    f();
+    s.elapsed().as_secs_f64() * 1e3
+}
+
+/// `count` rounds, each timing `f` once on every generator in order; the median per generator, ms.
+fn interleaved(
+    generators: &[&TractGenerator],
+    count: usize,
+    mut f: impl FnMut(&TractGenerator) -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<f64>> {
+    let mut times = vec![Vec::with_capacity(count); generators.len()];
+    for _ in 0..count {
+        for (g, t) in generators.iter().zip(&mut times) {
+            let mut result = Ok(());
+            t.push(time_ms(|| result = f(g)));
+            result?;
+        }
+    }
+    Ok(times.into_iter().map(median).collect())
+}
+
+/// Time the model in `dir` with tract, `frame` (PNG/JPEG bytes of the first modality) as the
+/// input map: medians over `runs` calls (end to end: over at most 5 images of `steps` steps).
 ///
 /// # Errors
 /// Model load, frame decoding or inference failures.
 pub fn bench(dir: &Path, frame: &[u8], steps: usize, runs: usize, profile: bool) -> anyhow::Result<BenchReport> {
-    let start = Instant::now();
-    let generator = TractGenerator::load(dir)?;
-    let load_ms = start.elapsed().as_secs_f64() * 1e3;
-    let info = generator.info().clone();
+    let mut reports = bench_backends(dir, frame, steps, runs, profile, &[Backend::Tract])?;
+    Ok(reports.remove(0))
+}
+
+/// Time the model in `dir` with each of `backends` in this process, interleaved: every round of
+/// every figure times each backend once, so that load on a shared machine hits them alike. One
+/// report per backend, in order; `profile` times tract's operators (tract backends only).
+///
+/// # Errors
+/// No backend, model load (naming the file and the backend), frame decoding or inference failures.
+pub fn bench_backends(dir: &Path, frame: &[u8], steps: usize, runs: usize, profile: bool, backends: &[Backend]) -> anyhow::Result<Vec<BenchReport>> {
+    anyhow::ensure!(!backends.is_empty(), "no backend to time");
+    let mut loaded = Vec::new();
+    for backend in backends {
+        let start = Instant::now();
+        let generator = TractGenerator::load_with(dir, backend).with_context(|| format!("loading {} with {}", dir.display(), backend.describe()))?;
+        loaded.push((generator, start.elapsed().as_secs_f64() * 1e3));
+    }
+    let info = loaded[0].0.info().clone();
     let modality = info.modalities.first().ok_or_else(|| anyhow::anyhow!("{}: the model has no modalities", dir.display()))?;
     let size = info.image.size;
     let decode = || -> anyhow::Result<Maps> {
@@ -120,51 +226,59 @@ pub fn bench(dir: &Path, frame: &[u8], steps: usize, runs: usize, profile: bool)
     let cond = build_cond(&info, &decode()?)?;
     let x = Noise::new(0).randn([1, info.image.channels, size, size]);
     let runs = runs.max(1);
-    generator.eps(&x, 500, &cond, 1.0)?; // warm-up
-    let base_step_ms = median_ms(runs, || {
-        generator.eps(&x, 500, &cond, 0.0).expect("checked by the warm-up");
-    });
-    let mcm_step_ms = median_ms(runs, || {
-        generator.eps(&x, 500, &cond, 1.0).expect("checked by the warm-up");
-    });
-    let params = GenerationParams { seed: 0, steps, strength: 1.0, eta: 0.0 };
-    let mut failure = None;
-    let end_to_end_ms = median_ms(runs.min(5), || {
-        let result = decode().and_then(|maps| {
-            let img = generator.generate(&maps, &params)?;
-            let mut png = std::io::Cursor::new(Vec::new());
-            img.write_to(&mut png, ImageFormat::Png)?;
-            Ok(())
-        });
-        failure = failure.take().or(result.err());
-    });
-    if let Some(e) = failure {
-        return Err(e);
+    for (generator, _) in &loaded {
+        for _ in 0..3 {
+            generator.eps(&x, 500, &cond, 1.0)?; // warm-up (onnxruntime's first calls are slower)
+        }
     }
-    let profile = if profile {
-        let models = generator.models();
-        let (x_t, t) = (x.clone().into_tensor(), timestep_tensor(500.0, 1));
-        let base = models.base.profile(vec![x_t.clone(), t.clone()], runs)?;
-        let mcm = match &models.mcm {
-            Some(net) => net.profile(vec![x_t.clone(), x_t, cond.clone().into_tensor(), t], runs)?,
-            None => Vec::new(),
+    let generators: Vec<&TractGenerator> = loaded.iter().map(|(g, _)| g).collect();
+    let base_step = interleaved(&generators, runs, |g| {
+        g.eps(&x, 500, &cond, 0.0)?;
+        Ok(())
+    })?;
+    let mcm_step = interleaved(&generators, runs, |g| {
+        g.eps(&x, 500, &cond, 1.0)?;
+        Ok(())
+    })?;
+    let params = GenerationParams { seed: 0, steps, strength: 1.0, eta: 0.0 };
+    let end_to_end = interleaved(&generators, runs.min(5), |g| {
+        let img = g.generate(&decode()?, &params)?;
+        let mut png = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut png, ImageFormat::Png)?;
+        Ok(())
+    })?;
+    let mut reports = Vec::with_capacity(loaded.len());
+    for (i, ((generator, load_ms), backend)) in loaded.iter().zip(backends).enumerate() {
+        let profile = if profile && *backend == Backend::Tract {
+            let models = generator.models();
+            let (x_t, t) = (x.clone().into_tensor(), timestep_tensor(500.0, 1));
+            let base = models.base.profile(vec![x_t.clone(), t.clone()], runs)?;
+            let mcm = match &models.mcm {
+                Some(net) => net.profile(vec![x_t.clone(), x_t, cond.clone().into_tensor(), t], runs)?,
+                None => Vec::new(),
+            };
+            Some(Profile { base, mcm })
+        } else {
+            None
         };
-        Some(Profile { base, mcm })
-    } else {
-        None
-    };
-    Ok(BenchReport {
-        model: dir.display().to_string(),
-        image_size: size,
-        load_ms,
-        base_step_ms,
-        mcm_step_ms,
-        mcm_overhead_pct: 100.0 * (mcm_step_ms - base_step_ms) / base_step_ms,
-        steps,
-        end_to_end_ms,
-        images_per_s: 1000.0 / end_to_end_ms,
-        peak_rss_mib: peak_rss_mib(),
-        profile,
-        ort: None,
-    })
+        let (base_step_ms, mcm_step_ms, end_to_end_ms) = (base_step[i], mcm_step[i], end_to_end[i]);
+        reports.push(BenchReport {
+            model: dir.display().to_string(),
+            backend: generator.models().base.backend_description(),
+            threads: backend.threads(),
+            library: generator.models().base.onnxruntime_library().map(|p| p.display().to_string()),
+            image_size: size,
+            load_ms: *load_ms,
+            base_step_ms,
+            mcm_step_ms,
+            mcm_overhead_pct: 100.0 * (mcm_step_ms - base_step_ms) / base_step_ms,
+            steps,
+            end_to_end_ms,
+            images_per_s: 1000.0 / end_to_end_ms,
+            peak_rss_mib: peak_rss_mib(),
+            profile,
+            ort: None,
+        });
+    }
+    Ok(reports)
 }

@@ -1,5 +1,5 @@
 //! `edge.toml`: the device service configuration (MQTT connection, model directory, generation
-//! defaults, limits).
+//! defaults, limits, inference backend).
 //!
 //! Every key but `mqtt.device_id` is optional and has a default (see [`EdgeConfig::default`] and
 //! the commented `config/edge.toml`); the device id is required because it names the client id
@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use crate::framebuffer::DisplayConfig;
+use crate::model::{Backend, BackendKind, NO_ONNXRUNTIME, ONNXRUNTIME_BUILT_IN};
 use crate::mqtt::topic_text_ok;
 
 /// One mebibyte in bytes.
@@ -46,6 +47,38 @@ pub struct EdgeConfig {
     pub limits: LimitsConfig,
     /// `[display]`: the status panel (framebuffer or PNG preview).
     pub display: DisplayConfig,
+    /// `[runtime]`: which inference backend runs the model.
+    pub runtime: RuntimeConfig,
+}
+
+/// `[runtime]` section: the inference backend.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// `"tract"` (default, built in) or `"onnxruntime"` (needs a binary built with the cargo
+    /// feature `onnxruntime` and a libonnxruntime shared library, 1.17 or newer).
+    pub backend: BackendKind,
+    /// The libonnxruntime shared library (`libonnxruntime.so.1.x.y`), relative to the working
+    /// directory; default: the `ORT_DYLIB_PATH` environment variable. onnxruntime only.
+    pub onnxruntime_library: Option<PathBuf>,
+    /// Intra-op threads of each onnxruntime session (1..=256); tract always runs on one thread.
+    pub threads: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig { backend: BackendKind::Tract, onnxruntime_library: None, threads: 1 }
+    }
+}
+
+impl RuntimeConfig {
+    /// The [`Backend`] these settings describe.
+    pub fn backend(&self) -> Backend {
+        match self.backend {
+            BackendKind::Tract => Backend::Tract,
+            BackendKind::Onnxruntime => Backend::Onnxruntime { library: self.onnxruntime_library.clone(), threads: self.threads },
+        }
+    }
 }
 
 /// MQTT protocol version spoken to the broker.
@@ -383,6 +416,13 @@ impl EdgeConfig {
         if let Err(message) = self.display.validate() {
             return bad("display", message);
         }
+        let r = &self.runtime;
+        if r.backend == BackendKind::Onnxruntime && !ONNXRUNTIME_BUILT_IN {
+            return bad("runtime.backend", NO_ONNXRUNTIME.into());
+        }
+        if r.threads == 0 || r.threads > 256 {
+            return bad("runtime.threads", format!("{} must be within 1..=256", r.threads));
+        }
         Ok(())
     }
 
@@ -571,6 +611,23 @@ mod tests {
         assert!(e.contains("limits.max_payload_bytes"), "{e}");
         let e = parse("[mqtt]\nurl = \"http://x\"\n").unwrap_err().to_string();
         assert!(e.contains("mqtt.url"), "{e}");
+    }
+
+    #[test]
+    fn runtime_section_selects_the_backend() {
+        assert_eq!(parse("").unwrap().runtime.backend(), Backend::Tract);
+        let text = "[runtime]\nbackend = \"onnxruntime\"\nonnxruntime_library = \"/opt/ort/libonnxruntime.so\"\nthreads = 2\n";
+        if ONNXRUNTIME_BUILT_IN {
+            let want = Backend::Onnxruntime { library: Some(PathBuf::from("/opt/ort/libonnxruntime.so")), threads: 2 };
+            assert_eq!(parse(text).unwrap().runtime.backend(), want);
+        } else {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains("runtime.backend") && e.contains("onnxruntime feature"), "{e}");
+        }
+        let e = parse("[runtime]\nthreads = 0\n").unwrap_err().to_string();
+        assert!(e.contains("runtime.threads"), "{e}");
+        let e = parse("[runtime]\nbackend = \"torch\"\n").unwrap_err().to_string();
+        assert!(e.contains("backend") && e.contains("torch"), "{e}");
     }
 
     #[test]

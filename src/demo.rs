@@ -19,6 +19,7 @@ use crate::broker;
 use crate::config::{EdgeConfig, MqttProtocol};
 use crate::display::{contact_sheet, render_map};
 use crate::frames::{FrameLimits, decode_frame};
+use crate::model::Backend;
 use crate::pipeline::{ImageGenerator, TractGenerator};
 use crate::service;
 
@@ -35,6 +36,8 @@ pub struct DemoOptions {
     pub seed: u64,
     /// Conditioning strength of the MCM cells.
     pub strength: f32,
+    /// Inference backend of the service's model.
+    pub backend: Backend,
 }
 
 /// A named sample: its frames (PNG bytes) by modality name.
@@ -51,7 +54,7 @@ enum Answer {
 /// # Errors
 /// Missing samples or model, a broker that cannot be reached, an error answer, a timeout.
 pub fn run(opts: &DemoOptions) -> Result<Vec<f64>> {
-    let generator = Arc::new(TractGenerator::load(&opts.model)?);
+    let generator = Arc::new(TractGenerator::load_with(&opts.model, &opts.backend)?);
     let samples = load_samples(&opts.samples)?;
     std::fs::create_dir_all(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;
 

@@ -19,7 +19,7 @@ use tract_onnx::prelude::IntoTensor;
 
 use crate::cond::{ModalityMap, Maps};
 use crate::frames::{FrameLimits, decode_frame};
-use crate::model::{Net, load_segmenter};
+use crate::model::{Backend, Net, load_segmenter_with};
 use crate::model_info::ModalityKind;
 use crate::pipeline::{GenerationParams, ImageGenerator, TractGenerator, from_image};
 
@@ -219,15 +219,24 @@ fn load_examples(data: &Path, generator: &TractGenerator, limit: usize) -> Resul
         .collect()
 }
 
-/// Run the evaluation of `model_dir` on the dataset folder `data` (images/, segmentation/, sketch/).
+/// Run the evaluation of `model_dir` on the dataset folder `data` (images/, segmentation/, sketch/)
+/// with tract.
 ///
 /// # Errors
 /// Missing files, a model without segmenter or modalities, inference failures.
 pub fn evaluate(model_dir: &Path, data: &Path, opts: &EvalOptions) -> Result<EvalReport, EvalError> {
+    evaluate_with(model_dir, data, opts, &Backend::Tract)
+}
+
+/// [`evaluate`] with the nets (base, MCM, segmenter) run by `backend`.
+///
+/// # Errors
+/// As [`evaluate`], and [`crate::model_info::ModelError::Backend`] when the backend cannot be used.
+pub fn evaluate_with(model_dir: &Path, data: &Path, opts: &EvalOptions, backend: &Backend) -> Result<EvalReport, EvalError> {
     let start = Instant::now();
-    let generator = TractGenerator::load(model_dir)?;
+    let generator = TractGenerator::load_with(model_dir, backend)?;
     let info = generator.info().clone();
-    let segmenter = load_segmenter(model_dir, &info)?;
+    let segmenter = load_segmenter_with(model_dir, &info, backend)?;
     let examples = load_examples(data, &generator, opts.limit)?;
     if examples.is_empty() {
         return Err(EvalError::Data { path: data.join("images"), message: "no PNG images".into() });

@@ -5,16 +5,17 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use mcm_edge::cond::Maps;
 use mcm_edge::bench;
 use mcm_edge::config::EdgeConfig;
 use mcm_edge::demo::{self, DemoOptions};
 use mcm_edge::service;
-use mcm_edge::eval::{EvalOptions, evaluate};
+use mcm_edge::eval::{EvalOptions, evaluate_with};
 use mcm_edge::framebuffer::StatusDisplay;
 use mcm_edge::frames::{FrameLimits, decode_frame};
+use mcm_edge::model::Backend;
 use mcm_edge::mqtt::Settings;
 use mcm_edge::pipeline::{GenerationParams, ImageGenerator, TractGenerator};
 
@@ -23,6 +24,49 @@ use mcm_edge::pipeline::{GenerationParams, ImageGenerator, TractGenerator};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// `--backend` of generate, eval and demo.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BackendArg {
+    /// tract (built in, one thread).
+    Tract,
+    /// onnxruntime (cargo feature `onnxruntime`; library from --ort-library or ORT_DYLIB_PATH).
+    Onnxruntime,
+}
+
+/// The inference backend options of generate, eval and demo (run and check read `[runtime]`).
+#[derive(Args)]
+struct BackendArgs {
+    /// Inference backend.
+    #[arg(long, value_enum, default_value = "tract")]
+    backend: BackendArg,
+    /// libonnxruntime shared library for --backend onnxruntime (default: $ORT_DYLIB_PATH).
+    #[arg(long, value_name = "FILE")]
+    ort_library: Option<PathBuf>,
+    /// onnxruntime intra-op threads (tract always runs on one thread).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    threads: u16,
+}
+
+impl BackendArgs {
+    fn backend(&self) -> Backend {
+        match self.backend {
+            BackendArg::Tract => Backend::Tract,
+            BackendArg::Onnxruntime => Backend::Onnxruntime { library: self.ort_library.clone(), threads: self.threads.into() },
+        }
+    }
+}
+
+/// `--backend` of bench.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BenchBackendArg {
+    /// tract alone.
+    Tract,
+    /// onnxruntime alone (one report per --threads value).
+    Onnxruntime,
+    /// tract, then onnxruntime at each --threads value, timed interleaved in this process.
+    Both,
 }
 
 #[derive(Subcommand)]
@@ -56,6 +100,8 @@ enum Command {
         /// Conditioning strength of the MCM cells (1.5 scores best on models/default).
         #[arg(long, default_value_t = 1.5)]
         strength: f32,
+        #[command(flatten)]
+        backend: BackendArgs,
     },
     /// Generate one image from map files (no MQTT).
     Generate {
@@ -74,8 +120,11 @@ enum Command {
         strength: f32,
         #[arg(long, default_value_t = 0.0)]
         eta: f32,
+        #[command(flatten)]
+        backend: BackendArgs,
     },
-    /// Time the device pipeline (load, base step, base + MCM step, one image end to end).
+    /// Time the device pipeline (load, base step, base + MCM step, one image end to end) with one
+    /// backend, or with several in one process (`--backend both`: tract / onnxruntime ratios).
     Bench {
         #[arg(long, default_value = "models/default")]
         model: PathBuf,
@@ -88,12 +137,21 @@ enum Command {
         runs: usize,
         #[arg(long)]
         json: Option<PathBuf>,
-        /// `bench/ort_bench.py` report of the same model: adds tract / onnxruntime ratios.
+        /// `bench/ort_bench.py` report of the same model: adds ratios of each backend to onnxruntime from Python.
         #[arg(long)]
         ort: Option<PathBuf>,
         /// Also time every tract operator kind of both nets.
         #[arg(long)]
         profile: bool,
+        /// Inference backend(s).
+        #[arg(long, value_enum, default_value = "tract")]
+        backend: BenchBackendArg,
+        /// libonnxruntime shared library for onnxruntime (default: $ORT_DYLIB_PATH).
+        #[arg(long, value_name = "FILE")]
+        ort_library: Option<PathBuf>,
+        /// onnxruntime intra-op thread counts, comma-separated: one onnxruntime report each.
+        #[arg(long, value_delimiter = ',', default_value = "1", value_parser = clap::value_parser!(u16).range(1..=256))]
+        threads: Vec<u16>,
     },
     /// Evaluate a model through the device pipeline and write the metrics as JSON.
     Eval {
@@ -112,6 +170,8 @@ enum Command {
         strength: f32,
         #[arg(long, default_value_t = 1000)]
         seed: u64,
+        #[command(flatten)]
+        backend: BackendArgs,
     },
 }
 
@@ -144,14 +204,16 @@ fn error_chain(e: &anyhow::Error) -> String {
     text
 }
 
-/// Load the config and the model it names (tract plans are built, so a corrupt or mismatched
-/// ONNX file fails here); errors name the file and the problem. `run` then reads the credential
+/// Load the config and the model it names with the `[runtime]` backend (tract plans or
+/// onnxruntime sessions are built, so a corrupt or mismatched ONNX file, or a missing onnxruntime
+/// library, fails here); errors name the file and the problem. `run` then reads the credential
 /// and TLS files and opens the display before it connects ([`service::run`]); `check` does the
 /// same without connecting.
 fn load(path: &Path) -> Result<(EdgeConfig, TractGenerator)> {
     let config = EdgeConfig::load(path)?;
-    let generator = TractGenerator::load(&config.model.dir)
-        .with_context(|| format!("{}: model.dir = {}", path.display(), config.model.dir.display()))?;
+    let generator = TractGenerator::load_with(&config.model.dir, &config.runtime.backend()).with_context(|| {
+        format!("{}: model.dir = {}, runtime.backend = {}", path.display(), config.model.dir.display(), config.runtime.backend.name())
+    })?;
     Ok((config, generator))
 }
 
@@ -174,6 +236,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("  device {:?}, client id {:?}, topics {}*", config.mqtt.device_id, config.client_id(), config.topic_prefix());
             println!("  broker {host}:{port}, MQTT {}, TLS {}", u8::from(config.mqtt.protocol), if config.tls().is_some() { "on" } else { "off" });
             println!("  model {}: {}x{} image, modalities {modalities:?}", config.model.dir.display(), info.image.size, info.image.size);
+            println!("  backend: {}", generator.models().base.backend_description());
             println!("  status display: {}", config.display.describe());
             if config.limits.queue_depth >= MOSQUITTO_INFLIGHT {
                 println!(
@@ -184,13 +247,13 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
         }
-        Command::Demo { model, samples, out, broker, steps, seed, strength } => {
-            let latencies = demo::run(&DemoOptions { model, samples, out, broker, steps, seed, strength })?;
+        Command::Demo { model, samples, out, broker, steps, seed, strength, backend } => {
+            let latencies = demo::run(&DemoOptions { model, samples, out, broker, steps, seed, strength, backend: backend.backend() })?;
             let mean = latencies.iter().sum::<f64>() / latencies.len().max(1) as f64;
             println!("{} images, mean latency {mean:.0} ms per image ({steps} DDIM steps)", latencies.len());
         }
-        Command::Generate { model, maps, out, seed, steps, strength, eta } => {
-            let generator = TractGenerator::load(&model)?;
+        Command::Generate { model, maps, out, seed, steps, strength, eta, backend } => {
+            let generator = TractGenerator::load_with(&model, &backend.backend())?;
             let info = generator.info();
             let mut decoded = Maps::new();
             for arg in &maps {
@@ -208,22 +271,34 @@ fn run(cli: Cli) -> Result<()> {
             img.save(&out).with_context(|| format!("writing {}", out.display()))?;
             println!("wrote {} in {:.0} ms", out.display(), start.elapsed().as_secs_f64() * 1e3);
         }
-        Command::Bench { model, frame, steps, runs, json, ort, profile } => {
+        Command::Bench { model, frame, steps, runs, json, ort, profile, backend, ort_library, threads } => {
             let bytes = std::fs::read(&frame).with_context(|| format!("reading {}", frame.display()))?;
-            let mut report = bench::bench(&model, &bytes, steps, runs, profile)?;
+            let onnxruntime = threads.iter().map(|&t| Backend::Onnxruntime { library: ort_library.clone(), threads: t.into() });
+            let backends: Vec<Backend> = match backend {
+                BenchBackendArg::Tract => vec![Backend::Tract],
+                BenchBackendArg::Onnxruntime => onnxruntime.collect(),
+                BenchBackendArg::Both => std::iter::once(Backend::Tract).chain(onnxruntime).collect(),
+            };
+            let mut reports = bench::bench_backends(&model, &bytes, steps, runs, profile, &backends)?;
             if let Some(ort) = ort {
                 let text = std::fs::read_to_string(&ort).with_context(|| format!("reading {}", ort.display()))?;
                 let value: serde_json::Value = serde_json::from_str(&text).with_context(|| ort.display().to_string())?;
-                report.compare_ort(&value).with_context(|| ort.display().to_string())?;
+                for report in &mut reports {
+                    report.compare_ort(&value).with_context(|| ort.display().to_string())?;
+                }
             }
-            let text = serde_json::to_string_pretty(&report)?;
+            let text = if reports.len() == 1 {
+                serde_json::to_string_pretty(&reports[0])?
+            } else {
+                serde_json::to_string_pretty(&bench::BackendsReport::new(reports, runs))?
+            };
             if let Some(json) = json {
                 std::fs::write(&json, &text).with_context(|| format!("writing {}", json.display()))?;
             }
             println!("{text}");
         }
-        Command::Eval { model, data, json, limit, steps, strength, seed } => {
-            let report = evaluate(&model, &data, &EvalOptions { limit, steps, strength, seed })?;
+        Command::Eval { model, data, json, limit, steps, strength, seed, backend } => {
+            let report = evaluate_with(&model, &data, &EvalOptions { limit, steps, strength, seed }, &backend.backend())?;
             let text = serde_json::to_string_pretty(&report)?;
             std::fs::write(&json, &text).with_context(|| format!("writing {}", json.display()))?;
             println!("{text}");

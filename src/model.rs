@@ -1,39 +1,164 @@
-//! Model loading: the ONNX files of a model directory as optimized tract plans, built once for
-//! batch 1 and checked against `model.toml` (a mismatch names the file, the tensor and the shapes).
+//! Model loading: the ONNX files of a model directory, loaded once for batch 1 by the chosen
+//! inference [`Backend`] (tract by default; onnxruntime with the cargo feature `onnxruntime`) and
+//! checked against `model.toml` (a mismatch names the file, the tensor and the shapes).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ndarray::{Array4, ArrayD, Ix4};
+use serde::{Deserialize, Serialize};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 
 use crate::model_info::{ModelError, ModelInfo};
 
-/// One optimized tract plan with the input/output names of the contract.
+/// The kind of inference backend, as named in `edge.toml` (`[runtime] backend`) and on the
+/// command line (`--backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendKind {
+    /// tract: pure Rust, always built in, runs on one thread.
+    #[default]
+    Tract,
+    /// onnxruntime, loaded at run time from a user-supplied shared library; needs a binary built
+    /// with the cargo feature `onnxruntime`.
+    Onnxruntime,
+}
+
+impl BackendKind {
+    /// `"tract"` or `"onnxruntime"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Tract => "tract",
+            BackendKind::Onnxruntime => "onnxruntime",
+        }
+    }
+}
+
+/// The inference backend that runs a model's ONNX files, with its settings.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// tract (the default): optimized plans built once, one thread.
+    #[default]
+    Tract,
+    /// onnxruntime through the `ort` crate (cargo feature `onnxruntime`); the library is loaded
+    /// once per process, on the first load of a net.
+    Onnxruntime {
+        /// The `libonnxruntime` shared library (1.17 or newer); `None` = the `ORT_DYLIB_PATH`
+        /// environment variable. A relative path is taken from the working directory.
+        library: Option<PathBuf>,
+        /// Intra-op threads of every session (at least 1).
+        threads: usize,
+    },
+}
+
+impl Backend {
+    /// An onnxruntime backend from `ORT_DYLIB_PATH` with `threads` intra-op threads.
+    pub fn onnxruntime(threads: usize) -> Self {
+        Backend::Onnxruntime { library: None, threads }
+    }
+
+    /// Its kind.
+    pub fn kind(&self) -> BackendKind {
+        match self {
+            Backend::Tract => BackendKind::Tract,
+            Backend::Onnxruntime { .. } => BackendKind::Onnxruntime,
+        }
+    }
+
+    /// Threads used by one inference call (tract: always 1).
+    pub fn threads(&self) -> usize {
+        match self {
+            Backend::Tract => 1,
+            Backend::Onnxruntime { threads, .. } => *threads,
+        }
+    }
+
+    /// Short human text: `tract` or `onnxruntime, N thread(s)`.
+    pub fn describe(&self) -> String {
+        match self {
+            Backend::Tract => "tract".into(),
+            Backend::Onnxruntime { threads, .. } => format!("onnxruntime, {threads} thread{}", if *threads == 1 { "" } else { "s" }),
+        }
+    }
+}
+
+/// Whether this binary was built with the onnxruntime backend (cargo feature `onnxruntime`).
+pub const ONNXRUNTIME_BUILT_IN: bool = cfg!(feature = "onnxruntime");
+
+/// The message of a binary built without the onnxruntime backend.
+pub const NO_ONNXRUNTIME: &str = "the onnxruntime backend is not available: mcm-edge was built without the onnxruntime feature \
+                                  (rebuild with `cargo build --release --features onnxruntime`)";
+
+/// One loaded ONNX file with the input/output names of the contract, run by one backend.
 pub struct Net {
     path: PathBuf,
-    plan: Arc<TypedRunnableModel>,
     outputs: usize,
+    engine: Engine,
+}
+
+/// The backend-specific part of a [`Net`].
+enum Engine {
+    Tract(Arc<TypedRunnableModel>),
+    #[cfg(feature = "onnxruntime")]
+    Onnxruntime(crate::ort_backend::OrtNet),
+}
+
+/// Check one input's declared dims (`"?"` or a symbol for a dynamic axis) against the contract's
+/// `shape` (batch first; the batch is not compared). `Err` is the contract message.
+pub(crate) fn check_input_dims(name: &str, declared: &[String], shape: &[usize]) -> Result<(), String> {
+    let rank_ok = declared.len() == shape.len();
+    let dims_ok = rank_ok && declared.iter().zip(shape).skip(1).all(|(d, s)| d == "?" || d.parse::<usize>().map_or(true, |d| d == *s));
+    if dims_ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "input {name:?} is declared {declared:?}, model.toml needs [batch, {}]",
+            shape[1..].iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")
+        ))
+    }
 }
 
 impl Net {
-    /// Load `path`, check that its inputs are `inputs` (name, shape with batch first; the batch
-    /// axis may be symbolic in the file) and its outputs are `outputs` (names), fix the batch to
-    /// 1, optimize and plan.
+    /// Load `path` with tract; see [`Net::load_with`].
+    ///
+    /// # Errors
+    /// As [`Net::load_with`].
+    pub fn load(path: &Path, inputs: &[(&str, Vec<usize>)], outputs: &[&str]) -> Result<Self, ModelError> {
+        Self::load_with(path, inputs, outputs, &Backend::Tract)
+    }
+
+    /// Load `path` with `backend`, check that its inputs are `inputs` (name, shape with batch
+    /// first; the batch axis may be symbolic in the file; element type f32) and its outputs are
+    /// `outputs` (names, in this order), and prepare it for batch 1 (tract: fix the batch, optimize
+    /// and plan; onnxruntime: a session with all graph optimizations).
     ///
     /// # Errors
     /// [`ModelError::Io`] if missing, [`ModelError::Contract`] on a name/shape mismatch,
-    /// [`ModelError::Tract`] if tract cannot load or optimize it.
-    pub fn load(path: &Path, inputs: &[(&str, Vec<usize>)], outputs: &[&str]) -> Result<Self, ModelError> {
-        let tract_err = |e: TractError| ModelError::Tract { path: path.to_path_buf(), message: format!("{e:#}") };
-        let contract = |message: String| ModelError::Contract { path: path.to_path_buf(), message };
+    /// [`ModelError::Tract`] / [`ModelError::Onnxruntime`] if the backend cannot load or optimize
+    /// it, [`ModelError::Backend`] if the backend is not built in or its library cannot be loaded.
+    pub fn load_with(path: &Path, inputs: &[(&str, Vec<usize>)], outputs: &[&str], backend: &Backend) -> Result<Self, ModelError> {
         if !path.is_file() {
             return Err(ModelError::Io {
                 path: path.to_path_buf(),
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "file not found"),
             });
         }
+        let engine = match backend {
+            Backend::Tract => Engine::Tract(Self::tract_plan(path, inputs, outputs)?),
+            #[cfg(feature = "onnxruntime")]
+            Backend::Onnxruntime { library, threads } => {
+                Engine::Onnxruntime(crate::ort_backend::OrtNet::load(path, inputs, outputs, library.as_deref(), *threads)?)
+            }
+            #[cfg(not(feature = "onnxruntime"))]
+            Backend::Onnxruntime { .. } => return Err(ModelError::Backend(NO_ONNXRUNTIME.into())),
+        };
+        Ok(Self { path: path.to_path_buf(), outputs: outputs.len(), engine })
+    }
+
+    fn tract_plan(path: &Path, inputs: &[(&str, Vec<usize>)], outputs: &[&str]) -> Result<Arc<TypedRunnableModel>, ModelError> {
+        let tract_err = |e: TractError| ModelError::Tract { path: path.to_path_buf(), message: format!("{e:#}") };
+        let contract = |message: String| ModelError::Contract { path: path.to_path_buf(), message };
         let mut model = tract_onnx::onnx().model_for_path(path).map_err(tract_err)?;
         let in_names: Vec<String> = model.input_outlets().map_err(tract_err)?.iter().map(|o| model.node(o.node).name.clone()).collect();
         let want: Vec<&str> = inputs.iter().map(|(n, _)| *n).collect();
@@ -43,12 +168,7 @@ impl Net {
         for (ix, (name, shape)) in inputs.iter().enumerate() {
             let fact = model.input_fact(ix).map_err(tract_err)?;
             let declared: Vec<String> = fact.shape.dims().map(|d| d.concretize().map(|d| d.to_string()).unwrap_or("?".into())).collect();
-            let rank_ok = declared.len() == shape.len();
-            let dims_ok = rank_ok && declared.iter().zip(shape).skip(1).all(|(d, s)| d == "?" || d.parse::<usize>().map_or(true, |d| d == *s));
-            if !dims_ok {
-                return Err(contract(format!("input {name:?} is declared {declared:?}, model.toml needs [batch, {}]",
-                    shape[1..].iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", "))));
-            }
+            check_input_dims(name, &declared, shape).map_err(contract)?;
             model.set_input_fact(ix, f32::fact(shape).into()).map_err(tract_err)?;
         }
         let out_names: Vec<String> = model
@@ -60,24 +180,55 @@ impl Net {
         if out_names != outputs {
             return Err(contract(format!("outputs are {out_names:?}, the contract needs {outputs:?}")));
         }
-        let plan = model.into_optimized().map_err(tract_err)?.into_runnable().map_err(tract_err)?;
-        Ok(Self { path: path.to_path_buf(), plan, outputs: outputs.len() })
+        model.into_optimized().map_err(tract_err)?.into_runnable().map_err(tract_err)
     }
 
-    /// Run on `inputs` (in contract order) and return the outputs as `[B, C, H, W]` arrays.
+    /// The ONNX file this net was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Which backend runs this net: `tract` or `onnxruntime VERSION, N thread(s)` (the version
+    /// as read from the library's file name).
+    pub fn backend_description(&self) -> String {
+        match &self.engine {
+            Engine::Tract(_) => "tract".into(),
+            #[cfg(feature = "onnxruntime")]
+            Engine::Onnxruntime(net) => net.description(),
+        }
+    }
+
+    /// The onnxruntime shared library that runs this net (absolute path); `None` for tract.
+    pub fn onnxruntime_library(&self) -> Option<&Path> {
+        match &self.engine {
+            Engine::Tract(_) => None,
+            #[cfg(feature = "onnxruntime")]
+            Engine::Onnxruntime(net) => Some(net.library()),
+        }
+    }
+
+    /// Run on `inputs` (f32 tensors in contract order, batch 1) and return the outputs, in
+    /// contract order, as `[B, C, H, W]` arrays.
     ///
     /// # Errors
-    /// [`ModelError::Tract`] when tract fails or an output is not 4-D.
+    /// [`ModelError::Tract`] / [`ModelError::Onnxruntime`] when the backend fails (wrong input
+    /// count, type or shape) or an output is not 4-D.
     pub fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Array4<f32>>, ModelError> {
-        let err = |message: String| ModelError::Tract { path: self.path.clone(), message };
-        let out = self.plan.run(inputs.into_iter().map(|t| t.into_tvalue()).collect()).map_err(|e| err(format!("{e:#}")))?;
-        out.into_iter()
-            .take(self.outputs)
-            .map(|v| {
-                let a: ArrayD<f32> = v.into_tensor().into_plain_array::<f32>().map_err(|e| err(format!("{e:#}")))?;
-                a.into_dimensionality::<Ix4>().map_err(|e| err(format!("output is not [B, C, H, W]: {e}")))
-            })
-            .collect()
+        match &self.engine {
+            Engine::Tract(plan) => {
+                let err = |message: String| ModelError::Tract { path: self.path.clone(), message };
+                let out = plan.run(inputs.into_iter().map(|t| t.into_tvalue()).collect()).map_err(|e| err(format!("{e:#}")))?;
+                out.into_iter()
+                    .take(self.outputs)
+                    .map(|v| {
+                        let a: ArrayD<f32> = v.into_tensor().into_plain_array::<f32>().map_err(|e| err(format!("{e:#}")))?;
+                        a.into_dimensionality::<Ix4>().map_err(|e| err(format!("output is not [B, C, H, W]: {e}")))
+                    })
+                    .collect()
+            }
+            #[cfg(feature = "onnxruntime")]
+            Engine::Onnxruntime(net) => net.run(&self.path, &inputs),
+        }
     }
 }
 
@@ -94,14 +245,18 @@ pub struct OpTime {
 
 impl Net {
     /// Run `runs` times on `inputs`, timing every node; returns the time per operator kind,
-    /// largest first (what tract's profiler shows, without its CLI).
+    /// largest first (what tract's profiler shows, without its CLI). tract nets only.
     ///
     /// # Errors
-    /// [`ModelError::Tract`] when tract fails.
+    /// [`ModelError::Tract`] when tract fails, [`ModelError::Backend`] for another backend.
     pub fn profile(&self, inputs: Vec<Tensor>, runs: usize) -> Result<Vec<OpTime>, ModelError> {
         use std::collections::{BTreeMap, BTreeSet};
         let err = |message: String| ModelError::Tract { path: self.path.clone(), message };
-        let mut state = tract_core::plan::SimpleState::new(&self.plan).map_err(|e| err(format!("{e:#}")))?;
+        #[cfg_attr(not(feature = "onnxruntime"), allow(irrefutable_let_patterns))]
+        let Engine::Tract(plan) = &self.engine else {
+            return Err(ModelError::Backend(format!("{}: operator profiles need the tract backend", self.path.display())));
+        };
+        let mut state = tract_core::plan::SimpleState::new(plan).map_err(|e| err(format!("{e:#}")))?;
         let mut total: BTreeMap<String, f64> = BTreeMap::new();
         let mut nodes: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
         let runs = runs.max(1);
@@ -141,20 +296,31 @@ pub struct Models {
 }
 
 impl Models {
-    /// Load and check `DIR/model.toml`, `base.onnx` and (when listed) `mcm.onnx`.
+    /// Load and check `DIR/model.toml`, `base.onnx` and (when listed) `mcm.onnx` with tract.
     ///
     /// # Errors
     /// Any [`ModelError`] of the files, naming the file.
     pub fn load(dir: &Path) -> Result<Self, ModelError> {
+        Self::load_with(dir, &Backend::Tract)
+    }
+
+    /// Load and check `DIR/model.toml`, `base.onnx` and (when listed) `mcm.onnx` with `backend`
+    /// (the same contract checks for every backend).
+    ///
+    /// # Errors
+    /// Any [`ModelError`] of the files, naming the file; [`ModelError::Backend`] when the backend
+    /// cannot be used.
+    pub fn load_with(dir: &Path, backend: &Backend) -> Result<Self, ModelError> {
         let info = ModelInfo::load(dir)?;
         let (c, s) = (info.image.channels, info.image.size);
         let image = vec![1, c, s, s];
-        let base = Net::load(&dir.join(&info.base.file), &[("sample", image.clone()), ("timestep", vec![1])], &["eps"])?;
+        let base = Net::load_with(&dir.join(&info.base.file), &[("sample", image.clone()), ("timestep", vec![1])], &["eps"], backend)?;
         let mcm = match &info.mcm {
-            Some(m) => Some(Net::load(
+            Some(m) => Some(Net::load_with(
                 &dir.join(&m.file),
                 &[("sample", image.clone()), ("eps", image.clone()), ("cond", vec![1, m.cond_channels, s, s]), ("timestep", vec![1])],
                 &["gamma", "beta"],
+                backend,
             )?),
             None => None,
         };
@@ -162,18 +328,26 @@ impl Models {
     }
 }
 
-/// Load the reference segmenter of a model directory (`[segmenter]` in model.toml):
+/// Load the reference segmenter of a model directory (`[segmenter]` in model.toml) with tract:
 /// image [1, 3, H, W] in the model's value range -> logits [1, classes, H, W].
 ///
 /// # Errors
 /// No `[segmenter]` section, or any [`ModelError`] of the file.
 pub fn load_segmenter(dir: &Path, info: &ModelInfo) -> Result<Net, ModelError> {
+    load_segmenter_with(dir, info, &Backend::Tract)
+}
+
+/// [`load_segmenter`] with `backend`.
+///
+/// # Errors
+/// As [`load_segmenter`], and [`ModelError::Backend`] when the backend cannot be used.
+pub fn load_segmenter_with(dir: &Path, info: &ModelInfo, backend: &Backend) -> Result<Net, ModelError> {
     let seg = info.segmenter.as_ref().ok_or_else(|| ModelError::Contract {
         path: dir.join("model.toml"),
         message: "no [segmenter] section: train one with `mcm-train segmenter`".into(),
     })?;
     let s = info.image.size;
-    Net::load(&dir.join(&seg.file), &[("image", vec![1, 3, s, s])], &["logits"])
+    Net::load_with(&dir.join(&seg.file), &[("image", vec![1, 3, s, s])], &["logits"], backend)
 }
 
 #[cfg(test)]

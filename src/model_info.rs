@@ -18,6 +18,13 @@ pub enum ModelError {
     Contract { path: PathBuf, message: String },
     #[error("{path}: tract failed: {message}")]
     Tract { path: PathBuf, message: String },
+    /// onnxruntime could not load, optimize or run the ONNX file at `path`.
+    #[error("{path}: onnxruntime failed: {message}")]
+    Onnxruntime { path: PathBuf, message: String },
+    /// The chosen inference backend cannot be used: this binary was built without it, or its
+    /// shared library is missing or cannot be loaded (the message names the library path).
+    #[error("{0}")]
+    Backend(String),
 }
 
 /// The whole `model.toml`.

@@ -7,7 +7,7 @@ use ndarray::Array4;
 use tract_onnx::prelude::IntoTensor;
 
 use crate::cond::{CondError, Maps, build_cond};
-use crate::model::{Models, timestep_tensor};
+use crate::model::{Backend, Models, timestep_tensor};
 use crate::model_info::{ModelError, ModelInfo};
 use crate::sampler::{Noise, apply_strength, ddim_step};
 use crate::schedule::Schedule;
@@ -38,7 +38,7 @@ pub enum GenerateError {
     Inference(String),
 }
 
-/// Something that turns modality maps into an image: the tract pipeline, or a test double.
+/// Something that turns modality maps into an image: the device pipeline, or a test double.
 pub trait ImageGenerator: Send + Sync {
     /// The loaded model's contract (image size, modalities).
     fn info(&self) -> &ModelInfo;
@@ -49,19 +49,30 @@ pub trait ImageGenerator: Send + Sync {
     fn generate(&self, maps: &Maps, params: &GenerationParams) -> Result<RgbImage, GenerateError>;
 }
 
-/// The device pipeline: `base.onnx` + `mcm.onnx` through tract, DDIM, strength (README "Strength").
+/// The device pipeline: `base.onnx` + `mcm.onnx`, DDIM, strength (README "Strength"). The nets
+/// run on tract unless loaded with another [`Backend`] ([`TractGenerator::load_with`]).
 pub struct TractGenerator {
     models: Models,
     schedule: Schedule,
 }
 
 impl TractGenerator {
-    /// Load a model directory once (plans are built here, not per request).
+    /// Load a model directory once with tract (plans are built here, not per request).
     ///
     /// # Errors
     /// Any [`ModelError`], naming the file and the problem.
     pub fn load(dir: &Path) -> Result<Self, ModelError> {
-        let models = Models::load(dir)?;
+        Self::load_with(dir, &Backend::Tract)
+    }
+
+    /// Load a model directory once with `backend` (tract plans or onnxruntime sessions are built
+    /// here, not per request).
+    ///
+    /// # Errors
+    /// Any [`ModelError`], naming the file and the problem; [`ModelError::Backend`] when the
+    /// backend cannot be used (not built in, library missing).
+    pub fn load_with(dir: &Path, backend: &Backend) -> Result<Self, ModelError> {
+        let models = Models::load_with(dir, backend)?;
         let schedule = Schedule::new(&models.info.schedule)
             .map_err(|message| ModelError::Contract { path: dir.join("model.toml"), message })?;
         Ok(Self { models, schedule })

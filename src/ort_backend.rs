@@ -1,0 +1,221 @@
+//! The optional onnxruntime backend of [`crate::model::Net`] (cargo feature `onnxruntime`).
+//!
+//! onnxruntime is not linked: the `ort` crate loads a user-supplied `libonnxruntime` shared
+//! library (1.17 or newer) at run time, once per process, from `[runtime] onnxruntime_library` /
+//! `--ort-library` or else the `ORT_DYLIB_PATH` environment variable. Every net then gets its own
+//! session: all graph optimizations, `threads` intra-op threads, one inter-op thread, sequential
+//! execution (the settings of `bench/ort_bench.py`), and intra-op threads that block instead of
+//! spin-waiting between calls (`session.intra_op.allow_spinning = 0`): on a small shared device
+//! spinning threads take the cores from the rest of the service (and, in `mcm-edge bench`, from
+//! the other backends timed in the same process). With one thread there is no pool to spin.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+
+use ndarray::Array4;
+use ort::environment::Environment;
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::{TensorElementType, TensorRef, ValueType};
+use tract_onnx::prelude::Tensor;
+
+use crate::model::check_input_dims;
+use crate::model_info::ModelError;
+
+/// The environment variable naming the library when no path is configured (the `ort` crate's).
+pub const ORT_DYLIB_PATH: &str = "ORT_DYLIB_PATH";
+
+/// The process's onnxruntime: one library and one environment per process (an `ort` rule).
+struct Runtime {
+    library: PathBuf,
+    version: String,
+    env: Environment,
+}
+
+static RUNTIME: Mutex<Option<Runtime>> = Mutex::new(None);
+
+/// The library to load: `configured`, else `$ORT_DYLIB_PATH`; made absolute against the working
+/// directory (the `ort` crate would otherwise look next to the executable first).
+fn library_path(configured: Option<&Path>) -> Result<PathBuf, ModelError> {
+    let (path, origin) = match configured {
+        Some(p) => (p.to_path_buf(), "configured"),
+        None => match std::env::var_os(ORT_DYLIB_PATH) {
+            Some(p) if !p.is_empty() => (PathBuf::from(p), ORT_DYLIB_PATH),
+            _ => {
+                return Err(ModelError::Backend(format!(
+                    "onnxruntime backend: no library given: set `onnxruntime_library` in [runtime] of the config, \
+                     pass --ort-library, or set {ORT_DYLIB_PATH} to a libonnxruntime shared library (1.17 or newer)"
+                )));
+            }
+        },
+    };
+    let path = if path.is_relative() { std::env::current_dir().map(|d| d.join(&path)).unwrap_or(path) } else { path };
+    if !path.is_file() {
+        return Err(ModelError::Backend(format!("onnxruntime library {} ({origin}): file not found", path.display())));
+    }
+    Ok(path)
+}
+
+/// The version in a library file name such as `libonnxruntime.so.1.32.0` (after resolving
+/// symbolic links), e.g. `1.32.0`; `None` when the name has none.
+fn version_from_file_name(library: &Path) -> Option<String> {
+    let real = library.canonicalize().unwrap_or_else(|_| library.to_path_buf());
+    let name = real.file_name()?.to_str()?;
+    let version = name.rsplit_once(".so.").map(|(_, v)| v).or_else(|| name.strip_suffix(".dylib")?.rsplit_once('.').map(|(_, v)| v))?;
+    (version.split('.').count() >= 2 && version.split('.').all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit())))
+        .then(|| version.to_string())
+}
+
+/// Load the library (first call) and return the process's environment, the library path and
+/// onnxruntime's version.
+///
+/// # Errors
+/// [`ModelError::Backend`] naming the library when it is missing, cannot be loaded or is too
+/// old, or when another library is already loaded in this process.
+fn runtime(configured: Option<&Path>) -> Result<(Environment, PathBuf, String), ModelError> {
+    let library = library_path(configured)?;
+    let mut slot = RUNTIME.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(rt) = slot.as_ref() {
+        let same = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+        if same(&rt.library) != same(&library) {
+            return Err(ModelError::Backend(format!(
+                "onnxruntime library {}: this process has already loaded {} (one onnxruntime library per process)",
+                library.display(),
+                rt.library.display()
+            )));
+        }
+        return Ok((rt.env.clone(), rt.library.clone(), rt.version.clone()));
+    }
+    let cannot = |e: &dyn std::fmt::Display| ModelError::Backend(format!("onnxruntime library {}: cannot load: {e}", library.display()));
+    let builder = ort::init_from(&library).map_err(|e| cannot(&e))?;
+    let env = builder.with_name("mcm-edge").with_telemetry(false).build().map_err(|e| cannot(&e))?;
+    let version = version_from_file_name(&library).unwrap_or_else(|| "(version not in the file name)".into());
+    log::info!("onnxruntime {version} loaded from {}", library.display());
+    *slot = Some(Runtime { library: library.clone(), version: version.clone(), env: env.clone() });
+    Ok((env, library, version))
+}
+
+/// One ONNX file as an onnxruntime session, with the contract's input and output names.
+pub(crate) struct OrtNet {
+    /// `Session::run` takes `&mut self` (onnxruntime internals are not thread safe); calls are
+    /// serialized here, as generations are anyway.
+    session: Mutex<Session>,
+    inputs: Vec<String>,
+    outputs: Vec<String>,
+    description: String,
+    library: PathBuf,
+}
+
+impl OrtNet {
+    /// Create a session for `path` with `threads` intra-op threads and check the contract
+    /// (input names, order, f32 element type and dims; output names and order).
+    ///
+    /// # Errors
+    /// [`ModelError::Backend`] for the library (see [`runtime`]), [`ModelError::Onnxruntime`] when
+    /// onnxruntime refuses the file, [`ModelError::Contract`] on a name/shape/type mismatch.
+    pub(crate) fn load(
+        path: &Path,
+        inputs: &[(&str, Vec<usize>)],
+        outputs: &[&str],
+        library: Option<&Path>,
+        threads: usize,
+    ) -> Result<Self, ModelError> {
+        if threads == 0 {
+            return Err(ModelError::Backend("onnxruntime backend: threads must be at least 1".into()));
+        }
+        let (env, library, version) = runtime(library)?;
+        let ort_err = |e: &dyn std::fmt::Display| ModelError::Onnxruntime { path: path.to_path_buf(), message: e.to_string() };
+        let contract = |message: String| ModelError::Contract { path: path.to_path_buf(), message };
+        let session = Session::builder(&env)
+            .map_err(|e| ort_err(&e))?
+            .with_optimization_level(GraphOptimizationLevel::All)
+            .map_err(|e| ort_err(&e))?
+            .with_intra_threads(threads)
+            .map_err(|e| ort_err(&e))?
+            .with_inter_threads(1)
+            .map_err(|e| ort_err(&e))?
+            .with_parallel_execution(false)
+            .map_err(|e| ort_err(&e))?
+            .with_intra_op_spinning(false)
+            .map_err(|e| ort_err(&e))?
+            .commit_from_file(path)
+            .map_err(|e| ort_err(&e))?;
+        let in_names: Vec<String> = session.inputs().iter().map(|o| o.name().to_string()).collect();
+        let want: Vec<&str> = inputs.iter().map(|(n, _)| *n).collect();
+        if in_names != want {
+            return Err(contract(format!("inputs are {in_names:?}, the contract needs {want:?}")));
+        }
+        for (outlet, (name, shape)) in session.inputs().iter().zip(inputs) {
+            let ValueType::Tensor { ty, shape: dims, dimension_symbols } = outlet.dtype() else {
+                return Err(contract(format!("input {name:?} is not a tensor")));
+            };
+            if *ty != TensorElementType::Float32 {
+                return Err(contract(format!("input {name:?} is {ty:?}, the contract needs f32")));
+            }
+            let declared: Vec<String> = dims
+                .iter()
+                .enumerate()
+                .map(|(i, &d)| match d {
+                    d if d >= 0 => d.to_string(),
+                    _ => dimension_symbols.get(i).filter(|s| !s.is_empty()).cloned().unwrap_or_else(|| "?".into()),
+                })
+                .collect();
+            check_input_dims(name, &declared, shape).map_err(contract)?;
+        }
+        let out_names: Vec<String> = session.outputs().iter().map(|o| o.name().to_string()).collect();
+        if out_names != outputs {
+            return Err(contract(format!("outputs are {out_names:?}, the contract needs {outputs:?}")));
+        }
+        let plural = if threads == 1 { "" } else { "s" };
+        Ok(Self {
+            session: Mutex::new(session),
+            inputs: in_names,
+            outputs: out_names,
+            description: format!("onnxruntime {version}, {threads} thread{plural}"),
+            library,
+        })
+    }
+
+    /// `onnxruntime VERSION, N thread(s)`.
+    pub(crate) fn description(&self) -> String {
+        self.description.clone()
+    }
+
+    /// The shared library that runs this net (absolute path).
+    pub(crate) fn library(&self) -> &Path {
+        &self.library
+    }
+
+    /// Run on `inputs` (f32, contract order) and return the outputs in contract order as 4-D arrays.
+    ///
+    /// # Errors
+    /// [`ModelError::Onnxruntime`] naming `path` when the inputs do not fit or onnxruntime fails.
+    pub(crate) fn run(&self, path: &Path, inputs: &[Tensor]) -> Result<Vec<Array4<f32>>, ModelError> {
+        let err = |message: String| ModelError::Onnxruntime { path: path.to_path_buf(), message };
+        if inputs.len() != self.inputs.len() {
+            return Err(err(format!("{} inputs given, the net takes {:?}", inputs.len(), self.inputs)));
+        }
+        let mut feeds = Vec::with_capacity(inputs.len());
+        for (t, name) in inputs.iter().zip(&self.inputs) {
+            let view = t.to_plain_array_view::<f32>().map_err(|e| err(format!("input {name:?}: {e:#}")))?;
+            let data = view.to_slice().ok_or_else(|| err(format!("input {name:?} is not contiguous")))?;
+            let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+            let value = TensorRef::from_array_view((shape, data)).map_err(|e| err(format!("input {name:?}: {e}")))?;
+            feeds.push((name.as_str(), value));
+        }
+        let mut session = self.session.lock().unwrap_or_else(PoisonError::into_inner);
+        let out = session.run(feeds).map_err(|e| err(e.to_string()))?;
+        self.outputs
+            .iter()
+            .map(|name| {
+                let value = out.get(name).ok_or_else(|| err(format!("no output {name:?}")))?;
+                let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| err(format!("output {name:?}: {e}")))?;
+                let &[b, c, h, w] = &shape[..] else {
+                    return Err(err(format!("output {name:?} is not [B, C, H, W]: shape {:?}", &shape[..])));
+                };
+                Array4::from_shape_vec([b as usize, c as usize, h as usize, w as usize], data.to_vec())
+                    .map_err(|e| err(format!("output {name:?}: {e}")))
+            })
+            .collect()
+    }
+}
