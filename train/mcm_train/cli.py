@@ -176,7 +176,8 @@ def cmd_cost(a: argparse.Namespace) -> None:
 
     report = measure_cost(a.base, a.base_run, a.data, batch_size=a.batch_size, steps=a.steps, warmup=a.warmup,
                           threads=a.threads, limit=a.limit, methods=a.methods.split(","),
-                          extra_args={"mcm": shlex.split(a.mcm_args), "controlnet": shlex.split(a.controlnet_args)})
+                          extra_args={"mcm": shlex.split(a.mcm_args), "controlnet": shlex.split(a.controlnet_args)},
+                          repeats=a.repeats)
     print(format_report(report))
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
@@ -267,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, default=20, help="timed training steps per method")
     t.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--repeats", type=int, default=1, help="run the methods alternately this many times each")
     t.add_argument("--limit", type=int, help="use only the first N examples of the dataset")
     t.add_argument("--methods", default="mcm,controlnet")
     t.add_argument("--mcm-args", default="", help="extra `mcm-train mcm` options, e.g. \"--channels 16,32,64\"")

@@ -104,6 +104,7 @@ def run_child(result_path: Path, warmup: int, steps: int, cli_argv: list[str]) -
             "seconds_per_step": round(statistics.median(wall), 4),
             "cpu_seconds_per_step": round(statistics.median(cpu), 4),
             "step_seconds": [round(w, 4) for w in wall],
+            "cpu_step_seconds": [round(c, 4) for c in cpu],
             "peak_rss_mib": round(peak, 1),
             "rss_at_first_step_mib": round(first["rss"], 1),
             "training_working_set_mib": round(peak - first["rss"], 1),
@@ -124,9 +125,9 @@ def run_child(result_path: Path, warmup: int, steps: int, cli_argv: list[str]) -
 # --------------------------------------------------------------------------------------------
 
 
-def _measure_one(method: str, cli_args: list[str], warmup: int, steps: int, batch_size: int, tmp: Path) -> dict:
-    result = tmp / f"{method}.json"
-    log = tmp / f"{method}.log"
+def _measure_one(method: str, cli_args: list[str], warmup: int, steps: int, tmp: Path, tag: str) -> dict:
+    result = tmp / f"{tag}.json"
+    log = tmp / f"{tag}.log"
     cmd = [sys.executable, "-m", "mcm_train.cost", "--result", str(result), "--warmup", str(warmup),
            "--steps", str(steps), "--", method, *cli_args]
     load = os.getloadavg()
@@ -138,7 +139,6 @@ def _measure_one(method: str, cli_args: list[str], warmup: int, steps: int, batc
         tail = log.read_text()[-3000:]
         raise RuntimeError(f"cost of {method}: the child failed (exit {proc.returncode}):\n{tail}")
     r = json.loads(result.read_text())
-    r["samples_per_second"] = round(batch_size / r["seconds_per_step"], 2)
     r["process_max_rss_mib"] = round(usage.ru_maxrss / 1024, 1)  # Linux: KiB
     r["load_average_before"] = [round(v, 2) for v in load]
     return r
@@ -146,12 +146,15 @@ def _measure_one(method: str, cli_args: list[str], warmup: int, steps: int, batc
 
 def measure_cost(base: Path, base_run: Path, data: Path, batch_size: int = 16, steps: int = 20, warmup: int = 3,
                  threads: int = 2, limit: int | None = None, methods: Sequence[str] = METHODS,
-                 extra_args: dict[str, list[str]] | None = None) -> dict:
+                 extra_args: dict[str, list[str]] | None = None, repeats: int = 1) -> dict:
     """Measure the training cost of each method (module doc) and return the report as a dict:
     `settings`, `machine`, `methods` (per method: `seconds_per_step`, `samples_per_second`,
     `peak_rss_mib`, `trainable_parameters`, ...) and, with both methods, `controlnet_over_mcm` ratios.
 
-    `extra_args[method]` are appended to that method's `mcm-train` options.
+    `extra_args[method]` are appended to that method's `mcm-train` options. With `repeats` > 1 the
+    methods run alternately that many times each (a fresh process every time, against drifting load
+    on a shared machine); times are medians over all timed steps, memory the maximum over the runs,
+    and `runs` lists each run's figures.
 
     Raises:
         ValueError: an unknown method.
@@ -166,21 +169,26 @@ def measure_cost(base: Path, base_run: Path, data: Path, batch_size: int = 16, s
                 "(gradients through the frozen base's decoder); `mcm-train cost`, module mcm_train.cost",
         "settings": {"base": str(base), "base_run": str(base_run), "data": str(data), "limit": limit,
                      "batch_size": batch_size, "warmup_steps": warmup, "timed_steps": steps, "threads": threads,
-                     "extra_args": {m: extra_args.get(m, []) for m in methods}},
+                     "repeats": repeats, "extra_args": {m: extra_args.get(m, []) for m in methods}},
         "machine": _machine(),
         "methods": {},
     }
+    runs: dict[str, list[dict]] = {m: [] for m in methods}
     with tempfile.TemporaryDirectory(prefix="mcm-cost-") as tmp_name:
         tmp = Path(tmp_name)
-        for m in methods:
-            args = ["--base", str(base), "--base-run", str(base_run), "--data", str(data),
-                    "--out", str(tmp / f"{m}-out"), "--run-dir", str(tmp / f"{m}-run"),
-                    "--batch-size", str(batch_size), "--steps", str(warmup + steps + 10),
-                    "--checkpoint-every", str(10**9), "--threads", str(threads)]
-            if limit is not None:
-                args += ["--limit", str(limit)]
-            print(f"cost: {m}, {warmup} + {steps} steps of batch {batch_size} in a fresh process", file=sys.stderr)
-            report["methods"][m] = _measure_one(m, args + extra_args.get(m, []), warmup, steps, batch_size, tmp)
+        for i in range(repeats):
+            for m in methods:
+                tag = f"{m}-{i}"
+                args = ["--base", str(base), "--base-run", str(base_run), "--data", str(data),
+                        "--out", str(tmp / f"{tag}-out"), "--run-dir", str(tmp / f"{tag}-run"),
+                        "--batch-size", str(batch_size), "--steps", str(warmup + steps + 10),
+                        "--checkpoint-every", str(10**9), "--threads", str(threads)]
+                if limit is not None:
+                    args += ["--limit", str(limit)]
+                print(f"cost: {m} (run {i + 1}/{repeats}), {warmup} + {steps} steps of batch {batch_size} "
+                      "in a fresh process", file=sys.stderr)
+                runs[m].append(_measure_one(m, args + extra_args.get(m, []), warmup, steps, tmp, tag))
+    report["methods"] = {m: _combine(rs, batch_size) for m, rs in runs.items()}
     r = report["methods"]
     if "mcm" in r and "controlnet" in r:
         report["controlnet_over_mcm"] = {
@@ -189,6 +197,30 @@ def measure_cost(base: Path, base_run: Path, data: Path, batch_size: int = 16, s
                       "trainable_parameters") if r["mcm"][k] > 0
         }
     return report
+
+
+def _combine(runs: list[dict], batch_size: int) -> dict:
+    """One method's figures over its runs: medians over all timed steps, maxima of memory."""
+    wall = [w for r in runs for w in r["step_seconds"]]
+    cpu = [c for r in runs for c in r["cpu_step_seconds"]]
+    first = runs[0]
+    median = statistics.median(wall)
+    return {
+        "trainable_parameters": first["trainable_parameters"],
+        "frozen_parameters_in_module": first["frozen_parameters_in_module"],
+        "architecture": first["architecture"],
+        "seconds_per_step": round(median, 4),
+        "cpu_seconds_per_step": round(statistics.median(cpu), 4),
+        "samples_per_second": round(batch_size / median, 2),
+        "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
+        "rss_at_first_step_mib": min(r["rss_at_first_step_mib"] for r in runs),
+        "training_working_set_mib": max(r["training_working_set_mib"] for r in runs),
+        "process_max_rss_mib": max(r["process_max_rss_mib"] for r in runs),
+        "step_seconds": wall,
+        "runs": [{k: r[k] for k in ("seconds_per_step", "cpu_seconds_per_step", "peak_rss_mib", "rss_at_first_step_mib",
+                                    "training_working_set_mib", "process_max_rss_mib", "load_average_before")}
+                 for r in runs],
+    }
 
 
 def _machine() -> dict:

@@ -203,7 +203,22 @@ def test_cost_command_writes_the_report(scenes: Path, tmp_path: Path, base_model
         for key in ("seconds_per_step", "cpu_seconds_per_step", "samples_per_second", "peak_rss_mib",
                     "training_working_set_mib", "process_max_rss_mib", "trainable_parameters", "architecture"):
             assert key in r, (method, key)
-        assert len(r["step_seconds"]) == 2 and r["seconds_per_step"] > 0 and r["trainable_parameters"] > 0
+        assert len(r["step_seconds"]) == 2 and len(r["runs"]) == 1
+        assert r["seconds_per_step"] > 0 and r["trainable_parameters"] > 0
         assert r["peak_rss_mib"] >= r["rss_at_first_step_mib"] > 50
     assert report["methods"]["controlnet"]["frozen_parameters_in_module"] == count_parameters(_base())
     assert set(report["controlnet_over_mcm"]) >= {"seconds_per_step", "peak_rss_mib", "trainable_parameters"}
+
+
+def test_cost_repeats_pool_the_steps_and_keep_the_memory_maximum() -> None:
+    from mcm_train.cost import _combine
+
+    def run(steps: list[float], peak: float) -> dict:
+        return {"trainable_parameters": 5, "frozen_parameters_in_module": 0, "architecture": {}, "step_seconds": steps,
+                "cpu_step_seconds": [s / 2 for s in steps], "seconds_per_step": 0.0, "cpu_seconds_per_step": 0.0,
+                "peak_rss_mib": peak, "rss_at_first_step_mib": 100.0, "training_working_set_mib": peak - 100,
+                "process_max_rss_mib": peak + 1, "load_average_before": [1.0, 1.0, 1.0]}
+
+    r = _combine([run([1.0, 2.0, 9.0], 300.0), run([3.0, 4.0, 5.0], 200.0)], batch_size=7)
+    assert r["seconds_per_step"] == 3.5 and r["cpu_seconds_per_step"] == 1.75 and r["samples_per_second"] == 2.0
+    assert r["peak_rss_mib"] == 300.0 and r["training_working_set_mib"] == 200.0 and len(r["runs"]) == 2
