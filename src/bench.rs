@@ -37,6 +37,11 @@ pub struct BenchReport {
     pub mcm_step_ms: f64,
     /// (mcm_step - base_step) / base_step, in %.
     pub mcm_overhead_pct: f64,
+    /// One call of `mcm.onnx` alone, timed directly (the MCM's own cost; on a large base the
+    /// step difference drowns in the base's noise); `None` without an MCM.
+    pub mcm_net_ms: Option<f64>,
+    /// `mcm_net_ms / base_step_ms`, in %.
+    pub mcm_net_pct: Option<f64>,
     pub steps: usize,
     /// Frame decode (PNG) -> `steps` DDIM steps with the MCM -> PNG encode.
     pub end_to_end_ms: f64,
@@ -70,7 +75,7 @@ pub struct OrtComparison {
     pub mcm_ms: Option<f64>,
     /// This backend's base step / onnxruntime base.
     pub base_ratio: f64,
-    /// This backend's MCM cost (mcm step - base step) / onnxruntime MCM.
+    /// This backend's MCM cost (`mcm_net_ms`, else mcm step - base step) / onnxruntime MCM.
     pub mcm_ratio: Option<f64>,
 }
 
@@ -98,8 +103,8 @@ pub struct BackendRatio {
     pub base_step: f64,
     /// Base + MCM step.
     pub mcm_step: f64,
-    /// The MCM's own cost: mcm step - base step.
-    pub mcm_net: f64,
+    /// The MCM's own cost: one call of `mcm.onnx` (`mcm_net_ms`); `None` without an MCM.
+    pub mcm_net: Option<f64>,
     /// One image end to end.
     pub end_to_end: f64,
 }
@@ -107,13 +112,12 @@ pub struct BackendRatio {
 impl BackendRatio {
     /// `baseline / other` for each figure.
     pub fn new(baseline: &BenchReport, other: &BenchReport) -> Self {
-        let net = |r: &BenchReport| r.mcm_step_ms - r.base_step_ms;
         BackendRatio {
             baseline: baseline.backend.clone(),
             other: other.backend.clone(),
             base_step: baseline.base_step_ms / other.base_step_ms,
             mcm_step: baseline.mcm_step_ms / other.mcm_step_ms,
-            mcm_net: net(baseline) / net(other),
+            mcm_net: baseline.mcm_net_ms.zip(other.mcm_net_ms).map(|(a, b)| a / b),
             end_to_end: baseline.end_to_end_ms / other.end_to_end_ms,
         }
     }
@@ -145,7 +149,7 @@ impl BenchReport {
         let ms = |net: &str| ort["ms"][net]["1"].as_f64();
         let base_ms = ms("base").ok_or_else(|| anyhow::anyhow!("no ms.base.\"1\" in the onnxruntime report"))?;
         let mcm_ms = ms("mcm");
-        let mcm_net_ms = self.mcm_step_ms - self.base_step_ms;
+        let mcm_net_ms = self.mcm_net_ms.unwrap_or(self.mcm_step_ms - self.base_step_ms);
         self.ort = Some(OrtComparison {
             base_ms,
             mcm_ms,
@@ -240,6 +244,19 @@ pub fn bench_backends(dir: &Path, frame: &[u8], steps: usize, runs: usize, profi
         g.eps(&x, 500, &cond, 1.0)?;
         Ok(())
     })?;
+    let mcm_net = if info.mcm.is_some() {
+        let t = timestep_tensor(500.0, 1);
+        let eps = generators[0].models().base.run(vec![x.clone().into_tensor(), t.clone()])?.remove(0);
+        let inputs = vec![x.clone().into_tensor(), eps.into_tensor(), cond.clone().into_tensor(), t];
+        let times = interleaved(&generators, runs, |g| {
+            let mcm = g.models().mcm.as_ref().ok_or_else(|| anyhow::anyhow!("no MCM"))?;
+            mcm.run(inputs.clone())?;
+            Ok(())
+        })?;
+        times.into_iter().map(Some).collect()
+    } else {
+        vec![None; generators.len()]
+    };
     let params = GenerationParams { seed: 0, steps, strength: 1.0, eta: 0.0 };
     let end_to_end = interleaved(&generators, runs.min(5), |g| {
         let img = g.generate(&decode()?, &params)?;
@@ -261,7 +278,7 @@ pub fn bench_backends(dir: &Path, frame: &[u8], steps: usize, runs: usize, profi
         } else {
             None
         };
-        let (base_step_ms, mcm_step_ms, end_to_end_ms) = (base_step[i], mcm_step[i], end_to_end[i]);
+        let (base_step_ms, mcm_step_ms, end_to_end_ms, mcm_net_ms) = (base_step[i], mcm_step[i], end_to_end[i], mcm_net[i]);
         reports.push(BenchReport {
             model: dir.display().to_string(),
             backend: generator.models().base.backend_description(),
@@ -272,6 +289,8 @@ pub fn bench_backends(dir: &Path, frame: &[u8], steps: usize, runs: usize, profi
             base_step_ms,
             mcm_step_ms,
             mcm_overhead_pct: 100.0 * (mcm_step_ms - base_step_ms) / base_step_ms,
+            mcm_net_ms,
+            mcm_net_pct: mcm_net_ms.map(|m| 100.0 * m / base_step_ms),
             steps,
             end_to_end_ms,
             images_per_s: 1000.0 / end_to_end_ms,
