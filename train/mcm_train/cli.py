@@ -241,11 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--base", type=Path, required=True, help="model dir with base.onnx + model.toml")
     m.add_argument("--base-run", type=Path, help="use the PyTorch weights of this pretrain-base run dir instead of onnxruntime")
     m.add_argument("--modalities", default="segmentation,sketch")
-    m.add_argument("--channels", default="16,32")
+    m.add_argument("--channels", default="16,32,64")
     m.add_argument("--res-blocks", type=int, default=1)
-    m.add_argument("--attention", default="", help="resolutions (of the folded input) with self-attention")
-    m.add_argument("--space-to-depth", type=int, default=4,
-                   help="fold f x f pixels into channels: the MCM runs at H/f (f*f cheaper; 1 = full resolution)")
+    m.add_argument("--attention", default="16", help="resolutions (of the folded input) with self-attention")
+    m.add_argument("--space-to-depth", type=int, default=1,
+                   help="fold f x f pixels into channels: the MCM runs at H/f, about f*f cheaper but weaker "
+                        "(README \"Speed\"); 1 = full resolution")
     m.add_argument("--drop-prob", type=float, default=0.3, help="probability of dropping each modality")
     m.add_argument("--l1-weight", type=float, default=1e-4, help="L1 penalty on gamma and beta")
     _add_budget_final(m)
