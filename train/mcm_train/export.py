@@ -154,7 +154,8 @@ PRESETS: dict[str, dict] = {
         "size": 32,
         "channels": 4,
         "base": {"channels": (128, 256, 512), "num_res_blocks": 2, "attention_resolutions": (16, 8), "groups": 32},
-        "mcm": {"channels": (48, 96), "num_res_blocks": 1, "attention_resolutions": (), "groups": 8, "space_to_depth": 2},
+        # the shipped default's MCM architecture (full resolution), here 1.0 % of the base's parameters
+        "mcm": {"channels": (16, 32, 64), "num_res_blocks": 1, "attention_resolutions": (16,), "groups": 8},
         "segmenter": False,
     },
 }
