@@ -180,21 +180,24 @@ fn time_ms(f: impl FnOnce()) -> f64 {
     s.elapsed().as_secs_f64() * 1e3
 }
 
-/// `count` rounds, each timing `f` once on every generator in order; the median per generator, ms.
-fn interleaved(
-    generators: &[&TractGenerator],
-    count: usize,
-    mut f: impl FnMut(&TractGenerator) -> anyhow::Result<()>,
-) -> anyhow::Result<Vec<f64>> {
-    let mut times = vec![Vec::with_capacity(count); generators.len()];
+/// A timed operation of one generator.
+type Variant<'a> = &'a mut dyn FnMut(&TractGenerator) -> anyhow::Result<()>;
+
+/// `count` rounds, each timing every variant once on every generator in order (so that drift of
+/// a shared machine hits all of them alike); the median per variant and generator, ms
+/// (`[variant][generator]`).
+fn interleaved(generators: &[&TractGenerator], count: usize, variants: &mut [Variant<'_>]) -> anyhow::Result<Vec<Vec<f64>>> {
+    let mut times = vec![vec![Vec::with_capacity(count); generators.len()]; variants.len()];
     for _ in 0..count {
-        for (g, t) in generators.iter().zip(&mut times) {
-            let mut result = Ok(());
-            t.push(time_ms(|| result = f(g)));
-            result?;
+        for (f, per_generator) in variants.iter_mut().zip(&mut times) {
+            for (g, t) in generators.iter().zip(per_generator) {
+                let mut result = Ok(());
+                t.push(time_ms(|| result = f(g)));
+                result?;
+            }
         }
     }
-    Ok(times.into_iter().map(median).collect())
+    Ok(times.into_iter().map(|v| v.into_iter().map(median).collect()).collect())
 }
 
 /// Time the model in `dir` with tract, `frame` (PNG/JPEG bytes of the first modality) as the
@@ -236,34 +239,35 @@ pub fn bench_backends(dir: &Path, frame: &[u8], steps: usize, runs: usize, profi
         }
     }
     let generators: Vec<&TractGenerator> = loaded.iter().map(|(g, _)| g).collect();
-    let base_step = interleaved(&generators, runs, |g| {
-        g.eps(&x, 500, &cond, 0.0)?;
+    // Base step, base + MCM step and the MCM net alone, alternated in the same rounds.
+    let t = timestep_tensor(500.0, 1);
+    let eps = generators[0].models().base.run(vec![x.clone().into_tensor(), t.clone()])?.remove(0);
+    let mcm_inputs = vec![x.clone().into_tensor(), eps.into_tensor(), cond.clone().into_tensor(), t];
+    let mut base_f = |g: &TractGenerator| g.eps(&x, 500, &cond, 0.0).map(drop).map_err(Into::into);
+    let mut mcm_f = |g: &TractGenerator| g.eps(&x, 500, &cond, 1.0).map(drop).map_err(Into::into);
+    let mut net_f = |g: &TractGenerator| {
+        let mcm = g.models().mcm.as_ref().ok_or_else(|| anyhow::anyhow!("no MCM"))?;
+        mcm.run(mcm_inputs.clone())?;
         Ok(())
-    })?;
-    let mcm_step = interleaved(&generators, runs, |g| {
-        g.eps(&x, 500, &cond, 1.0)?;
-        Ok(())
-    })?;
-    let mcm_net = if info.mcm.is_some() {
-        let t = timestep_tensor(500.0, 1);
-        let eps = generators[0].models().base.run(vec![x.clone().into_tensor(), t.clone()])?.remove(0);
-        let inputs = vec![x.clone().into_tensor(), eps.into_tensor(), cond.clone().into_tensor(), t];
-        let times = interleaved(&generators, runs, |g| {
-            let mcm = g.models().mcm.as_ref().ok_or_else(|| anyhow::anyhow!("no MCM"))?;
-            mcm.run(inputs.clone())?;
-            Ok(())
-        })?;
-        times.into_iter().map(Some).collect()
+    };
+    let timed = if info.mcm.is_some() {
+        interleaved(&generators, runs, &mut [&mut base_f, &mut mcm_f, &mut net_f])?
     } else {
-        vec![None; generators.len()]
+        interleaved(&generators, runs, &mut [&mut base_f])?
+    };
+    let (base_step, mcm_step) = (&timed[0], timed.get(1).unwrap_or(&timed[0]));
+    let mcm_net: Vec<Option<f64>> = match timed.get(2) {
+        Some(net) => net.iter().copied().map(Some).collect(),
+        None => vec![None; generators.len()],
     };
     let params = GenerationParams { seed: 0, steps, strength: 1.0, eta: 0.0 };
-    let end_to_end = interleaved(&generators, runs.min(5), |g| {
+    let mut image_f = |g: &TractGenerator| {
         let img = g.generate(&decode()?, &params)?;
         let mut png = std::io::Cursor::new(Vec::new());
         img.write_to(&mut png, ImageFormat::Png)?;
         Ok(())
-    })?;
+    };
+    let end_to_end = interleaved(&generators, runs.min(5), &mut [&mut image_f])?.remove(0);
     let mut reports = Vec::with_capacity(loaded.len());
     for (i, ((generator, load_ms), backend)) in loaded.iter().zip(backends).enumerate() {
         let profile = if profile && *backend == Backend::Tract {
