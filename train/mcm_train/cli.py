@@ -10,7 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from . import data as data_mod
-from .export import export_base, export_mcm, export_segmenter, read_model_toml, update_model_toml
+from .export import PRESETS, export_base, export_mcm, export_segmenter, read_model_toml, update_model_toml
 from .models import MCM, ModalitySpec, UNet, UNetConfig, cond_channels, count_parameters
 from .schedule import ScheduleConfig
 from .training import TrainConfig, TrainResult, pretrain_base, train_mcm, train_segmenter
@@ -290,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_export_diffusers)
 
     r = sub.add_parser("export-random", help="a random-weight model directory (tiny fixture, or paper-scale for benchmarks)")
-    r.add_argument("--preset", choices=["tiny", "paper"], default="tiny")
+    r.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     r.add_argument("--out", type=Path, required=True)
     r.add_argument("--seed", type=int, default=0)
     r.set_defaults(func=cmd_export_random)

@@ -139,9 +139,11 @@ _HEADER = """\
 """
 
 
-#: Random-weight model sets. `tiny`: the 16x16 RGB fixture committed as models/tiny. `paper`: a
-#: paper-scale pair for speed measurements (issue 4): a 64 M-parameter base on a 32x32x4
-#: latent-like input (Stable Diffusion's latent shape at 256 px) and an MCM of about 2 % of it.
+#: Random-weight model sets. `tiny`: the 16x16 RGB fixture committed as models/tiny; `tiny-s2d`:
+#: the same with a `space_to_depth = 2` MCM (models/tiny-s2d: the Rust tests replay its folded
+#: graph through tract and onnxruntime). `paper`: a paper-scale pair for speed measurements
+#: (issue 4): a 64 M-parameter base on a 32x32x4 latent-like input (Stable Diffusion's latent
+#: shape at 256 px) and the default's MCM architecture, 1.0 % of it.
 PRESETS: dict[str, dict] = {
     "tiny": {
         "size": 16,
@@ -149,6 +151,13 @@ PRESETS: dict[str, dict] = {
         "base": {"channels": (8, 16), "num_res_blocks": 1, "attention_resolutions": (8,), "groups": 4},
         "mcm": {"channels": (8, 16), "num_res_blocks": 1, "attention_resolutions": (8,), "groups": 4},
         "segmenter": True,
+    },
+    "tiny-s2d": {
+        "size": 16,
+        "channels": 3,
+        "base": {"channels": (8, 16), "num_res_blocks": 1, "attention_resolutions": (8,), "groups": 4},
+        "mcm": {"channels": (8, 16), "num_res_blocks": 1, "attention_resolutions": (), "groups": 4, "space_to_depth": 2},
+        "segmenter": False,
     },
     "paper": {
         "size": 32,
@@ -181,7 +190,9 @@ def write_random_model(out_dir: Path, classes: list[dict], preset: str = "tiny",
     modalities = [ModalitySpec("segmentation", "segmentation", len(classes), classes), ModalitySpec("sketch", "sketch", 1)]
     k = sum(m.width for m in modalities)
     mcm = MCM(c, k, UNetConfig(image_size=size, **p["mcm"])).eval()
-    nn.init.normal_(mcm.net.conv_out.weight, std=0.02)  # non-zero so that the vectors test the MCM path
+    for conv in (mcm.net.conv_out, mcm.net.conv_local):  # non-zero so that the vectors test the MCM path
+        if conv is not None:
+            nn.init.normal_(conv.weight, std=0.02)
     export_base(base, out_dir)
     export_mcm(mcm, k, out_dir)
     provenance = {"dataset": "none (random weights)", "steps": 0}
@@ -200,8 +211,3 @@ def write_random_model(out_dir: Path, classes: list[dict], preset: str = "tiny",
         modalities=[{"name": m.name, "kind": m.kind, "channels": m.channels, "classes": m.classes} for m in modalities],
         **nets,
     )
-
-
-def write_tiny_model(out_dir: Path, classes: list[dict], seed: int = 0) -> None:
-    """The 16x16 RGB random-weight fixture (`PRESETS["tiny"]`), small enough to commit as models/tiny."""
-    write_random_model(out_dir, classes, "tiny", seed)

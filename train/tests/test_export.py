@@ -11,7 +11,7 @@ import torch
 
 from mcm_train.cli import main
 from mcm_train.data import load_classes
-from mcm_train.export import PRESETS, write_tiny_model
+from mcm_train.export import PRESETS, write_random_model
 from mcm_train.models import MCM, UNet, UNetConfig
 
 
@@ -19,8 +19,9 @@ def _run(path: Path, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, inputs)
 
 
-def test_tiny_model_vectors_match_onnxruntime(tmp_path: Path) -> None:
-    write_tiny_model(tmp_path, [{"name": c.name, "color": list(c.color)} for c in load_classes()])
+@pytest.mark.parametrize("preset", ["tiny", "tiny-s2d"])
+def test_tiny_model_vectors_match_onnxruntime(tmp_path: Path, preset: str) -> None:
+    write_random_model(tmp_path, [{"name": c.name, "color": list(c.color)} for c in load_classes()], preset)
     vec = lambda name: np.load(tmp_path / "test_vectors" / f"{name}.npy")  # noqa: E731
     eps = _run(tmp_path / "base.onnx", {"sample": vec("base.sample"), "timestep": vec("base.timestep")})[0]
     assert np.abs(eps - vec("base.eps")).max() < 1e-4
