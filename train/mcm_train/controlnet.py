@@ -12,9 +12,8 @@ The base's weights are frozen (`requires_grad` False) but, unlike the MCM, the l
 through the base's decoder into the copy: that is the cost the MCM avoids. At initialisation every
 zero conv outputs exactly 0, so the ControlNet's eps equals the base's eps.
 
-The base's forward is split into `encode` / `decode` here, written against `models.UNet`'s attributes
-(`conv_in`, `down`, `mid`, `up`, `norm_out`, `conv_out`, `_run`); `encode` + `decode` reproduce
-`UNet.forward` exactly (tested).
+The base's forward is split with `UNet.encode` / `UNet.decode` (the halves `UNet.forward` itself
+runs); the hint enters through `encode`'s `hint`.
 
 For the device, `ControlNetMCM` wraps the trained net in the unchanged `mcm.onnx` contract:
 `gamma = 0`, `beta = eps_controlnet - eps`, so that `eps * (1 + gamma) + beta` is the ControlNet's eps
@@ -34,71 +33,20 @@ from torch import nn
 
 from .data import Dataset
 from .export import export_mcm
-from .models import ModalitySpec, ResBlock, UNet, Upsample, timestep_embedding
+from .models import ModalitySpec, ResBlock, UNet
 from .schedule import ScheduleConfig, add_noise, alpha_bar
 from .training import Batches, TrainConfig, TrainResult, build_cond, train_loop
 
-# --------------------------------------------------------------------------------------------
-# The base's forward, split at the mid block
-# --------------------------------------------------------------------------------------------
-
-
-def time_embed(net: UNet, timestep: torch.Tensor) -> torch.Tensor:
-    """`net`'s timestep embedding: `timestep` f32 [B] -> [B, 4 * channels[0]].
-
-    Raises:
-        ValueError: `net` has no timestep embedding (not a diffusion U-Net).
-    """
-    if not net.temb_dim:
-        raise ValueError("a ControlNet needs a diffusion U-Net with a timestep embedding")
-    return net.temb_mlp(timestep_embedding(timestep, net.cfg.channels[0]))
-
-
-def encode(net: UNet, x: torch.Tensor, temb: torch.Tensor, hint: torch.Tensor | None = None
-           ) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """The encoder half of `UNet.forward`: `x` [B, in, H, W] -> (skip features `hs`, mid output).
-
-    `hs[0]` is `conv_in(x)` [B, channels[0], H, W] (plus `hint` when given, same shape), then one
-    feature per `down` layer; the mid output is [B, channels[-1], H / 2**(L-1), W / 2**(L-1)].
-
-    Raises:
-        ValueError: `net` folds space into depth (`space_to_depth` > 1; not split here).
-    """
-    _check_plain(net)
-    h = net.conv_in(x)
-    if hint is not None:
-        h = h + hint
-    hs = [h]
-    for layer in net.down:
-        h = net._run(layer, h, temb)
-        hs.append(h)
-    for layer in net.mid:
-        h = net._run(layer, h, temb)
-    return hs, h
-
-
-def decode(net: UNet, h: torch.Tensor, hs: Sequence[torch.Tensor], temb: torch.Tensor) -> torch.Tensor:
-    """The decoder half of `UNet.forward`: mid output `h` and skip features `hs` (as `encode` returns
-    them) -> output [B, out, H, W]. `hs` is not modified.
-
-    Raises:
-        ValueError: `net` folds space into depth (`space_to_depth` > 1; not split here).
-    """
-    _check_plain(net)
-    hs = list(hs)
-    for layer in net.up:
-        if isinstance(layer, Upsample):
-            h = layer(h)
-        else:
-            h = net._run(layer, torch.cat([h, hs.pop()], dim=1), temb)
-    return net.conv_out(F.silu(net.norm_out(h)))
-
 
 def _check_plain(net: UNet) -> None:
-    """Refuse U-Nets that fold space into depth: their forward has extra paths (an MCM speed option,
-    not a base layout) that this split does not reproduce."""
+    """Refuse U-Nets that fold space into depth: their output is unfolded after `decode` and gets a
+    full-resolution path (an MCM speed option, not a base layout) that the baseline does not use.
+
+    Raises:
+        ValueError: `net.cfg.space_to_depth` != 1.
+    """
     if net.cfg.space_to_depth != 1:
-        raise ValueError(f"encode/decode split U-Nets with space_to_depth = 1, got {net.cfg.space_to_depth}")
+        raise ValueError(f"a ControlNet base needs space_to_depth = 1, got {net.cfg.space_to_depth}")
 
 
 def _out_channels(layer: nn.Module) -> int:
@@ -168,16 +116,16 @@ class ControlNet(nn.Module):
                  ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """The residuals added to the base: one per skip feature (shapes of `encode`'s `hs`) and one
         for the mid output. All exactly zero at initialisation."""
-        temb = time_embed(self.control, timestep)
-        hs, h = encode(self.control, sample, temb, hint=self.hint(cond))
+        temb = self.control.embed_timestep(timestep)
+        hs, h = self.control.encode(sample, temb, hint=self.hint(cond))
         return [z(f) for z, f in zip(self.zero_skips, hs, strict=True)], self.zero_mid(h)
 
     def forward(self, sample: torch.Tensor, cond: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():  # the frozen encoder's outputs need no gradient: nothing before them trains
-            temb = time_embed(self.base, timestep)
-            hs, h = encode(self.base, sample, temb)
+            temb = self.base.embed_timestep(timestep)
+            hs, h = self.base.encode(sample, temb)
         skips, mid = self.controls(sample, cond, timestep)
-        return decode(self.base, h + mid, [a + b for a, b in zip(hs, skips, strict=True)], temb)
+        return self.base.decode(h + mid, [a + b for a, b in zip(hs, skips, strict=True)], temb)
 
 
 def check_base_matches(net: UNet, model_dir: Path, atol: float = 1e-3) -> None:

@@ -163,29 +163,56 @@ class UNet(nn.Module):
             return h
         return layer(h)
 
-    def forward(self, x: torch.Tensor, timestep: torch.Tensor | None = None) -> torch.Tensor:
-        temb = None
-        if self.temb_dim:
-            if timestep is None:
-                raise ValueError("this UNet needs a timestep [B]")
-            temb = self.temb_mlp(timestep_embedding(timestep, self.cfg.channels[0]))
+    def embed_timestep(self, timestep: torch.Tensor | None) -> torch.Tensor | None:
+        """The timestep embedding `timestep` f32 [B] -> [B, 4 * channels[0]]; None without one.
+
+        Raises:
+            ValueError: this U-Net has a timestep embedding and `timestep` is None.
+        """
+        if not self.temb_dim:
+            return None
+        if timestep is None:
+            raise ValueError("this UNet needs a timestep [B]")
+        return self.temb_mlp(timestep_embedding(timestep, self.cfg.channels[0]))
+
+    def encode(self, x: torch.Tensor, temb: torch.Tensor | None, hint: torch.Tensor | None = None
+               ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The encoder half: `x` [B, in, H, W] -> (skip features `hs`, mid output `h`).
+
+        `hs[0]` is `conv_in` of the (folded) input [B, channels[0], H/f, W/f] plus `hint` when given
+        (same shape; the ControlNet baseline's entry), then one feature per `down` layer; `h` is
+        [B, channels[-1], H/(f*2**(L-1)), W/(f*2**(L-1))].
+        """
         f = self.cfg.space_to_depth
         h = self.conv_in(F.pixel_unshuffle(x, f) if f > 1 else x)
+        if hint is not None:
+            h = h + hint
         hs = [h]
         for layer in self.down:
             h = self._run(layer, h, temb)
             hs.append(h)
         for layer in self.mid:
             h = self._run(layer, h, temb)
+        return hs, h
+
+    def decode(self, h: torch.Tensor, hs: list[torch.Tensor], temb: torch.Tensor | None) -> torch.Tensor:
+        """The decoder half: mid output `h` and skip features `hs` (as `encode` returns them; not
+        modified) -> [B, out * f * f, H/f, W/f], the output before unfolding (f = space_to_depth)."""
+        hs = list(hs)
         for layer in self.up:
             if isinstance(layer, Upsample):
                 h = layer(h)
             else:
                 h = self._run(layer, torch.cat([h, hs.pop()], dim=1), temb)
-        out = self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor | None = None) -> torch.Tensor:
+        temb = self.embed_timestep(timestep)
+        hs, h = self.encode(x, temb)
+        out = self.decode(h, hs, temb)
         if self.conv_local is None:
             return out
-        return F.pixel_shuffle(out, f) + self.conv_local(x)
+        return F.pixel_shuffle(out, self.cfg.space_to_depth) + self.conv_local(x)
 
 
 class Upsample(nn.Module):
