@@ -43,7 +43,8 @@ def _add_budget_final(p: argparse.ArgumentParser) -> None:
 
 def _train_config(a: argparse.Namespace) -> TrainConfig:
     return TrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, ema_decay=a.ema_decay, seed=a.seed,
-                       minutes=a.minutes, checkpoint_every=a.checkpoint_every, threads=a.threads)
+                       minutes=a.minutes, checkpoint_every=a.checkpoint_every, threads=a.threads,
+                       budget_final=getattr(a, "budget_final", False))
 
 
 def _provenance(a: argparse.Namespace, result: TrainResult, net: object) -> dict:

@@ -39,6 +39,8 @@ class TrainConfig:
         minutes: optional wall-clock budget for this invocation; the run checkpoints and stops when spent.
         checkpoint_every: steps between checkpoints.
         threads: torch intra-op threads.
+        budget_final: the `minutes` budget ends training (the caller exports what is there)
+            instead of pausing it for a later resume; only changes what the loop reports.
     """
 
     steps: int = 1000
@@ -49,6 +51,7 @@ class TrainConfig:
     minutes: float | None = None
     checkpoint_every: int = 200
     threads: int = 2
+    budget_final: bool = False
 
 
 @dataclass
@@ -115,7 +118,8 @@ def train_loop(name: str, model: nn.Module, loss_fn: Callable[[nn.Module, torch.
                 save()
                 log.flush()
             if out_of_time:
-                print(f"{name}: time budget of {tc.minutes} min spent at step {step}; run again to resume")
+                then = "training ends here (--budget-final)" if tc.budget_final else "run again to resume"
+                print(f"{name}: time budget of {tc.minutes} min spent at step {step}; {then}")
                 break
     plot_loss(log_path, run_dir / f"{name}_loss.png", name)
     result = ema.module.eval()
