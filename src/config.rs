@@ -74,10 +74,7 @@ impl Default for RuntimeConfig {
 impl RuntimeConfig {
     /// The [`Backend`] these settings describe.
     pub fn backend(&self) -> Backend {
-        match self.backend {
-            BackendKind::Tract => Backend::Tract,
-            BackendKind::Onnxruntime => Backend::Onnxruntime { library: self.onnxruntime_library.clone(), threads: self.threads },
-        }
+        Backend::new(self.backend, self.onnxruntime_library.clone(), self.threads)
     }
 }
 

@@ -15,7 +15,7 @@ use mcm_edge::service;
 use mcm_edge::eval::{EvalOptions, evaluate_with};
 use mcm_edge::framebuffer::StatusDisplay;
 use mcm_edge::frames::{FrameLimits, decode_frame};
-use mcm_edge::model::Backend;
+use mcm_edge::model::{Backend, BackendKind};
 use mcm_edge::mqtt::Settings;
 use mcm_edge::pipeline::{GenerationParams, ImageGenerator, TractGenerator};
 
@@ -26,21 +26,12 @@ struct Cli {
     command: Command,
 }
 
-/// `--backend` of generate, eval and demo.
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum BackendArg {
-    /// tract (built in, one thread).
-    Tract,
-    /// onnxruntime (cargo feature `onnxruntime`; library from --ort-library or ORT_DYLIB_PATH).
-    Onnxruntime,
-}
-
 /// The inference backend options of generate, eval and demo (run and check read `[runtime]`).
 #[derive(Args)]
 struct BackendArgs {
     /// Inference backend.
     #[arg(long, value_enum, default_value = "tract")]
-    backend: BackendArg,
+    backend: BackendKind,
     /// libonnxruntime shared library for --backend onnxruntime (default: $ORT_DYLIB_PATH).
     #[arg(long, value_name = "FILE")]
     ort_library: Option<PathBuf>,
@@ -51,10 +42,7 @@ struct BackendArgs {
 
 impl BackendArgs {
     fn backend(&self) -> Backend {
-        match self.backend {
-            BackendArg::Tract => Backend::Tract,
-            BackendArg::Onnxruntime => Backend::Onnxruntime { library: self.ort_library.clone(), threads: self.threads.into() },
-        }
+        Backend::new(self.backend, self.ort_library.clone(), self.threads.into())
     }
 }
 

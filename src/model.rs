@@ -14,13 +14,13 @@ use crate::model_info::{ModelError, ModelInfo};
 
 /// The kind of inference backend, as named in `edge.toml` (`[runtime] backend`) and on the
 /// command line (`--backend`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum BackendKind {
-    /// tract: pure Rust, always built in, runs on one thread.
+    /// Pure Rust, always built in, runs on one thread.
     #[default]
     Tract,
-    /// onnxruntime, loaded at run time from a user-supplied shared library; needs a binary built
+    /// Loaded at run time from a user-supplied libonnxruntime; needs a binary built
     /// with the cargo feature `onnxruntime`.
     Onnxruntime,
 }
@@ -53,6 +53,14 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// The backend of `kind`; `library` and `threads` apply to onnxruntime only.
+    pub fn new(kind: BackendKind, library: Option<PathBuf>, threads: usize) -> Self {
+        match kind {
+            BackendKind::Tract => Backend::Tract,
+            BackendKind::Onnxruntime => Backend::Onnxruntime { library, threads },
+        }
+    }
+
     /// An onnxruntime backend from `ORT_DYLIB_PATH` with `threads` intra-op threads.
     pub fn onnxruntime(threads: usize) -> Self {
         Backend::Onnxruntime { library: None, threads }
@@ -78,7 +86,7 @@ impl Backend {
     pub fn describe(&self) -> String {
         match self {
             Backend::Tract => "tract".into(),
-            Backend::Onnxruntime { threads, .. } => format!("onnxruntime, {threads} thread{}", if *threads == 1 { "" } else { "s" }),
+            Backend::Onnxruntime { threads, .. } => format!("onnxruntime, {}", thread_count(*threads)),
         }
     }
 }
@@ -102,6 +110,17 @@ enum Engine {
     Tract(Arc<TypedRunnableModel>),
     #[cfg(feature = "onnxruntime")]
     Onnxruntime(crate::ort_backend::OrtNet),
+}
+
+/// `1 thread` or `N threads`.
+pub(crate) fn thread_count(threads: usize) -> String {
+    format!("{threads} thread{}", if threads == 1 { "" } else { "s" })
+}
+
+/// Check that a file's input or output names (`what`: "inputs" / "outputs") are the contract's
+/// `want`, in order. `Err` is the contract message.
+pub(crate) fn check_names(what: &str, got: &[String], want: &[&str]) -> Result<(), String> {
+    if got == want { Ok(()) } else { Err(format!("{what} are {got:?}, the contract needs {want:?}")) }
 }
 
 /// Check one input's declared dims (`"?"` or a symbol for a dynamic axis) against the contract's
@@ -162,9 +181,7 @@ impl Net {
         let mut model = tract_onnx::onnx().model_for_path(path).map_err(tract_err)?;
         let in_names: Vec<String> = model.input_outlets().map_err(tract_err)?.iter().map(|o| model.node(o.node).name.clone()).collect();
         let want: Vec<&str> = inputs.iter().map(|(n, _)| *n).collect();
-        if in_names != want {
-            return Err(contract(format!("inputs are {in_names:?}, the contract needs {want:?}")));
-        }
+        check_names("inputs", &in_names, &want).map_err(contract)?;
         for (ix, (name, shape)) in inputs.iter().enumerate() {
             let fact = model.input_fact(ix).map_err(tract_err)?;
             let declared: Vec<String> = fact.shape.dims().map(|d| d.concretize().map(|d| d.to_string()).unwrap_or("?".into())).collect();
@@ -177,9 +194,7 @@ impl Net {
             .iter()
             .map(|o| model.outlet_label(*o).unwrap_or(&model.node(o.node).name).to_string())
             .collect();
-        if out_names != outputs {
-            return Err(contract(format!("outputs are {out_names:?}, the contract needs {outputs:?}")));
-        }
+        check_names("outputs", &out_names, outputs).map_err(contract)?;
         model.into_optimized().map_err(tract_err)?.into_runnable().map_err(tract_err)
     }
 

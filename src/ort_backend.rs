@@ -19,7 +19,7 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::value::{TensorElementType, TensorRef, ValueType};
 use tract_onnx::prelude::Tensor;
 
-use crate::model::check_input_dims;
+use crate::model::{check_input_dims, check_names, thread_count};
 use crate::model_info::ModelError;
 
 /// The environment variable naming the library when no path is configured (the `ort` crate's).
@@ -142,9 +142,7 @@ impl OrtNet {
             .map_err(|e| ort_err(&e))?;
         let in_names: Vec<String> = session.inputs().iter().map(|o| o.name().to_string()).collect();
         let want: Vec<&str> = inputs.iter().map(|(n, _)| *n).collect();
-        if in_names != want {
-            return Err(contract(format!("inputs are {in_names:?}, the contract needs {want:?}")));
-        }
+        check_names("inputs", &in_names, &want).map_err(contract)?;
         for (outlet, (name, shape)) in session.inputs().iter().zip(inputs) {
             let ValueType::Tensor { ty, shape: dims, dimension_symbols } = outlet.dtype() else {
                 return Err(contract(format!("input {name:?} is not a tensor")));
@@ -163,15 +161,12 @@ impl OrtNet {
             check_input_dims(name, &declared, shape).map_err(contract)?;
         }
         let out_names: Vec<String> = session.outputs().iter().map(|o| o.name().to_string()).collect();
-        if out_names != outputs {
-            return Err(contract(format!("outputs are {out_names:?}, the contract needs {outputs:?}")));
-        }
-        let plural = if threads == 1 { "" } else { "s" };
+        check_names("outputs", &out_names, outputs).map_err(contract)?;
         Ok(Self {
             session: Mutex::new(session),
             inputs: in_names,
             outputs: out_names,
-            description: format!("onnxruntime {version}, {threads} thread{plural}"),
+            description: format!("onnxruntime {version}, {}", thread_count(threads)),
             library,
         })
     }

@@ -34,8 +34,8 @@ from torch import nn
 from .data import Dataset
 from .export import export_mcm
 from .models import ModalitySpec, ResBlock, UNet
-from .schedule import ScheduleConfig, add_noise, alpha_bar
-from .training import Batches, TrainConfig, TrainResult, build_cond, train_loop
+from .schedule import ScheduleConfig, alpha_bar
+from .training import Batches, TrainConfig, TrainResult, conditioned_batch, train_loop
 
 
 def _check_plain(net: UNet) -> None:
@@ -154,19 +154,13 @@ def check_base_matches(net: UNet, model_dir: Path, atol: float = 1e-3) -> None:
 def controlnet_loss(data: Dataset, modalities: list[ModalitySpec], sched: ScheduleConfig, batch_size: int,
                     drop_prob: float = 0.3) -> Callable[[nn.Module, torch.Generator], torch.Tensor]:
     """The plain DDPM loss `||eps_controlnet(x_t, cond, t) - eps_true||^2` with each modality dropped
-    with probability `drop_prob`. Draws batch, timesteps, noise and dropout from the generator in the
-    same order as `training.train_mcm`, so that both trainers see identical batches for one seed."""
+    with probability `drop_prob`, on `training.conditioned_batch` (the MCM trainer's batches)."""
     batches, ab = Batches(data), alpha_bar(sched)
     T = sched.num_train_timesteps
 
     def loss_fn(net: nn.Module, gen: torch.Generator) -> torch.Tensor:
-        x_0, labels, sketch = batches.sample(gen, batch_size)
-        b = x_0.shape[0]
-        t = torch.randint(0, T, (b,), generator=gen)
-        noise = torch.randn(x_0.shape, generator=gen)
-        x_t = add_noise(x_0, noise, t, ab)
-        present = torch.rand(b, len(modalities), generator=gen) >= drop_prob
-        return F.mse_loss(net(x_t, build_cond(modalities, labels, sketch, present), t.float()), noise)
+        x_t, t, noise, cond = conditioned_batch(batches, ab, T, modalities, batch_size, drop_prob, gen)
+        return F.mse_loss(net(x_t, cond, t.float()), noise)
 
     return loss_fn
 

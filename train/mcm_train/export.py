@@ -152,13 +152,6 @@ PRESETS: dict[str, dict] = {
         "mcm": {"channels": (8, 16), "num_res_blocks": 1, "attention_resolutions": (8,), "groups": 4},
         "segmenter": True,
     },
-    "tiny-s2d": {
-        "size": 16,
-        "channels": 3,
-        "base": {"channels": (8, 16), "num_res_blocks": 1, "attention_resolutions": (8,), "groups": 4},
-        "mcm": {"channels": (8, 16), "num_res_blocks": 1, "attention_resolutions": (), "groups": 4, "space_to_depth": 2},
-        "segmenter": False,
-    },
     "paper": {
         "size": 32,
         "channels": 4,
@@ -167,6 +160,11 @@ PRESETS: dict[str, dict] = {
         "mcm": {"channels": (16, 32, 64), "num_res_blocks": 1, "attention_resolutions": (16,), "groups": 8},
         "segmenter": False,
     },
+}
+PRESETS["tiny-s2d"] = {
+    **PRESETS["tiny"],
+    "mcm": {**PRESETS["tiny"]["mcm"], "attention_resolutions": (), "space_to_depth": 2},
+    "segmenter": False,
 }
 
 

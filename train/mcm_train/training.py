@@ -209,6 +209,21 @@ def build_cond(modalities: list[ModalitySpec], labels: torch.Tensor | None, sket
     return torch.cat(parts, dim=1)
 
 
+def conditioned_batch(batches: Batches, ab: torch.Tensor, num_timesteps: int, modalities: list[ModalitySpec],
+                      batch_size: int, drop_prob: float, gen: torch.Generator
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One training batch of a conditioning trainer (MCM or ControlNet baseline), drawn from `gen`
+    in a fixed order (batch, timesteps, noise, modality dropout) so that both trainers see identical
+    batches for one seed: `(x_t [B, C, H, W], timestep int64 [B] in [0, T), noise [B, C, H, W],
+    cond [B, K, H, W])`, each modality dropped with probability `drop_prob` (Ham et al. 2023, Sec. 3.2)."""
+    x_0, labels, sketch = batches.sample(gen, batch_size)
+    b = x_0.shape[0]
+    t = torch.randint(0, num_timesteps, (b,), generator=gen)
+    noise = torch.randn(x_0.shape, generator=gen)
+    present = torch.rand(b, len(modalities), generator=gen) >= drop_prob
+    return add_noise(x_0, noise, t, ab), t, noise, build_cond(modalities, labels, sketch, present)
+
+
 # --------------------------------------------------------------------------------------------
 # Trainers
 # --------------------------------------------------------------------------------------------
@@ -236,15 +251,10 @@ def train_mcm(data: Dataset, mcm: MCM, eps_fn: EpsFn, modalities: list[ModalityS
     T = sched.num_train_timesteps
 
     def loss_fn(net: nn.Module, gen: torch.Generator) -> torch.Tensor:
-        x_0, labels, sketch = batches.sample(gen, tc.batch_size)
-        b = x_0.shape[0]
-        t = torch.randint(0, T, (b,), generator=gen)
-        noise = torch.randn(x_0.shape, generator=gen)
-        x_t = add_noise(x_0, noise, t, ab)
+        x_t, t, noise, cond = conditioned_batch(batches, ab, T, modalities, tc.batch_size, drop_prob, gen)
         with torch.no_grad():
             eps = eps_fn(x_t, t.float())
-        present = torch.rand(b, len(modalities), generator=gen) >= drop_prob
-        gamma, beta = net(x_t, eps, build_cond(modalities, labels, sketch, present), t.float())
+        gamma, beta = net(x_t, eps, cond, t.float())
         l1 = gamma.abs().mean() + beta.abs().mean()
         return F.mse_loss(modulate(eps, gamma, beta), noise) + l1_weight * l1
 
