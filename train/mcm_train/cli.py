@@ -6,12 +6,12 @@ import argparse
 import json
 import shutil
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 from . import data as data_mod
+from .contract import ModalitySpec, cond_channels
 from .export import PRESETS, export_base, export_mcm, export_segmenter, read_model_toml, update_model_toml
-from .models import MCM, ModalitySpec, UNet, UNetConfig, cond_channels, count_parameters
+from .models import MCM, UNet, UNetConfig, count_parameters
 from .schedule import ScheduleConfig
 from .training import TrainConfig, TrainResult, pretrain_base, train_mcm, train_segmenter
 
@@ -79,17 +79,19 @@ def cmd_pretrain_base(a: argparse.Namespace) -> None:
     print(f"exported {a.out}/base.onnx after {result.steps} steps, loss {result.final_loss:.4f}")
 
 
-def _modalities(names: list[str], ds: data_mod.Dataset) -> list[ModalitySpec]:
-    specs = []
-    for name in names:
-        if name == "segmentation":
-            classes = [{"name": c.name, "color": list(c.color)} for c in ds.classes]
-            specs.append(ModalitySpec(name, "segmentation", len(ds.classes), classes))
-        elif name == "sketch":
-            specs.append(ModalitySpec(name, "sketch", 1))
-        else:
-            raise SystemExit(f"unknown modality {name!r}: known are {', '.join(data_mod.MODALITY_KINDS)}")
-    return specs
+def _modalities(text: str, ds: data_mod.Dataset) -> list[ModalitySpec]:
+    """The `--modalities` list, in the order given (the `cond` order), each taken from the dataset.
+
+    Raises:
+        DataError: a name is repeated or the dataset has no such maps.
+    """
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise data_mod.DataError("--modalities: name at least one modality")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise data_mod.DataError(f"--modalities: {', '.join(repeated)} given twice")
+    return [ds.modality(n) for n in names]
 
 
 def _conditioning_inputs(a: argparse.Namespace) -> tuple[dict, data_mod.Dataset, list[ModalitySpec]]:
@@ -100,7 +102,7 @@ def _conditioning_inputs(a: argparse.Namespace) -> tuple[dict, data_mod.Dataset,
     ds = data_mod.load_dataset(a.data, limit=a.limit)
     if ds.size != doc["image"]["size"]:
         raise SystemExit(f"{a.data}: images are {ds.size}px, the base in {a.base} expects {doc['image']['size']}px")
-    return doc, ds, _modalities(a.modalities.split(","), ds)
+    return doc, ds, _modalities(a.modalities or ",".join(m.name for m in ds.modalities), ds)
 
 
 def _carry_base(a: argparse.Namespace, doc: dict) -> None:
@@ -137,7 +139,7 @@ def cmd_mcm(a: argparse.Namespace) -> None:
         return
     _carry_base(a, doc)
     export_mcm(result.model, k, a.out)
-    update_model_toml(a.out, modalities=[asdict(m) for m in modalities],
+    update_model_toml(a.out, modalities=[m.to_toml() for m in modalities],
                       mcm={"file": "mcm.onnx", "method": "mcm", "cond_channels": k, "architecture": cfg.to_dict(),
                            "drop_prob": a.drop_prob, "l1_weight": a.l1_weight, **_provenance(a, result, result.model)})
     print(f"exported {a.out}/mcm.onnx after {result.steps} steps, loss {result.final_loss:.4f}")
@@ -162,7 +164,7 @@ def cmd_controlnet(a: argparse.Namespace) -> None:
         return
     _carry_base(a, doc)
     export_controlnet(result.model, a.out)
-    update_model_toml(a.out, modalities=[asdict(m) for m in modalities],
+    update_model_toml(a.out, modalities=[m.to_toml() for m in modalities],
                       mcm={"file": "mcm.onnx", "method": "controlnet", "cond_channels": k,
                            "hint_channels": list(_ints(a.hint_channels)), "base_run": str(a.base_run),
                            "drop_prob": a.drop_prob, **_provenance(a, result, result.model)})
@@ -241,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(m, steps=3000, batch=16, lr=2e-4, ema=0.995)
     m.add_argument("--base", type=Path, required=True, help="model dir with base.onnx + model.toml")
     m.add_argument("--base-run", type=Path, help="use the PyTorch weights of this pretrain-base run dir instead of onnxruntime")
-    m.add_argument("--modalities", default="segmentation,sketch")
+    m.add_argument("--modalities", help="comma-separated, in cond order (default: every modality of the dataset)")
     m.add_argument("--channels", default="16,32,64")
     m.add_argument("--res-blocks", type=int, default=1)
     m.add_argument("--attention", default="16", help="resolutions (of the folded input) with self-attention")
@@ -258,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(c, steps=3000, batch=16, lr=2e-4, ema=0.995)
     c.add_argument("--base", type=Path, required=True, help="model dir with base.onnx + model.toml")
     c.add_argument("--base-run", type=Path, required=True, help="the pretrain-base run dir base.onnx was exported from")
-    c.add_argument("--modalities", default="segmentation,sketch")
+    c.add_argument("--modalities", help="comma-separated, in cond order (default: every modality of the dataset)")
     c.add_argument("--hint-channels", default="16,32", help="widths of the hint convs on cond (a zero conv follows)")
     c.add_argument("--drop-prob", type=float, default=0.3, help="probability of dropping each modality")
     _add_budget_final(c)

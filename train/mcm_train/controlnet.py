@@ -31,9 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .contract import ModalitySpec
 from .data import Dataset
 from .export import export_mcm
-from .models import ModalitySpec, ResBlock, UNet
+from .models import ResBlock, UNet
 from .schedule import ScheduleConfig, alpha_bar
 from .training import Batches, TrainConfig, TrainResult, conditioned_batch, train_loop
 

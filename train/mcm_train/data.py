@@ -2,13 +2,18 @@
 
 Layout of a dataset folder (what `mcm-train data scenes` writes and what `load_dataset` reads)::
 
-    DIR/images/NNNN.png        RGB image
-    DIR/segmentation/NNNN.png  class map: palette-colour RGB (colours from config/classes.toml)
-                               or single-channel class ids
-    DIR/sketch/NNNN.png        edge map: dark strokes on a light background (or the reverse)
-    DIR/manifest.json          what wrote it (optional for user datasets)
+    DIR/images/NAME.png        RGB image (PNG or JPEG), all square and of one size
+    DIR/<modality>/NAME.png    one folder per modality, maps paired with the images by file stem:
+      segmentation/              class map: palette colours (config/classes.toml, or the manifest's
+                                 `classes`) or single-channel class ids
+      sketch/                    edge map: dark strokes on a light background (or the reverse)
+      depth/ (or any name)       dense map: 8- or 16-bit grey (or RGB/RGBA for 3-4 channels)
+    DIR/manifest.json          optional: `classes` (the palette) and `modalities` (kinds, below)
 
-Files are paired by stem; a modality folder may be missing (then that modality is absent).
+A folder named `segmentation` or `sketch` is that kind; any other folder beside `images/` is a dense
+modality whose channels are read off its first file (grey 1, grey + alpha 2, RGB 3, RGBA 4) with
+values in [0, 1]. The manifest's `modalities` list (`{"name", "kind", "channels", "value_range"}`)
+overrides that. Maps are read with the device's rules (`preprocess`).
 """
 
 from __future__ import annotations
@@ -24,24 +29,25 @@ import numpy as np
 from PIL import Image
 from skimage.feature import canny
 
+from .contract import ClassInfo, ModalitySpec
+from .preprocess import MapError, map_from_image, open_map, palette_array
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CLASSES = REPO_ROOT / "config" / "classes.toml"
-#: Largest distance (Euclidean, 0-255 RGB units) between a pixel and its nearest palette colour.
-PALETTE_TOLERANCE = 40.0
-#: Modalities the loader knows, in the order their channels are stacked into `cond`.
-MODALITY_KINDS = ("segmentation", "sketch")
+#: Image file suffixes a dataset folder may hold.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+#: Depth convention of the scenes' `depth/` maps: inverse depth (disparity) normalised to [0, 1],
+#: 1 nearest (the bottom row of the ground), 0 at infinity (the sky), as monocular depth
+#: estimators such as MiDaS output it. Written as 16-bit grey PNG.
+DEPTH = "inverse depth in [0, 1]: 1 nearest, 0 at infinity"
+DEPTH_HORIZON = 0.12  # the ground at the horizon
+DEPTH_CLOUD = 0.03
+DEPTH_MOUNTAIN = (0.06, 0.09)  # first and second range
 
 
 class DataError(ValueError):
     """A dataset file is missing, unreadable or does not match the palette / size."""
-
-
-@dataclass(frozen=True)
-class ClassInfo:
-    """One segmentation class: `name` and its palette `color` (RGB, 0-255)."""
-
-    name: str
-    color: tuple[int, int, int]
 
 
 def load_classes(path: Path = DEFAULT_CLASSES) -> list[ClassInfo]:
@@ -90,9 +96,16 @@ def _ellipse(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, ry: float, rx
     return ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
 
 
-def scene_labels(rng: np.random.Generator, size: int, n_classes: int) -> np.ndarray:
-    """Random scene layout: class ids [size, size] (uint8), ids as in config/classes.toml order
-    (0 sky, 1 cloud, 2 mountain, 3 water, 4 grass, 5 tree, 6 sand, 7 rock)."""
+def scene_layers(rng: np.random.Generator, size: int, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random scene layout: class ids uint8 [size, size] (ids in config/classes.toml order: 0 sky,
+    1 cloud, 2 mountain, 3 water, 4 grass, 5 tree, 6 sand, 7 rock) and its depth float32
+    [size, size] in [0, 1] (`DEPTH` for the convention).
+
+    The generator knows every layer's distance: the ground (grass, sand, water) is a plane seen from
+    eye height, so its inverse depth grows linearly from the horizon to the bottom row; mountain
+    ranges stand behind the ground (a range painted later is nearer), clouds far above it, the sky at
+    infinity (0); rocks and trees stand upright on the ground and take its value at their foot.
+    """
     if n_classes < 8:
         raise DataError(f"the scene generator draws 8 classes, the class list has {n_classes}")
     sky, cloud, mountain, water, grass, tree, sand, rock = range(8)
@@ -100,38 +113,47 @@ def scene_labels(rng: np.random.Generator, size: int, n_classes: int) -> np.ndar
     x = xx[0]
     horizon = 0.42 + 0.25 * rng.random()
     labels = np.full((size, size), sky, np.uint8)
+    depth = np.zeros((size, size), np.float32)
+
+    def ground(y: np.ndarray | float) -> np.ndarray | float:
+        """Inverse depth of the ground plane at image row y (fraction of the height)."""
+        return DEPTH_HORIZON + (1 - DEPTH_HORIZON) * np.clip((y - horizon) / (1 - horizon), 0, 1)
+
+    def paint(mask: np.ndarray, cls: int, d: np.ndarray | float) -> None:
+        labels[mask] = cls
+        depth[mask] = (np.broadcast_to(d, mask.shape))[mask]
 
     for _ in range(rng.integers(0, 4)):  # clouds: unions of ellipses
         cy, cx = rng.uniform(0.05, horizon - 0.1), rng.uniform(0, 1)
         for _ in range(rng.integers(2, 5)):
-            labels[_ellipse(yy, xx, cy + rng.normal(0, 0.02), cx + rng.normal(0, 0.06),
-                            rng.uniform(0.03, 0.07), rng.uniform(0.06, 0.16))] = cloud
+            paint(_ellipse(yy, xx, cy + rng.normal(0, 0.02), cx + rng.normal(0, 0.06),
+                           rng.uniform(0.03, 0.07), rng.uniform(0.06, 0.16)), cloud, DEPTH_CLOUD)
 
     if rng.random() < 0.85:  # one or two mountain ranges
-        for _ in range(rng.integers(1, 3)):
+        for r in range(rng.integers(1, 3)):
             ridge = _ridge(rng, x, horizon, rng.uniform(0.1, horizon - 0.05))
-            labels[(yy >= ridge[None, :]) & (yy < horizon)] = mountain
+            paint((yy >= ridge[None, :]) & (yy < horizon), mountain, DEPTH_MOUNTAIN[r])
 
-    ground = grass if rng.random() < 0.7 else sand
-    labels[yy >= horizon] = ground
+    ground_cls = grass if rng.random() < 0.7 else sand
+    paint(yy >= horizon, ground_cls, ground(yy))
     if rng.random() < 0.65:  # a lake or sea below the horizon, with a wavy shore
-        depth = rng.uniform(0.08, 0.35) * (1 - horizon)
-        shore = horizon + depth + 0.04 * np.sin(2 * np.pi * rng.uniform(0.5, 2) * x + rng.random() * 6)
+        extent = rng.uniform(0.08, 0.35) * (1 - horizon)
+        shore = horizon + extent + 0.04 * np.sin(2 * np.pi * rng.uniform(0.5, 2) * x + rng.random() * 6)
         if rng.random() < 0.5:  # the lake ends somewhere across the width
             lo, hi = sorted(rng.uniform(-0.3, 1.3, 2))
             inside = (x >= lo) & (x <= hi)
             shore = np.where(inside, shore, horizon)
         wet = (yy >= horizon) & (yy < shore[None, :])
-        labels[wet] = water
-        if ground == grass and rng.random() < 0.6:  # a beach along the shore
+        paint(wet, water, ground(yy))
+        if ground_cls == grass and rng.random() < 0.6:  # a beach along the shore
             beach = (yy >= shore[None, :]) & (yy < shore[None, :] + rng.uniform(0.03, 0.08))
-            labels[beach & (yy >= horizon)] = sand
+            paint(beach & (yy >= horizon), sand, ground(yy))
 
     for _ in range(rng.integers(0, 4)):  # rocks on the ground
         cy = rng.uniform(horizon + 0.05, 1.0)
         r = 0.03 + 0.08 * (cy - horizon)
         m = _ellipse(yy, xx, cy, rng.uniform(0, 1), r, r * rng.uniform(1, 2)) & (yy >= horizon)
-        labels[m & (labels != water)] = rock
+        paint(m & (labels != water), rock, ground(min(cy + r, 1.0)))
 
     for _ in range(rng.integers(0, 7)):  # trees: conifers (triangles) or round canopies with trunks
         base_y = rng.uniform(horizon, 1.0)
@@ -145,8 +167,8 @@ def scene_labels(rng: np.random.Generator, size: int, n_classes: int) -> np.ndar
         else:
             trunk = (np.abs(xx - cx) <= height * 0.06) & (yy <= base_y) & (yy >= base_y - height * 0.5)
             m = trunk | _ellipse(yy, xx, base_y - height * 0.65, cx, height * 0.35, height * 0.3)
-        labels[m] = tree
-    return labels
+        paint(m, tree, ground(base_y))
+    return labels, depth
 
 
 def render_scene(rng: np.random.Generator, labels: np.ndarray) -> np.ndarray:
@@ -201,31 +223,43 @@ def sketch_of(image: np.ndarray) -> np.ndarray:
     return canny(gray, sigma=1.0, low_threshold=0.8, high_threshold=0.9, use_quantiles=True)
 
 
-def palette_array(classes: list[ClassInfo]) -> np.ndarray:
-    """Palette as uint8 [K, 3] in class-id order."""
-    return np.array([c.color for c in classes], np.uint8)
+
+def scene_modalities(classes: list[ClassInfo]) -> list[ModalitySpec]:
+    """The modalities `write_scenes` writes: segmentation (the palette), sketch, depth (dense, 1 channel)."""
+    return [ModalitySpec("segmentation", "segmentation", len(classes),
+                         [{"name": c.name, "color": list(c.color)} for c in classes]),
+            ModalitySpec("sketch", "sketch", 1),
+            ModalitySpec("depth", "dense", 1)]
 
 
 def write_scenes(out: Path, count: int, size: int, seed: int, classes: list[ClassInfo]) -> None:
-    """Write `count` procedural scenes of `size` x `size` pixels to `out` (layout in the module doc).
+    """Write `count` procedural scenes of `size` x `size` pixels to `out` (layout in the module doc):
+    images, segmentation maps (palette colours), Canny sketches and depth maps (16-bit, `DEPTH`).
 
     Deterministic: scene i depends only on (`seed`, i).
+
+    Raises:
+        DataError: count < 1 or size < 16.
     """
     if count < 1 or size < 16:
         raise DataError(f"need count >= 1 and size >= 16, got count={count}, size={size}")
-    for sub in ("images", "segmentation", "sketch"):
+    modalities = scene_modalities(classes)
+    for sub in ("images", *(m.name for m in modalities)):
         (out / sub).mkdir(parents=True, exist_ok=True)
     palette = palette_array(classes)
     for i in range(count):
         rng = np.random.default_rng([seed, i])
-        labels = scene_labels(rng, size, len(classes))
+        labels, depth = scene_layers(rng, size, len(classes))
         image = render_scene(rng, labels)
         name = f"{i:05d}.png"
         Image.fromarray(image).save(out / "images" / name)
         Image.fromarray(palette[labels]).save(out / "segmentation" / name)
         Image.fromarray(np.where(sketch_of(image), 0, 255).astype(np.uint8)).save(out / "sketch" / name)
-    manifest = {"generator": "mcm-train scenes v1", "count": count, "size": size, "seed": seed,
-                "classes": [{"name": c.name, "color": list(c.color)} for c in classes]}
+        Image.fromarray(np.round(depth * 65535).astype(np.uint16)).save(out / "depth" / name)
+    manifest = {"generator": "mcm-train scenes v2", "count": count, "size": size, "seed": seed,
+                "classes": [{"name": c.name, "color": list(c.color)} for c in classes],
+                "modalities": [m.to_toml() | ({"convention": DEPTH} if m.name == "depth" else {})
+                               for m in modalities]}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
 
@@ -233,59 +267,23 @@ def write_scenes(out: Path, count: int, size: int, seed: int, classes: list[Clas
 # Loading
 # --------------------------------------------------------------------------------------------
 
-def labels_from_image(img: Image.Image, classes: list[ClassInfo], path: Path) -> np.ndarray:
-    """Class ids uint8 [H, W] from a segmentation image: single-channel ids, or RGB palette colours
-    matched to the nearest palette colour within `PALETTE_TOLERANCE`.
-
-    Raises:
-        DataError: an id is out of range or a colour is far from every palette colour.
-    """
-    if img.mode in ("L", "I", "I;16"):
-        ids = np.asarray(img).astype(np.int64)
-        if ids.max() >= len(classes):
-            raise DataError(f"{path}: class id {ids.max()} but only {len(classes)} classes")
-        return ids.astype(np.uint8)
-    rgb = np.asarray(img.convert("RGB"), dtype=np.float32)
-    dist = np.linalg.norm(rgb[:, :, None, :] - palette_array(classes)[None, None].astype(np.float32), axis=-1)
-    ids = dist.argmin(-1)
-    worst = dist.min(-1).max()
-    if worst > PALETTE_TOLERANCE:
-        raise DataError(f"{path}: a pixel is {worst:.0f} away from every palette colour "
-                        f"(tolerance {PALETTE_TOLERANCE:.0f})")
-    return ids.astype(np.uint8)
-
-
-def strokes_from_image(img: Image.Image) -> np.ndarray:
-    """Stroke mask float32 [H, W] in [0, 1] from a sketch image.
-
-    Transparent pixels are background: the image is composited onto white when its opaque pixels
-    are dark and onto black when they are light. Dark-on-light vs light-on-dark is then detected
-    from the median (the background is the majority)."""
-    rgba = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
-    gray, alpha = rgba[..., :3].mean(-1), rgba[..., 3]
-    opaque = alpha >= 0.5
-    if (~opaque).mean() > 0.05:
-        ink = gray[opaque].mean() if opaque.any() else 0.0
-        gray = gray * alpha + (1.0 if ink < 0.5 else 0.0) * (1 - alpha)
-    strokes = (1.0 - gray) if np.median(gray) > 0.5 else gray
-    return strokes.clip(0, 1).astype(np.float32)
-
-
 @dataclass
 class Dataset:
     """A paired dataset in memory.
 
     Attributes:
         images: float32 [N, 3, S, S] in [-1, 1].
-        segmentation: uint8 [N, S, S] class ids, or None when the folder has no maps.
-        sketch: float32 [N, 1, S, S] in [0, 1] (1 on a stroke), or None.
-        classes: the palette used to read the maps.
+        maps: per modality name, its maps for every image: a segmentation's class ids uint8
+            [N, S, S]; a sketch's strokes float32 [N, 1, S, S] in [0, 1]; a dense map's values
+            float32 [N, C, S, S] in its value range.
+        modalities: the modalities the folder holds (kinds, channels, palette), in folder order.
+        classes: the palette used to read segmentation maps.
         stems: file stems, in order.
     """
 
     images: np.ndarray
-    segmentation: np.ndarray | None
-    sketch: np.ndarray | None
+    maps: dict[str, np.ndarray]
+    modalities: list[ModalitySpec]
     classes: list[ClassInfo]
     stems: list[str]
 
@@ -296,52 +294,105 @@ class Dataset:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
+    def modality(self, name: str) -> ModalitySpec:
+        """The modality called `name`.
 
-def _open(path: Path, size: int) -> Image.Image:
+        Raises:
+            DataError: the folder has no such modality (the message lists the ones it has).
+        """
+        for m in self.modalities:
+            if m.name == name:
+                return m
+        have = ", ".join(m.name for m in self.modalities) or "none"
+        raise DataError(f"the dataset has no {name!r} maps (it has: {have})")
+
+
+def _read_manifest(root: Path) -> dict:
+    path = root / "manifest.json"
+    if not path.exists():
+        return {}
     try:
-        img = Image.open(path)
-        img.load()
-    except OSError as e:
-        raise DataError(f"{path}: not a readable image: {e}") from e
-    if img.size != (size, size):
-        raise DataError(f"{path}: size {img.size[0]}x{img.size[1]}, expected {size}x{size} like the images")
-    return img
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: not readable JSON: {e}") from e
+
+
+def _dataset_classes(root: Path, manifest: dict) -> list[ClassInfo]:
+    """The manifest's `classes`, else config/classes.toml."""
+    if "classes" not in manifest:
+        return load_classes()
+    try:
+        return [ClassInfo(str(c["name"]), tuple(int(v) for v in c["color"])) for c in manifest["classes"]]
+    except (KeyError, TypeError, ValueError) as e:
+        raise DataError(f"{root / 'manifest.json'}: `classes` needs name and color = [r, g, b] per class: {e}") from e
+
+
+_MODE_CHANNELS = {"1": 1, "L": 1, "I": 1, "I;16": 1, "I;16B": 1, "I;16L": 1, "LA": 2, "RGB": 3, "RGBA": 4,
+                  "P": 3, "PA": 4}
+
+
+def dataset_modalities(root: Path, classes: list[ClassInfo], manifest: dict | None = None) -> list[ModalitySpec]:
+    """The modalities of a dataset folder (rules in the module doc): those the manifest declares, in
+    its order, then the other folders by name.
+
+    Raises:
+        DataError: a manifest entry is malformed, or a dense folder holds no readable image.
+    """
+    manifest = _read_manifest(root) if manifest is None else manifest
+    declared: dict[str, ModalitySpec] = {}
+    for entry in manifest.get("modalities", []):
+        try:
+            spec = ModalitySpec.from_toml(entry)
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataError(f"{root / 'manifest.json'}: modality entry {entry!r}: {e}") from e
+        declared[spec.name] = spec
+    specs = []
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and p.name != "images" and not p.name.startswith("."))
+    order = list(declared)
+    folders.sort(key=lambda p: (order.index(p.name) if p.name in declared else len(order), p.name))
+    for folder in folders:
+        name = folder.name
+        if name in declared:
+            spec = declared[name]
+        elif name == "segmentation":
+            spec = ModalitySpec(name, "segmentation", len(classes), [{"name": c.name, "color": list(c.color)} for c in classes])
+        elif name == "sketch":
+            spec = ModalitySpec(name, "sketch", 1)
+        else:
+            first = next((p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES), None)
+            if first is None:
+                continue
+            spec = ModalitySpec(name, "dense", _MODE_CHANNELS.get(open_map(first).mode, 3))
+        if spec.kind == "segmentation" and not spec.classes:
+            spec.classes = [{"name": c.name, "color": list(c.color)} for c in classes]
+        specs.append(spec)
+    return specs
 
 
 #: Decoded arrays of a dataset folder, beside it, reused while no file changed (see `load_dataset`).
 CACHE_NAME = ".mcm-cache.npz"
+#: Bump when the decoding rules change, so that old caches are not reused.
+CACHE_VERSION = 2
 
 
-def _fingerprint(paths: list[Path], classes: list[ClassInfo]) -> str:
-    """Hash of every file's name, size and modification time, and of the palette."""
-    h = hashlib.sha1(repr([(c.name, tuple(c.color)) for c in classes]).encode())
+def _fingerprint(paths: list[Path], classes: list[ClassInfo], modalities: list[ModalitySpec]) -> str:
+    """Hash of every file's name, size and modification time, of the palette and the modalities."""
+    h = hashlib.sha1(repr((CACHE_VERSION, [(c.name, tuple(c.color)) for c in classes],
+                           [m.to_toml() for m in modalities])).encode())
     for p in paths:
         st = p.stat()
         h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 
 
-def _dataset_files(root: Path, paths: list[Path]) -> list[Path]:
-    """The image files and every existing paired map file."""
-    files = list(paths)
-    for folder in (root / "segmentation", root / "sketch"):
-        if folder.is_dir():
-            files.extend(_pair(folder, p) for p in paths)
-    return files
-
-
-def _read_cache(root: Path, key: str, classes: list[ClassInfo]) -> Dataset | None:
+def _read_cache(root: Path, key: str, modalities: list[ModalitySpec], classes: list[ClassInfo]) -> Dataset | None:
     try:
         with np.load(root / CACHE_NAME, allow_pickle=False) as z:
             if str(z["key"]) != key:
                 return None
-            return Dataset(
-                images=z["images"].astype(np.float32) / 127.5 - 1.0,
-                segmentation=z["segmentation"] if z["segmentation"].size else None,
-                sketch=z["sketch"] if z["sketch"].size else None,
-                classes=classes,
-                stems=[str(x) for x in z["stems"]],
-            )
+            return Dataset(images=z["images"].astype(np.float32) / 127.5 - 1.0,
+                           maps={m.name: z[f"map.{m.name}"] for m in modalities},
+                           modalities=modalities, classes=classes, stems=[str(x) for x in z["stems"]])
     except (OSError, KeyError, ValueError):
         return None
 
@@ -349,14 +400,30 @@ def _read_cache(root: Path, key: str, classes: list[ClassInfo]) -> Dataset | Non
 def _write_cache(root: Path, key: str, ds: Dataset, images_u8: np.ndarray) -> None:
     """Best effort: a read-only dataset folder just is not cached."""
     tmp = root / f".mcm-cache.{os.getpid()}.tmp.npz"
-    empty = np.zeros((0,), np.float32)
     try:
         np.savez(tmp, key=np.array(key), images=images_u8, stems=np.array(ds.stems),
-                 segmentation=ds.segmentation if ds.segmentation is not None else empty,
-                 sketch=ds.sketch if ds.sketch is not None else empty)
+                 **{f"map.{name}": arr for name, arr in ds.maps.items()})
         tmp.replace(root / CACHE_NAME)
     except OSError:
         tmp.unlink(missing_ok=True)
+
+
+def _open_sized(path: Path, size: int) -> Image.Image:
+    try:
+        img = open_map(path)
+    except MapError as e:
+        raise DataError(str(e)) from e
+    if img.size != (size, size):
+        raise DataError(f"{path}: size {img.size[0]}x{img.size[1]}, expected {size}x{size} like the images")
+    return img
+
+
+def _pair(folder: Path, image_path: Path) -> Path:
+    for ext in (*IMAGE_SUFFIXES, image_path.suffix):
+        cand = folder / (image_path.stem + ext)
+        if cand.exists():
+            return cand
+    raise DataError(f"{folder}: no map for {image_path.name} (files are paired by stem)")
 
 
 def load_dataset(root: Path, classes: list[ClassInfo] | None = None, limit: int | None = None) -> Dataset:
@@ -365,54 +432,46 @@ def load_dataset(root: Path, classes: list[ClassInfo] | None = None, limit: int 
 
     Decoding a few thousand PNGs and matching palette colours takes tens of seconds, so the arrays
     are kept in `DIR/.mcm-cache.npz` (images as uint8) and reused while no file's name, size or
-    modification time and not the palette changed: every resumed training run loads in a second.
+    modification time, the palette and the modalities are unchanged: a resumed run loads in a second.
 
     Raises:
-        DataError: the folder has no images, sizes differ, or a map cannot be read.
+        DataError: the folder has no images, sizes differ, or a map cannot be read (the message
+            names the map file and, where one is to blame, the pixel).
     """
     root = Path(root)
-    manifest = root / "manifest.json"
-    if classes is None:
-        if manifest.exists():
-            classes = [ClassInfo(c["name"], tuple(c["color"])) for c in json.loads(manifest.read_text())["classes"]]
-        else:
-            classes = load_classes()
-    paths = sorted(p for p in (root / "images").glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    manifest = _read_manifest(root)
+    classes = classes if classes is not None else _dataset_classes(root, manifest)
+    paths = sorted(p for p in (root / "images").glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if limit is not None:
         paths = paths[:limit]
     if not paths:
         raise DataError(f"{root}/images: no PNG or JPEG images")
-    key = _fingerprint(_dataset_files(root, paths), classes)
-    cached = _read_cache(root, key, classes)
+    modalities = dataset_modalities(root, classes, manifest)
+    files = paths + [_pair(root / m.name, p) for m in modalities for p in paths]
+    key = _fingerprint(files, classes, modalities)
+    cached = _read_cache(root, key, modalities, classes)
     if cached is not None:
         return cached
-    first = Image.open(paths[0])
-    size = first.size[0]
+    try:
+        first = open_map(paths[0])
+    except MapError as e:
+        raise DataError(str(e)) from e
     if first.size[0] != first.size[1]:
-        raise DataError(f"{paths[0]}: images must be square, got {first.size}")
-    images, segs, sketches = [], [], []
-    seg_dir, sk_dir = root / "segmentation", root / "sketch"
-    for p in paths:
-        images.append(np.asarray(_open(p, size).convert("RGB"), np.uint8))
-        if seg_dir.is_dir():
-            segs.append(labels_from_image(_open(_pair(seg_dir, p), size), classes, p))
-        if sk_dir.is_dir():
-            sketches.append(strokes_from_image(_open(_pair(sk_dir, p), size)))
+        raise DataError(f"{paths[0]}: images must be square, got {first.size[0]}x{first.size[1]}")
+    size = first.size[0]
+    images = [np.asarray(_open_sized(p, size).convert("RGB"), np.uint8) for p in paths]
+    maps = {}
+    for m in modalities:
+        arrays = []
+        for p in paths:
+            map_path = _pair(root / m.name, p)
+            try:
+                arrays.append(map_from_image(_open_sized(map_path, size), m, map_path))
+            except MapError as e:
+                raise DataError(str(e)) from e
+        maps[m.name] = np.stack(arrays)
     images_u8 = np.stack(images).transpose(0, 3, 1, 2).copy()
-    ds = Dataset(
-        images=images_u8.astype(np.float32) / 127.5 - 1.0,
-        segmentation=np.stack(segs) if segs else None,
-        sketch=np.stack(sketches)[:, None] if sketches else None,
-        classes=classes,
-        stems=[p.stem for p in paths],
-    )
+    ds = Dataset(images=images_u8.astype(np.float32) / 127.5 - 1.0, maps=maps, modalities=modalities,
+                 classes=classes, stems=[p.stem for p in paths])
     _write_cache(root, key, ds, images_u8)
     return ds
-
-
-def _pair(folder: Path, image_path: Path) -> Path:
-    for ext in (".png", ".jpg", ".jpeg", image_path.suffix):
-        cand = folder / (image_path.stem + ext)
-        if cand.exists():
-            return cand
-    raise DataError(f"{folder}: no map for {image_path.name} (files are paired by stem)")

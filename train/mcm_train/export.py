@@ -19,7 +19,8 @@ import tomli_w
 import torch
 from torch import nn
 
-from .models import MCM, ModalitySpec, UNet, UNetConfig
+from .contract import ModalitySpec
+from .models import MCM, UNet, UNetConfig
 
 OPSET = 17
 FORMAT_VERSION = 1
@@ -125,8 +126,7 @@ def update_model_toml(out_dir: Path, **sections: object) -> dict:
 
 def modalities_from_toml(doc: dict) -> list[ModalitySpec]:
     """The `[[modalities]]` of a model.toml as `ModalitySpec`s, in `cond` order."""
-    return [ModalitySpec(m["name"], m["kind"], int(m["channels"]), list(m.get("classes", [])))
-            for m in doc.get("modalities", [])]
+    return [ModalitySpec.from_toml(m) for m in doc.get("modalities", [])]
 
 
 _HEADER = """\
@@ -206,6 +206,6 @@ def write_random_model(out_dir: Path, classes: list[dict], preset: str = "tiny",
         out_dir,
         image={"size": size, "channels": c, "value_range": [-1.0, 1.0]},
         schedule=ScheduleConfig().to_dict(),
-        modalities=[{"name": m.name, "kind": m.kind, "channels": m.channels, "classes": m.classes} for m in modalities],
+        modalities=[m.to_toml() for m in modalities],
         **nets,
     )

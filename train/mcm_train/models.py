@@ -9,7 +9,7 @@ Everything here exports with `torch.onnx` into ops that tract runs (see export.p
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -229,29 +229,6 @@ class Upsample(nn.Module):
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-@dataclass
-class ModalitySpec:
-    """One conditioning modality and its slice of `cond` [B, K, H, W].
-
-    `channels` map channels (one-hot classes for a segmentation, 1 for a sketch) are followed by one
-    presence channel (1 where the modality was given, 0 when absent/dropped).
-    """
-
-    name: str
-    kind: str
-    channels: int
-    classes: list[dict] = field(default_factory=list)
-
-    @property
-    def width(self) -> int:
-        return self.channels + 1
-
-
-def cond_channels(modalities: list[ModalitySpec]) -> int:
-    """K, the total channels of `cond` for these modalities (maps + one presence channel each)."""
-    return sum(m.width for m in modalities)
 
 
 class MCM(nn.Module):

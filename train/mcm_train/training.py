@@ -18,8 +18,9 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
+from .contract import ModalitySpec, build_cond
 from .data import Dataset
-from .models import MCM, ModalitySpec, UNet, modulate
+from .models import MCM, UNet, modulate
 from .schedule import ScheduleConfig, add_noise, alpha_bar
 
 #: A frozen noise predictor: (x_t [B, C, H, W], timestep f32 [B]) -> eps [B, C, H, W].
@@ -108,7 +109,7 @@ def train_loop(name: str, model: nn.Module, loss_fn: Callable[[nn.Module, torch.
             ema.update_parameters(model)
             step += 1
             wall += time.monotonic() - t0
-            value = float(loss)
+            value = float(loss.detach())
             smooth = value if smooth is None else 0.98 * smooth + 0.02 * value
             writer.writerow([step, f"{value:.6f}", f"{wall:.1f}"])
             bar.update(1)
@@ -159,54 +160,26 @@ def plot_loss(csv_path: Path, png_path: Path, title: str) -> None:
 class Batches:
     """Random training batches from a dataset held in memory as torch tensors (no per-step decoding).
 
-    `sample(gen, B)` returns `(x_0 [B, 3, S, S] in [-1, 1], labels int64 [B, S, S] or None,
-    sketch [B, 1, S, S] or None)`, with a random horizontal flip applied to all three alike.
+    `sample(gen, B)` returns `(x_0 [B, 3, S, S] in [-1, 1], maps)`, `maps[name]` holding the batch's
+    maps of every modality of the dataset (a segmentation's class ids int64 [B, S, S], other kinds
+    float32 [B, C, S, S]), with one random horizontal flip applied to the image and its maps alike.
     """
 
     def __init__(self, data: Dataset) -> None:
         self.images = torch.from_numpy(data.images)
-        self.labels = torch.from_numpy(data.segmentation.astype(np.int64)) if data.segmentation is not None else None
-        self.sketch = torch.from_numpy(data.sketch) if data.sketch is not None else None
+        self.maps = {name: torch.from_numpy(a.astype(np.int64) if a.dtype == np.uint8 else a)
+                     for name, a in data.maps.items()}
         self.n = len(data)
 
-    def sample(self, gen: torch.Generator, batch: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    def sample(self, gen: torch.Generator, batch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         idx = torch.randint(0, self.n, (batch,), generator=gen)
         flip = torch.rand(batch, generator=gen) < 0.5
 
-        def take(t: torch.Tensor | None) -> torch.Tensor | None:
-            if t is None:
-                return None
+        def take(t: torch.Tensor) -> torch.Tensor:
             x = t[idx]
             return torch.where(flip.view(-1, *([1] * (x.dim() - 1))), x.flip(-1), x)
 
-        return take(self.images), take(self.labels), take(self.sketch)
-
-
-def build_cond(modalities: list[ModalitySpec], labels: torch.Tensor | None, sketch: torch.Tensor | None,
-               present: torch.Tensor) -> torch.Tensor:
-    """Stack the conditioning tensor `cond` [B, K, H, W] (layout in `ModalitySpec`).
-
-    `labels` int64 [B, H, W] class ids; `sketch` [B, 1, H, W] in [0, 1]; `present` bool [B, M], one
-    column per modality: where False the maps and the presence channel are zero.
-
-    Raises:
-        ValueError: a modality's data is missing from the dataset, or its kind is unknown.
-    """
-    parts = []
-    for j, m in enumerate(modalities):
-        if m.kind == "segmentation":
-            if labels is None:
-                raise ValueError(f"modality {m.name!r}: the dataset has no segmentation maps")
-            maps = F.one_hot(labels, m.channels).permute(0, 3, 1, 2).float()
-        elif m.kind == "sketch":
-            if sketch is None:
-                raise ValueError(f"modality {m.name!r}: the dataset has no sketches")
-            maps = sketch
-        else:
-            raise ValueError(f"modality {m.name!r}: unknown kind {m.kind!r} (segmentation or sketch)")
-        p = present[:, j].float().view(-1, 1, 1, 1)
-        parts += [maps * p, p.expand(-1, 1, *maps.shape[-2:])]
-    return torch.cat(parts, dim=1)
+        return take(self.images), {name: take(t) for name, t in self.maps.items()}
 
 
 def conditioned_batch(batches: Batches, ab: torch.Tensor, num_timesteps: int, modalities: list[ModalitySpec],
@@ -216,12 +189,12 @@ def conditioned_batch(batches: Batches, ab: torch.Tensor, num_timesteps: int, mo
     in a fixed order (batch, timesteps, noise, modality dropout) so that both trainers see identical
     batches for one seed: `(x_t [B, C, H, W], timestep int64 [B] in [0, T), noise [B, C, H, W],
     cond [B, K, H, W])`, each modality dropped with probability `drop_prob` (Ham et al. 2023, Sec. 3.2)."""
-    x_0, labels, sketch = batches.sample(gen, batch_size)
+    x_0, maps = batches.sample(gen, batch_size)
     b = x_0.shape[0]
     t = torch.randint(0, num_timesteps, (b,), generator=gen)
     noise = torch.randn(x_0.shape, generator=gen)
     present = torch.rand(b, len(modalities), generator=gen) >= drop_prob
-    return add_noise(x_0, noise, t, ab), t, noise, build_cond(modalities, labels, sketch, present)
+    return add_noise(x_0, noise, t, ab), t, noise, build_cond(modalities, maps, present)
 
 
 # --------------------------------------------------------------------------------------------
@@ -234,7 +207,7 @@ def pretrain_base(data: Dataset, model: UNet, sched: ScheduleConfig, tc: TrainCo
     T = sched.num_train_timesteps
 
     def loss_fn(net: nn.Module, gen: torch.Generator) -> torch.Tensor:
-        x_0, _, _ = batches.sample(gen, tc.batch_size)
+        x_0, _ = batches.sample(gen, tc.batch_size)
         t = torch.randint(0, T, (x_0.shape[0],), generator=gen)
         eps = torch.randn(x_0.shape, generator=gen)
         return F.mse_loss(net(add_noise(x_0, eps, t, ab), t.float()), eps)
@@ -264,12 +237,14 @@ def train_mcm(data: Dataset, mcm: MCM, eps_fn: EpsFn, modalities: list[ModalityS
 def train_segmenter(data: Dataset, model: UNet, tc: TrainConfig, run_dir: Path) -> TrainResult:
     """Train the reference segmenter (image [B, 3, H, W] in [-1, 1] -> class logits) with cross-entropy.
     Augmented with brightness/contrast changes, blur and noise so that it also reads generated images."""
-    if data.segmentation is None:
+    seg = next((m.name for m in data.modalities if m.kind == "segmentation"), None)
+    if seg is None:
         raise ValueError("the segmenter needs a dataset with segmentation maps")
     batches = Batches(data)
 
     def loss_fn(net: nn.Module, gen: torch.Generator) -> torch.Tensor:
-        x, labels, _ = batches.sample(gen, tc.batch_size)
+        x, maps = batches.sample(gen, tc.batch_size)
+        labels = maps[seg]
         b = x.shape[0]
         gain = 1 + 0.3 * (torch.rand(b, 1, 1, 1, generator=gen) - 0.5)
         offset = 0.2 * (torch.rand(b, 1, 1, 1, generator=gen) - 0.5)

@@ -14,10 +14,11 @@ import torch
 from torch import nn
 
 from mcm_train.cli import main
+from mcm_train.contract import ModalitySpec, cond_channels
 from mcm_train.controlnet import ControlNet, ControlNetMCM, export_controlnet, train_controlnet
 from mcm_train.data import load_dataset
 from mcm_train.export import export_base, update_model_toml
-from mcm_train.models import ModalitySpec, UNet, UNetConfig, cond_channels, count_parameters
+from mcm_train.models import UNet, UNetConfig, count_parameters
 from mcm_train.schedule import ScheduleConfig
 from mcm_train.training import TrainConfig
 
@@ -144,7 +145,9 @@ def test_controlnet_command_exports_a_device_model(scenes: Path, tmp_path: Path,
     main(["controlnet", "--base", str(model), "--base-run", str(run), "--data", str(scenes), "--out", str(out),
           "--run-dir", str(tmp_path / "r"), "--steps", "2", "--batch-size", "2"])
     doc = tomllib.loads((out / "model.toml").read_text())
-    assert doc["mcm"]["method"] == "controlnet" and doc["mcm"]["cond_channels"] == 11 and doc["mcm"]["steps"] == 2
+    # every modality of the dataset by default: segmentation (8 + 1), sketch (1 + 1), depth (1 + 1)
+    assert doc["mcm"]["method"] == "controlnet" and doc["mcm"]["cond_channels"] == 13 and doc["mcm"]["steps"] == 2
+    assert [m["name"] for m in doc["modalities"]] == ["segmentation", "sketch", "depth"]
     assert doc["mcm"]["parameters"] > 0 and doc["base"]["file"] == "base.onnx"
     assert (out / "base.onnx").exists() and (out / "mcm.onnx").exists() and (out / "test_vectors" / "mcm.beta.npy").exists()
     # It carries the other nets of --base too: `mcm-edge eval` needs the segmenter.

@@ -8,23 +8,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mcm_train.data import (
-    CACHE_NAME,
-    DataError,
-    load_classes,
-    load_dataset,
-    palette_array,
-    scene_labels,
-    strokes_from_image,
-    write_scenes,
-)
+from mcm_train.data import CACHE_NAME, DataError, load_classes, load_dataset, scene_layers, write_scenes
+from mcm_train.preprocess import palette_array, strokes_from_image
 
 
 def test_scenes_are_deterministic_and_varied(tmp_path: Path) -> None:
     classes = load_classes()
     write_scenes(tmp_path / "a", 6, 32, 5, classes)
     write_scenes(tmp_path / "b", 6, 32, 5, classes)
-    for sub in ("images", "segmentation", "sketch"):
+    for sub in ("images", "segmentation", "sketch", "depth"):
         for i in range(6):
             a = np.asarray(Image.open(tmp_path / "a" / sub / f"{i:05d}.png"))
             b = np.asarray(Image.open(tmp_path / "b" / sub / f"{i:05d}.png"))
@@ -37,7 +29,7 @@ def test_scenes_use_at_least_six_classes() -> None:
     classes = load_classes()
     seen = set()
     for i in range(40):
-        seen |= set(np.unique(scene_labels(np.random.default_rng([0, i]), 32, len(classes))).tolist())
+        seen |= set(np.unique(scene_layers(np.random.default_rng([0, i]), 32, len(classes))[0]).tolist())
     assert len(classes) >= 6 and len(seen) >= 6
 
 
@@ -50,8 +42,12 @@ def test_segmentation_pngs_hold_exact_palette_colours(scenes: Path) -> None:
 def test_loader_reads_maps_back(scenes: Path) -> None:
     ds = load_dataset(scenes)
     assert ds.images.shape == (12, 3, 16, 16) and ds.images.min() >= -1 and ds.images.max() <= 1
-    assert ds.segmentation.shape == (12, 16, 16) and ds.segmentation.max() < len(ds.classes)
-    assert ds.sketch.shape == (12, 1, 16, 16) and 0 < ds.sketch.mean() < 0.5
+    assert [(m.name, m.kind, m.channels) for m in ds.modalities] == [
+        ("segmentation", "segmentation", 8), ("sketch", "sketch", 1), ("depth", "dense", 1)]
+    seg, sketch, depth = ds.maps["segmentation"], ds.maps["sketch"], ds.maps["depth"]
+    assert seg.shape == (12, 16, 16) and seg.max() < len(ds.classes)
+    assert sketch.shape == (12, 1, 16, 16) and 0 < sketch.mean() < 0.5
+    assert depth.shape == (12, 1, 16, 16) and depth.dtype == np.float32 and 0 <= depth.min() and depth.max() <= 1
 
 
 def test_loader_accepts_single_channel_ids_and_refuses_far_colours(tmp_path: Path, scenes: Path) -> None:
@@ -60,9 +56,13 @@ def test_loader_accepts_single_channel_ids_and_refuses_far_colours(tmp_path: Pat
     Image.open(scenes / "images" / "00000.png").save(tmp_path / "images" / "x.png")
     ids = np.arange(16 * 16, dtype=np.uint8).reshape(16, 16) % 8
     Image.fromarray(ids, mode="L").save(tmp_path / "segmentation" / "x.png")
-    assert np.array_equal(load_dataset(tmp_path).segmentation[0], ids)
-    Image.fromarray(np.full((16, 16, 3), [200, 0, 200], np.uint8)).save(tmp_path / "segmentation" / "x.png")
-    with pytest.raises(DataError, match="palette"):
+    assert np.array_equal(load_dataset(tmp_path).maps["segmentation"][0], ids)
+    bad = np.full((16, 16, 3), tuple(load_classes()[0].color), np.uint8)
+    bad[5, 9] = [200, 0, 200]
+    Image.fromarray(bad).save(tmp_path / "segmentation" / "x.png")
+    # Named like the device names it: the map file (not the photo), the pixel, its colour, the nearest class.
+    with pytest.raises(DataError, match=r"segmentation/x\.png: pixel \(x=9, y=5\) has colour #c800c8, not within 40 "
+                                        r"of any class colour \(nearest: '\w+' #[0-9a-f]{6}, distance [0-9.]+\)"):
         load_dataset(tmp_path)
 
 
@@ -83,8 +83,9 @@ def test_decoded_dataset_is_cached_until_a_file_changes(scenes: Path, tmp_path: 
     first = load_dataset(root)
     assert (root / CACHE_NAME).is_file()
     again = load_dataset(root)
-    for name in ("images", "segmentation", "sketch"):
-        assert np.array_equal(getattr(first, name), getattr(again, name)), name
+    assert np.array_equal(first.images, again.images)
+    for name in first.maps:
+        assert np.array_equal(first.maps[name], again.maps[name]), name
     assert again.images.dtype == np.float32 and again.stems == first.stems
     # A changed map invalidates the cache: its new content is read.
     seg = sorted((root / "segmentation").glob("*.png"))[0]
@@ -92,4 +93,5 @@ def test_decoded_dataset_is_cached_until_a_file_changes(scenes: Path, tmp_path: 
     st = seg.stat()
     os.utime(seg, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     changed = load_dataset(root)
-    assert (changed.segmentation[0] == 1).all() and not np.array_equal(changed.segmentation, first.segmentation)
+    assert (changed.maps["segmentation"][0] == 1).all()
+    assert not np.array_equal(changed.maps["segmentation"], first.maps["segmentation"])

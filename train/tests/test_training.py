@@ -4,12 +4,13 @@ from pathlib import Path
 
 import torch
 
+from mcm_train.contract import ModalitySpec, build_cond, cond_channels
 from mcm_train.data import load_dataset
 from mcm_train.export import export_base
 from mcm_train.frozen import onnx_eps_fn, torch_eps_fn
-from mcm_train.models import MCM, ModalitySpec, UNet, UNetConfig, cond_channels
+from mcm_train.models import MCM, UNet, UNetConfig
 from mcm_train.schedule import ScheduleConfig
-from mcm_train.training import TrainConfig, build_cond, pretrain_base, train_mcm
+from mcm_train.training import TrainConfig, pretrain_base, train_mcm
 
 SMALL = UNetConfig(channels=(8, 16), num_res_blocks=1, attention_resolutions=(8,), image_size=16, groups=4)
 MODALITIES = [ModalitySpec("segmentation", "segmentation", 8), ModalitySpec("sketch", "sketch", 1)]
@@ -55,7 +56,7 @@ def test_cond_layout_and_dropout() -> None:
     labels[:, :, 2:] = 3
     sketch = torch.ones(2, 1, 4, 4)
     present = torch.tensor([[True, True], [False, True]])
-    cond = build_cond(MODALITIES, labels, sketch, present)
+    cond = build_cond(MODALITIES, {"segmentation": labels, "sketch": sketch}, present)
     assert cond.shape == (2, 11, 4, 4)
     assert cond[0, 3, 0, 2] == 1 and cond[0, 0, 0, 0] == 1 and cond[0, 8].min() == 1  # one-hot + presence
     assert cond[1, :9].abs().sum() == 0  # dropped segmentation: maps and presence zero
