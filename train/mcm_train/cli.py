@@ -8,12 +8,19 @@ import shutil
 import sys
 from pathlib import Path
 
-from . import data as data_mod
-from .contract import ModalitySpec, cond_channels
-from .export import PRESETS, export_base, export_mcm, export_segmenter, read_model_toml, update_model_toml
-from .models import MCM, UNet, UNetConfig, count_parameters
-from .schedule import ScheduleConfig
-from .training import TrainConfig, TrainResult, pretrain_base, train_mcm, train_segmenter
+from .contract.modalities import ModalitySpec, cond_channels
+from .contract.model_toml import read_model_toml, update_model_toml
+from .contract.schedule import ScheduleConfig
+from .data.classes import DEFAULT_CLASSES, DataError, load_classes
+from .data.folder import Dataset, load_dataset
+from .data.scenes import write_scenes
+from .export.onnx import export_base, export_mcm, export_segmenter
+from .export.random_models import PRESETS
+from .nets.mcm import MCM
+from .nets.unet import UNet, UNetConfig, count_parameters
+from .training.loop import TrainConfig, TrainResult
+from .training.step_timer import StepTimer
+from .training.trainers import pretrain_base, train_mcm, train_segmenter
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -55,12 +62,12 @@ def _provenance(a: argparse.Namespace, result: TrainResult, net: object) -> dict
 
 
 def cmd_data(a: argparse.Namespace) -> None:
-    data_mod.write_scenes(a.out, a.count, a.size, a.seed, data_mod.load_classes(a.classes))
+    write_scenes(a.out, a.count, a.size, a.seed, load_classes(a.classes))
     print(f"wrote {a.count} scenes of {a.size}x{a.size} to {a.out}")
 
 
 def cmd_pretrain_base(a: argparse.Namespace) -> None:
-    ds = data_mod.load_dataset(a.data, limit=a.limit)
+    ds = load_dataset(a.data, limit=a.limit)
     cfg = UNetConfig(in_channels=3, out_channels=3, channels=_ints(a.channels), num_res_blocks=a.res_blocks,
                      attention_resolutions=_ints(a.attention), image_size=ds.size)
     sched = ScheduleConfig()
@@ -79,7 +86,7 @@ def cmd_pretrain_base(a: argparse.Namespace) -> None:
     print(f"exported {a.out}/base.onnx after {result.steps} steps, loss {result.final_loss:.4f}")
 
 
-def _modalities(text: str, ds: data_mod.Dataset) -> list[ModalitySpec]:
+def _modalities(text: str, ds: Dataset) -> list[ModalitySpec]:
     """The `--modalities` list, in the order given (the `cond` order), each taken from the dataset.
 
     Raises:
@@ -87,19 +94,19 @@ def _modalities(text: str, ds: data_mod.Dataset) -> list[ModalitySpec]:
     """
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
-        raise data_mod.DataError("--modalities: name at least one modality")
+        raise DataError("--modalities: name at least one modality")
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
-        raise data_mod.DataError(f"--modalities: {', '.join(repeated)} given twice")
+        raise DataError(f"--modalities: {', '.join(repeated)} given twice")
     return [ds.modality(n) for n in names]
 
 
-def _conditioning_inputs(a: argparse.Namespace) -> tuple[dict, data_mod.Dataset, list[ModalitySpec]]:
+def _conditioning_inputs(a: argparse.Namespace) -> tuple[dict, Dataset, list[ModalitySpec]]:
     """model.toml of `--base`, the dataset and the modalities, checked against each other (mcm, controlnet)."""
     doc = read_model_toml(a.base)
     if "image" not in doc or "schedule" not in doc:
         raise SystemExit(f"{a.base}/model.toml: needs [image] and [schedule] (run pretrain-base or export-diffusers)")
-    ds = data_mod.load_dataset(a.data, limit=a.limit)
+    ds = load_dataset(a.data, limit=a.limit)
     if ds.size != doc["image"]["size"]:
         raise SystemExit(f"{a.data}: images are {ds.size}px, the base in {a.base} expects {doc['image']['size']}px")
     return doc, ds, _modalities(a.modalities or ",".join(m.name for m in ds.modalities), ds)
@@ -122,7 +129,7 @@ def _carry_base(a: argparse.Namespace, doc: dict) -> None:
 
 
 def cmd_mcm(a: argparse.Namespace) -> None:
-    from .frozen import load_base_run, onnx_eps_fn, torch_eps_fn
+    from .training.frozen import load_base_run, onnx_eps_fn, torch_eps_fn
 
     doc, ds, modalities = _conditioning_inputs(a)
     eps_fn = torch_eps_fn(load_base_run(a.base_run)) if a.base_run else onnx_eps_fn(a.base / "base.onnx", a.threads)
@@ -146,8 +153,10 @@ def cmd_mcm(a: argparse.Namespace) -> None:
 
 
 def cmd_controlnet(a: argparse.Namespace) -> None:
-    from .controlnet import ControlNet, check_base_matches, export_controlnet, train_controlnet
-    from .frozen import load_base_run
+    from .export.onnx import export_controlnet
+    from .nets.controlnet import ControlNet
+    from .training.controlnet import check_base_matches, train_controlnet
+    from .training.frozen import load_base_run
 
     if a.out.resolve() == a.base.resolve():
         raise SystemExit("--out must differ from --base: the baseline would replace the model's own MCM")
@@ -175,7 +184,7 @@ def cmd_controlnet(a: argparse.Namespace) -> None:
 def cmd_cost(a: argparse.Namespace) -> None:
     import shlex
 
-    from .cost import format_report, measure_cost
+    from .training.cost import format_report, measure_cost
 
     report = measure_cost(a.base, a.base_run, a.data, batch_size=a.batch_size, steps=a.steps, warmup=a.warmup,
                           threads=a.threads, limit=a.limit, methods=a.methods.split(","),
@@ -189,7 +198,7 @@ def cmd_cost(a: argparse.Namespace) -> None:
 
 
 def cmd_segmenter(a: argparse.Namespace) -> None:
-    ds = data_mod.load_dataset(a.data, limit=a.limit)
+    ds = load_dataset(a.data, limit=a.limit)
     cfg = UNetConfig(in_channels=3, out_channels=len(ds.classes), channels=_ints(a.channels),
                      num_res_blocks=1, attention_resolutions=(), image_size=ds.size, timestep_embedding=False)
     result = train_segmenter(ds, UNet(cfg), _train_config(a), a.run_dir or Path("runs/segmenter"))
@@ -202,16 +211,16 @@ def cmd_segmenter(a: argparse.Namespace) -> None:
 
 
 def cmd_export_diffusers(a: argparse.Namespace) -> None:
-    from .diffusers_import import export_diffusers
+    from .export.diffusers import export_diffusers
 
     export_diffusers(a.source, a.out)
     print(f"exported {a.source} to {a.out}/base.onnx + model.toml")
 
 
 def cmd_export_random(a: argparse.Namespace) -> None:
-    from .export import write_random_model
+    from .export.random_models import write_random_model
 
-    classes = [{"name": c.name, "color": list(c.color)} for c in data_mod.load_classes()]
+    classes = [{"name": c.name, "color": list(c.color)} for c in load_classes()]
     a.out.mkdir(parents=True, exist_ok=True)
     doc = write_random_model(a.out, classes, a.preset, a.seed)
     base, mcm = doc["base"]["parameters"], doc["mcm"]["parameters"]
@@ -229,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", type=int, default=64)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", type=Path, required=True)
-    s.add_argument("--classes", type=Path, default=data_mod.DEFAULT_CLASSES)
+    s.add_argument("--classes", type=Path, default=DEFAULT_CLASSES)
     s.set_defaults(func=cmd_data)
 
     b = sub.add_parser("pretrain-base", help="train the frozen base (DDPM) and export base.onnx")
@@ -303,8 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
+        timer = StepTimer.from_env()  # `mcm-train cost` times this run
         args.func(args)
-    except (data_mod.DataError, FileNotFoundError, ValueError) as e:
+        if timer is not None:
+            timer.check_done()
+    except (DataError, FileNotFoundError, ValueError) as e:
         print(f"mcm-train: error: {e}", file=sys.stderr)
         raise SystemExit(2) from e
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mcm_train.data import load_classes, write_scenes
+from mcm_train.data.classes import load_classes
+from mcm_train.data.scenes import write_scenes
 
 torch.set_num_threads(2)
 

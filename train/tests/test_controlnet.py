@@ -1,4 +1,4 @@
-"""The ControlNet-style baseline (mcm_train.controlnet), its export in the MCM contract, the
+"""The ControlNet-style baseline (mcm_train.nets.controlnet, training.controlnet), its export in the MCM contract, the
 `controlnet` command and the `cost` measurement, on a tiny random base."""
 
 from __future__ import annotations
@@ -14,13 +14,15 @@ import torch
 from torch import nn
 
 from mcm_train.cli import main
-from mcm_train.contract import ModalitySpec, cond_channels
-from mcm_train.controlnet import ControlNet, ControlNetMCM, export_controlnet, train_controlnet
-from mcm_train.data import load_dataset
-from mcm_train.export import export_base, update_model_toml
-from mcm_train.models import UNet, UNetConfig, count_parameters
-from mcm_train.schedule import ScheduleConfig
-from mcm_train.training import TrainConfig
+from mcm_train.contract.modalities import ModalitySpec, cond_channels
+from mcm_train.contract.model_toml import update_model_toml
+from mcm_train.contract.schedule import ScheduleConfig
+from mcm_train.data.folder import load_dataset
+from mcm_train.export.onnx import export_base, export_controlnet
+from mcm_train.nets.controlnet import ControlNet, ControlNetMCM
+from mcm_train.nets.unet import UNet, UNetConfig, count_parameters
+from mcm_train.training.controlnet import train_controlnet
+from mcm_train.training.loop import TrainConfig
 
 SMALL = UNetConfig(channels=(8, 16), num_res_blocks=1, attention_resolutions=(8,), image_size=16, groups=4)
 MODALITIES = [ModalitySpec("segmentation", "segmentation", 8), ModalitySpec("sketch", "sketch", 1)]
@@ -205,7 +207,7 @@ def test_cost_command_writes_the_report(scenes: Path, tmp_path: Path, base_model
 
 
 def test_cost_repeats_pool_the_steps_and_keep_the_memory_maximum() -> None:
-    from mcm_train.cost import _combine
+    from mcm_train.training.cost import _combine
 
     def run(steps: list[float], peak: float) -> dict:
         return {"trainable_parameters": 5, "frozen_parameters_in_module": 0, "architecture": {}, "step_seconds": steps,

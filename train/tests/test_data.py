@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mcm_train.data import CACHE_NAME, DataError, load_classes, load_dataset, scene_layers, write_scenes
-from mcm_train.preprocess import palette_array, strokes_from_image
+from mcm_train.data.classes import DataError, load_classes
+from mcm_train.data.folder import CACHE_NAME, load_dataset
+from mcm_train.data.preprocess import palette_array, strokes_from_image
+from mcm_train.data.scenes import scene_layers, write_scenes
 
 
 def test_scenes_are_deterministic_and_varied(tmp_path: Path) -> None:

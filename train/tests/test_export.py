@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from mcm_train.cli import main
-from mcm_train.data import load_classes
-from mcm_train.export import PRESETS, write_random_model
-from mcm_train.models import MCM, UNet, UNetConfig
+from mcm_train.data.classes import load_classes
+from mcm_train.export.random_models import PRESETS, write_random_model
+from mcm_train.nets.mcm import MCM
+from mcm_train.nets.unet import UNet, UNetConfig
 
 
 def _run(path: Path, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -62,7 +63,7 @@ def test_cli_trains_and_exports_a_whole_model(scenes: Path, tmp_path: Path) -> N
 def test_export_diffusers_tiny_unet(tmp_path: Path) -> None:
     from diffusers import DDPMScheduler, UNet2DModel
 
-    from mcm_train.diffusers_import import export_diffusers
+    from mcm_train.export.diffusers import export_diffusers
 
     torch.manual_seed(0)
     unet = UNet2DModel(sample_size=16, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,

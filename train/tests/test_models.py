@@ -3,8 +3,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mcm_train.contract import ModalitySpec, cond_channels
-from mcm_train.models import MCM, UNet, UNetConfig, modulate
+from mcm_train.contract.modalities import ModalitySpec, cond_channels
+from mcm_train.nets.mcm import MCM, modulate
+from mcm_train.nets.unet import UNet, UNetConfig
 
 SMALL = UNetConfig(channels=(8, 16), num_res_blocks=1, attention_resolutions=(8,), image_size=16, groups=4)
 

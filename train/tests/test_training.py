@@ -4,13 +4,15 @@ from pathlib import Path
 
 import torch
 
-from mcm_train.contract import ModalitySpec, build_cond, cond_channels
-from mcm_train.data import load_dataset
-from mcm_train.export import export_base
-from mcm_train.frozen import onnx_eps_fn, torch_eps_fn
-from mcm_train.models import MCM, UNet, UNetConfig
-from mcm_train.schedule import ScheduleConfig
-from mcm_train.training import TrainConfig, pretrain_base, train_mcm
+from mcm_train.contract.modalities import ModalitySpec, build_cond, cond_channels
+from mcm_train.contract.schedule import ScheduleConfig
+from mcm_train.data.folder import load_dataset
+from mcm_train.export.onnx import export_base
+from mcm_train.nets.mcm import MCM
+from mcm_train.nets.unet import UNet, UNetConfig
+from mcm_train.training.frozen import onnx_eps_fn, torch_eps_fn
+from mcm_train.training.loop import TrainConfig
+from mcm_train.training.trainers import pretrain_base, train_mcm
 
 SMALL = UNetConfig(channels=(8, 16), num_res_blocks=1, attention_resolutions=(8,), image_size=16, groups=4)
 MODALITIES = [ModalitySpec("segmentation", "segmentation", 8), ModalitySpec("sketch", "sketch", 1)]

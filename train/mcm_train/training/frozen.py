@@ -9,8 +9,8 @@ from pathlib import Path
 import onnxruntime as ort
 import torch
 
-from .models import UNet, UNetConfig
-from .training import EpsFn
+from ..nets.unet import UNet, UNetConfig
+from .trainers import EpsFn
 
 
 def onnx_eps_fn(path: Path, threads: int = 2) -> EpsFn:

@@ -13,18 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
-
-from .contract import ModalitySpec, build_cond
-from .data import Dataset
-from .models import MCM, UNet, modulate
-from .schedule import ScheduleConfig, add_noise, alpha_bar
-
-#: A frozen noise predictor: (x_t [B, C, H, W], timestep f32 [B]) -> eps [B, C, H, W].
-EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -157,101 +148,15 @@ def plot_loss(csv_path: Path, png_path: Path, title: str) -> None:
 # Batches
 # --------------------------------------------------------------------------------------------
 
-class Batches:
-    """Random training batches from a dataset held in memory as torch tensors (no per-step decoding).
-
-    `sample(gen, B)` returns `(x_0 [B, 3, S, S] in [-1, 1], maps)`, `maps[name]` holding the batch's
-    maps of every modality of the dataset (a segmentation's class ids int64 [B, S, S], other kinds
-    float32 [B, C, S, S]), with one random horizontal flip applied to the image and its maps alike.
-    """
-
-    def __init__(self, data: Dataset) -> None:
-        self.images = torch.from_numpy(data.images)
-        self.maps = {name: torch.from_numpy(a.astype(np.int64) if a.dtype == np.uint8 else a)
-                     for name, a in data.maps.items()}
-        self.n = len(data)
-
-    def sample(self, gen: torch.Generator, batch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        idx = torch.randint(0, self.n, (batch,), generator=gen)
-        flip = torch.rand(batch, generator=gen) < 0.5
-
-        def take(t: torch.Tensor) -> torch.Tensor:
-            x = t[idx]
-            return torch.where(flip.view(-1, *([1] * (x.dim() - 1))), x.flip(-1), x)
-
-        return take(self.images), {name: take(t) for name, t in self.maps.items()}
 
 
-def conditioned_batch(batches: Batches, ab: torch.Tensor, num_timesteps: int, modalities: list[ModalitySpec],
-                      batch_size: int, drop_prob: float, gen: torch.Generator
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One training batch of a conditioning trainer (MCM or ControlNet baseline), drawn from `gen`
-    in a fixed order (batch, timesteps, noise, modality dropout) so that both trainers see identical
-    batches for one seed: `(x_t [B, C, H, W], timestep int64 [B] in [0, T), noise [B, C, H, W],
-    cond [B, K, H, W])`, each modality dropped with probability `drop_prob` (Ham et al. 2023, Sec. 3.2)."""
-    x_0, maps = batches.sample(gen, batch_size)
-    b = x_0.shape[0]
-    t = torch.randint(0, num_timesteps, (b,), generator=gen)
-    noise = torch.randn(x_0.shape, generator=gen)
-    present = torch.rand(b, len(modalities), generator=gen) >= drop_prob
-    return add_noise(x_0, noise, t, ab), t, noise, build_cond(modalities, maps, present)
 
 
 # --------------------------------------------------------------------------------------------
 # Trainers
 # --------------------------------------------------------------------------------------------
 
-def pretrain_base(data: Dataset, model: UNet, sched: ScheduleConfig, tc: TrainConfig, run_dir: Path) -> TrainResult:
-    """Train the base eps-predictor with the DDPM loss `||eps_theta(x_t, t) - eps||^2` (Ho et al. 2020, Eq. 14)."""
-    batches, ab = Batches(data), alpha_bar(sched)
-    T = sched.num_train_timesteps
-
-    def loss_fn(net: nn.Module, gen: torch.Generator) -> torch.Tensor:
-        x_0, _ = batches.sample(gen, tc.batch_size)
-        t = torch.randint(0, T, (x_0.shape[0],), generator=gen)
-        eps = torch.randn(x_0.shape, generator=gen)
-        return F.mse_loss(net(add_noise(x_0, eps, t, ab), t.float()), eps)
-
-    return train_loop("base", model, loss_fn, tc, run_dir)
 
 
-def train_mcm(data: Dataset, mcm: MCM, eps_fn: EpsFn, modalities: list[ModalitySpec], sched: ScheduleConfig,
-              tc: TrainConfig, run_dir: Path, drop_prob: float = 0.3, l1_weight: float = 1e-4) -> TrainResult:
-    """Train the MCM on the modulated denoising loss (Ham et al. 2023, Sec. 3.2):
-    `||eps*(1+gamma)+beta - eps_true||^2 + l1_weight * (|gamma| + |beta|)`, with eps from the frozen
-    base `eps_fn` (no gradient through it) and each modality dropped with probability `drop_prob`."""
-    batches, ab = Batches(data), alpha_bar(sched)
-    T = sched.num_train_timesteps
-
-    def loss_fn(net: nn.Module, gen: torch.Generator) -> torch.Tensor:
-        x_t, t, noise, cond = conditioned_batch(batches, ab, T, modalities, tc.batch_size, drop_prob, gen)
-        with torch.no_grad():
-            eps = eps_fn(x_t, t.float())
-        gamma, beta = net(x_t, eps, cond, t.float())
-        l1 = gamma.abs().mean() + beta.abs().mean()
-        return F.mse_loss(modulate(eps, gamma, beta), noise) + l1_weight * l1
-
-    return train_loop("mcm", mcm, loss_fn, tc, run_dir)
 
 
-def train_segmenter(data: Dataset, model: UNet, tc: TrainConfig, run_dir: Path) -> TrainResult:
-    """Train the reference segmenter (image [B, 3, H, W] in [-1, 1] -> class logits) with cross-entropy.
-    Augmented with brightness/contrast changes, blur and noise so that it also reads generated images."""
-    seg = next((m.name for m in data.modalities if m.kind == "segmentation"), None)
-    if seg is None:
-        raise ValueError("the segmenter needs a dataset with segmentation maps")
-    batches = Batches(data)
-
-    def loss_fn(net: nn.Module, gen: torch.Generator) -> torch.Tensor:
-        x, maps = batches.sample(gen, tc.batch_size)
-        labels = maps[seg]
-        b = x.shape[0]
-        gain = 1 + 0.3 * (torch.rand(b, 1, 1, 1, generator=gen) - 0.5)
-        offset = 0.2 * (torch.rand(b, 1, 1, 1, generator=gen) - 0.5)
-        x = x * gain + offset
-        blurred = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
-        mix = torch.rand(b, 1, 1, 1, generator=gen)
-        x = mix * blurred + (1 - mix) * x + 0.05 * torch.randn(x.shape, generator=gen)
-        return F.cross_entropy(net(x), labels)
-
-    return train_loop("segmenter", model, loss_fn, tc, run_dir)

@@ -23,20 +23,12 @@ For the device, `ControlNetMCM` wraps the trained net in the unchanged `mcm.onnx
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .contract import ModalitySpec
-from .data import Dataset
-from .export import export_mcm
-from .models import ResBlock, UNet
-from .schedule import ScheduleConfig, alpha_bar
-from .training import Batches, TrainConfig, TrainResult, conditioned_batch, train_loop
+from .unet import ResBlock, UNet
 
 
 def _check_plain(net: UNet) -> None:
@@ -129,22 +121,6 @@ class ControlNet(nn.Module):
         return self.base.decode(h + mid, [a + b for a, b in zip(hs, skips, strict=True)], temb)
 
 
-def check_base_matches(net: UNet, model_dir: Path, atol: float = 1e-3) -> None:
-    """Check that the PyTorch base `net` computes what `model_dir/base.onnx` does, on the exporter's
-    test vectors (`test_vectors/base.{sample,timestep,eps}.npy`); skipped when there are none.
-
-    Raises:
-        ValueError: the outputs differ by more than `atol` (the run is not the exported base).
-    """
-    vec = Path(model_dir) / "test_vectors"
-    if not all((vec / f"base.{n}.npy").exists() for n in ("sample", "timestep", "eps")):
-        return
-    load = lambda n: torch.from_numpy(np.load(vec / f"base.{n}.npy"))  # noqa: E731
-    with torch.no_grad():
-        diff = float((net(load("sample"), load("timestep")) - load("eps")).abs().max())
-    if diff > atol:
-        raise ValueError(f"the PyTorch base differs from {model_dir}/base.onnx by {diff:.2g} on its test vectors: "
-                         "--base-run must be the run that base.onnx was exported from")
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,25 +128,8 @@ def check_base_matches(net: UNet, model_dir: Path, atol: float = 1e-3) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def controlnet_loss(data: Dataset, modalities: list[ModalitySpec], sched: ScheduleConfig, batch_size: int,
-                    drop_prob: float = 0.3) -> Callable[[nn.Module, torch.Generator], torch.Tensor]:
-    """The plain DDPM loss `||eps_controlnet(x_t, cond, t) - eps_true||^2` with each modality dropped
-    with probability `drop_prob`, on `training.conditioned_batch` (the MCM trainer's batches)."""
-    batches, ab = Batches(data), alpha_bar(sched)
-    T = sched.num_train_timesteps
-
-    def loss_fn(net: nn.Module, gen: torch.Generator) -> torch.Tensor:
-        x_t, t, noise, cond = conditioned_batch(batches, ab, T, modalities, batch_size, drop_prob, gen)
-        return F.mse_loss(net(x_t, cond, t.float()), noise)
-
-    return loss_fn
 
 
-def train_controlnet(data: Dataset, net: ControlNet, modalities: list[ModalitySpec], sched: ScheduleConfig,
-                     tc: TrainConfig, run_dir: Path, drop_prob: float = 0.3) -> TrainResult:
-    """Train the ControlNet's copy, hint block and zero convs (the base stays frozen) with
-    `controlnet_loss` in `training.train_loop` (AdamW, EMA, checkpoints `run_dir/controlnet.pt`, budget)."""
-    return train_loop("controlnet", net, controlnet_loss(data, modalities, sched, tc.batch_size, drop_prob), tc, run_dir)
 
 
 # --------------------------------------------------------------------------------------------
@@ -196,7 +155,3 @@ class ControlNetMCM(nn.Module):
         return torch.zeros_like(eps), self.net(sample, cond, timestep) - eps
 
 
-def export_controlnet(net: ControlNet, out_dir: Path) -> None:
-    """Write `out_dir/mcm.onnx` (the `ControlNetMCM` wrapper, through `export.export_mcm`) and its
-    `mcm.*` test vectors (B = 2, random 0/1 `cond`)."""
-    export_mcm(ControlNetMCM(net).eval(), net.cond_channels, out_dir)  # type: ignore[arg-type]

@@ -14,8 +14,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .export import _save_vectors, _vector_inputs, export_onnx, update_model_toml
-from .schedule import ScheduleConfig, betas
+from ..contract.model_toml import update_model_toml
+from ..contract.schedule import ScheduleConfig, betas
+from .onnx import _save_vectors, _vector_inputs, export_onnx
 
 
 class _DiffusersBase(nn.Module):

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from .contract import ClassInfo, ModalitySpec
+from ..contract.modalities import ClassInfo, ModalitySpec
+from .classes import DataError
 
 #: Largest distance (Euclidean, 0-255 RGB units) between a pixel and its nearest palette colour.
 PALETTE_TOLERANCE = 40.0
@@ -39,23 +40,18 @@ _GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L")
 _16_BIT_MODES = ("I", "I;16", "I;16B", "I;16L")
 
 
-class MapError(ValueError):
-    """A map file cannot be read as its modality (message names the file and, where one is to
-    blame, the pixel)."""
-
-
 def open_map(path: Path) -> Image.Image:
     """Open an image file and apply its EXIF orientation.
 
     Raises:
-        MapError: not a readable image.
+        DataError: not a readable image.
     """
     try:
         img = Image.open(path)
         img.load()
         return ImageOps.exif_transpose(img)
     except OSError as e:
-        raise MapError(f"{path}: not a readable image: {e}") from e
+        raise DataError(f"{path}: not a readable image: {e}") from e
 
 
 def palette_array(classes: list[ClassInfo]) -> np.ndarray:
@@ -79,7 +75,7 @@ def labels_from_image(img: Image.Image, classes: list[ClassInfo], path: Path | s
     """Class ids uint8 [H, W] from a segmentation image (rules in the module doc).
 
     Raises:
-        MapError: an id is out of range, or a colour is farther than `PALETTE_TOLERANCE` from every
+        DataError: an id is out of range, or a colour is farther than `PALETTE_TOLERANCE` from every
             palette colour; the message names `path`, the first such pixel (x, y), its value and,
             for colours, the nearest class and its distance, as the device does.
     """
@@ -88,7 +84,7 @@ def labels_from_image(img: Image.Image, classes: list[ClassInfo], path: Path | s
         bad = np.argwhere(ids >= len(classes))
         if bad.size:
             y, x = bad[0]
-            raise MapError(f"{path}: pixel (x={x}, y={y}) has class id {ids[y, x]}, but there are "
+            raise DataError(f"{path}: pixel (x={x}, y={y}) has class id {ids[y, x]}, but there are "
                            f"{len(classes)} classes (ids 0..={len(classes) - 1})")
         return ids.astype(np.uint8)
     rgb = _rgb_u8(img).astype(np.int32)
@@ -100,7 +96,7 @@ def labels_from_image(img: Image.Image, classes: list[ClassInfo], path: Path | s
     if bad.size:
         y, x = bad[0]
         c, near = rgb[y, x], classes[ids[y, x]]
-        raise MapError(f"{path}: pixel (x={x}, y={y}) has colour #{c[0]:02x}{c[1]:02x}{c[2]:02x}, not within "
+        raise DataError(f"{path}: pixel (x={x}, y={y}) has colour #{c[0]:02x}{c[1]:02x}{c[2]:02x}, not within "
                        f"{PALETTE_TOLERANCE:.0f} of any class colour (nearest: {near.name!r} "
                        f"#{near.color[0]:02x}{near.color[1]:02x}{near.color[2]:02x}, distance "
                        f"{float(np.sqrt(nearest[y, x])):.1f})")
@@ -139,7 +135,7 @@ def dense_from_image(img: Image.Image, spec: ModalitySpec, path: Path | str) -> 
     """Values float32 [C, H, W] of a dense map (rules in the module doc), in `spec.value_range`.
 
     Raises:
-        MapError: the modality has no 1-4 channels.
+        DataError: the modality has no 1-4 channels.
     """
     c = spec.channels
     if img.mode in _16_BIT_MODES:
@@ -151,7 +147,7 @@ def dense_from_image(img: Image.Image, spec: ModalitySpec, path: Path | str) -> 
         chans = {1: [luma], 2: [luma, alpha], 3: [rgba[..., i] for i in range(3)],
                  4: [rgba[..., i] for i in range(4)]}.get(c, [])
     if not chans or c not in (1, 2, 3, 4):
-        raise MapError(f"{path}: modality {spec.name!r} has {c} channels; a dense map has 1 to 4")
+        raise DataError(f"{path}: modality {spec.name!r} has {c} channels; a dense map has 1 to 4")
     if len(chans) < c:  # 16-bit grey for an RGB(A) modality: the grey value in every colour channel
         chans = [chans[0]] * 3 + chans[1:] if c == 4 else [chans[0]] * c
     lo, hi = spec.value_range
@@ -163,7 +159,7 @@ def map_from_image(img: Image.Image, spec: ModalitySpec, path: Path | str) -> np
     float32 [1, H, W], dense float32 [C, H, W].
 
     Raises:
-        MapError: the image does not fit the modality (see the kind's reader).
+        DataError: the image does not fit the modality (see the kind's reader).
     """
     if spec.kind == "segmentation":
         return labels_from_image(img, spec.class_infos(), path)

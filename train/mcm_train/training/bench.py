@@ -1,5 +1,5 @@
 """Training speed on this machine: seconds per optimiser step of the base and of the MCM at the
-default sizes (README "Speed"). Run with `python -m mcm_train.bench [--size 64 --batch-size 16]`.
+default sizes (README "Speed"). Run with `python -m mcm_train.training.bench [--size 64 --batch-size 16]`.
 
 The MCM step includes the frozen base's forward through onnxruntime when a `base.onnx` is given,
 as `mcm-train mcm` runs it, else through PyTorch under `no_grad`."""
@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..nets.mcm import MCM, modulate
+from ..nets.unet import UNet, UNetConfig, count_parameters
 from .frozen import onnx_eps_fn, torch_eps_fn
-from .models import MCM, UNet, UNetConfig, count_parameters, modulate
 
 
 def _median_seconds(step: Callable[[], None], runs: int) -> float:

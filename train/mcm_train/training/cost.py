@@ -4,7 +4,7 @@ For each method the real trainer runs (`mcm-train mcm` / `mcm-train controlnet` 
 architectures and optimiser settings, i.e. `training.train_loop` with AdamW, gradient clipping and
 EMA) in its own fresh Python process, so that memory figures are that method's alone:
 
-    python -m mcm_train.cost --result FILE --warmup W --steps N -- METHOD [mcm-train METHOD options]
+    python -m mcm_train.cli METHOD [mcm-train METHOD options]    (with MCM_TRAIN_STEP_TIMER set)
 
 Both methods use the frozen base the same way it is used in training: the MCM gets eps from the
 PyTorch base (`--base-run`) under `no_grad`; the ControlNet runs the base's encoder under `no_grad`
@@ -27,7 +27,6 @@ steps and `N` timed steps the child writes its figures and exits at once (no che
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -35,89 +34,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from .step_timer import ENV_VAR
+
 METHODS = ("mcm", "controlnet")
-
-
-def _proc_status_mib(field: str) -> float:
-    """A memory field of /proc/self/status (e.g. `VmHWM`, `VmRSS`) in MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-def _cpu_seconds() -> float:
-    return time.process_time()
-
-
-# --------------------------------------------------------------------------------------------
-# Child: one method in this process
-# --------------------------------------------------------------------------------------------
-
-
-def run_child(result_path: Path, warmup: int, steps: int, cli_argv: list[str]) -> None:
-    """Run `mcm-train CLI_ARGV` in this process, time `warmup + steps` training steps, write the
-    figures as JSON to `result_path` and exit the process (`os._exit(0)`).
-
-    `cli_argv` must be an `mcm` or `controlnet` command whose `--steps` exceeds `warmup + steps`.
-
-    Raises:
-        RuntimeError: training ended before `warmup + steps` steps were timed.
-    """
-    from .cli import main as cli_main
-    from .controlnet import ControlNet
-    from .models import MCM, count_parameters
-
-    stamps: list[tuple[float, float]] = []  # (wall, cpu) at the start of each step
-    first: dict = {}
-    needed = warmup + steps + 1
-
-    def hook(module: torch.nn.Module, args: tuple) -> None:
-        if not isinstance(module, MCM | ControlNet) or not module.training:
-            return
-        stamps.append((time.perf_counter(), _cpu_seconds()))
-        if len(stamps) == 1:
-            first["rss"] = _proc_status_mib("VmRSS")
-            first["hwm"] = _proc_status_mib("VmHWM")
-            first["trainable"] = count_parameters(module)
-            first["frozen"] = sum(p.numel() for p in module.parameters() if not p.requires_grad)
-            if isinstance(module, MCM):
-                first["architecture"] = module.net.cfg.to_dict()
-            else:
-                first["architecture"] = {"copy_of_base": module.cfg.to_dict(),
-                                         "hint": [m.out_channels for m in module.hint if isinstance(m, torch.nn.Conv2d)]}
-        if len(stamps) < needed:
-            return
-        peak = _proc_status_mib("VmHWM")
-        wall = [b[0] - a[0] for a, b in zip(stamps, stamps[1:], strict=False)][warmup:]
-        cpu = [b[1] - a[1] for a, b in zip(stamps, stamps[1:], strict=False)][warmup:]
-        result = {
-            "trainable_parameters": first["trainable"],
-            "frozen_parameters_in_module": first["frozen"],
-            "architecture": first["architecture"],
-            "seconds_per_step": round(statistics.median(wall), 4),
-            "cpu_seconds_per_step": round(statistics.median(cpu), 4),
-            "step_seconds": [round(w, 4) for w in wall],
-            "cpu_step_seconds": [round(c, 4) for c in cpu],
-            "peak_rss_mib": round(peak, 1),
-            "rss_at_first_step_mib": round(first["rss"], 1),
-            "training_working_set_mib": round(peak - first["rss"], 1),
-            "peak_rss_before_training_mib": round(first["hwm"], 1),
-        }
-        Path(result_path).write_text(json.dumps(result))
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
-
-    torch.nn.modules.module.register_module_forward_pre_hook(hook)
-    cli_main(cli_argv)
-    raise RuntimeError(f"training ended after {len(stamps)} steps, before {needed} were timed")
 
 
 # --------------------------------------------------------------------------------------------
@@ -128,11 +52,11 @@ def run_child(result_path: Path, warmup: int, steps: int, cli_argv: list[str]) -
 def _measure_one(method: str, cli_args: list[str], warmup: int, steps: int, tmp: Path, tag: str) -> dict:
     result = tmp / f"{tag}.json"
     log = tmp / f"{tag}.log"
-    cmd = [sys.executable, "-m", "mcm_train.cost", "--result", str(result), "--warmup", str(warmup),
-           "--steps", str(steps), "--", method, *cli_args]
+    cmd = [sys.executable, "-m", "mcm_train.cli", method, *cli_args]
+    env = {**os.environ, ENV_VAR: json.dumps({"result": str(result), "warmup": warmup, "steps": steps})}
     load = os.getloadavg()
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: tell Popen
     if proc.returncode != 0 or not result.exists():
@@ -166,7 +90,7 @@ def measure_cost(base: Path, base_run: Path, data: Path, batch_size: int = 16, s
     extra_args = extra_args or {}
     report: dict = {
         "what": "training cost per optimiser step: MCM (base eps under no_grad) vs ControlNet-style baseline "
-                "(gradients through the frozen base's decoder); `mcm-train cost`, module mcm_train.cost",
+                "(gradients through the frozen base's decoder); `mcm-train cost`, module mcm_train.training.cost",
         "settings": {"base": str(base), "base_run": str(base_run), "data": str(data), "limit": limit,
                      "batch_size": batch_size, "warmup_steps": warmup, "timed_steps": steps, "threads": threads,
                      "repeats": repeats, "extra_args": {m: extra_args.get(m, []) for m in methods}},
@@ -241,21 +165,3 @@ def format_report(report: dict) -> str:
     if "controlnet_over_mcm" in report:
         lines.append("controlnet / mcm: " + ", ".join(f"{k} {v}x" for k, v in report["controlnet_over_mcm"].items()))
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Child entry point: `python -m mcm_train.cost --result FILE --warmup W --steps N -- METHOD ARGS...`."""
-    p = argparse.ArgumentParser(description="one method's training cost, in this process (used by `mcm-train cost`)")
-    p.add_argument("--result", type=Path, required=True)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("cli", nargs=argparse.REMAINDER, help="-- METHOD [mcm-train METHOD options]")
-    a = p.parse_args(argv)
-    cli = a.cli[1:] if a.cli[:1] == ["--"] else a.cli
-    if not cli or cli[0] not in METHODS:
-        p.error(f"expected -- METHOD ... with METHOD one of {', '.join(METHODS)}")
-    run_child(a.result, a.warmup, a.steps, cli)
-
-
-if __name__ == "__main__":
-    main()

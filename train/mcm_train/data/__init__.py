@@ -1,0 +1,2 @@
+"""Paired data: class palettes (`classes`), frame -> map rules shared with the device
+(`preprocess`), the procedural scenes (`scenes`) and dataset folders (`folder`)."""

@@ -1,0 +1,125 @@
+"""ONNX export (torch.onnx), `model.toml` and the test vectors the Rust side replays through tract.
+
+Files under a model directory (the model contract, DESIGN.md):
+    base.onnx       sample f32 [B, C, H, W], timestep f32 [B] -> eps f32 [B, C, H, W]
+    mcm.onnx        sample, eps [B, C, H, W], cond [B, K, H, W], timestep [B] -> gamma, beta [B, C, H, W]
+    segmenter.onnx  image f32 [B, 3, H, W] in [-1, 1] -> logits f32 [B, classes, H, W]
+    model.toml      schedule, image, modalities, provenance
+    test_vectors/   NET.TENSOR.npy: inputs and torch outputs for B = 2
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from ..nets.controlnet import ControlNet, ControlNetMCM
+from ..nets.mcm import MCM
+from ..nets.unet import UNet
+
+OPSET = 17
+
+
+class ExportError(RuntimeError):
+    """Export failed or the exported graph disagrees with PyTorch."""
+
+
+class _Base(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        return self.net(sample, timestep)
+
+
+class _Segmenter(nn.Module):
+    def __init__(self, net: UNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.net(image)
+
+
+def export_onnx(module: nn.Module, inputs: dict[str, torch.Tensor], outputs: list[str], path: Path) -> None:
+    """Export `module(*inputs.values())` to a self-contained ONNX file (weights embedded, opset 17,
+    dynamic batch axis on every input and output) and check it with `onnx.checker`."""
+    module = module.eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dynamic = {name: {0: "batch"} for name in [*inputs, *outputs]}
+    with torch.no_grad():
+        torch.onnx.export(module, tuple(inputs.values()), str(path), input_names=list(inputs),
+                          output_names=outputs, dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
+    onnx.checker.check_model(onnx.load(str(path)))
+
+
+def _save_vectors(out_dir: Path, net: str, tensors: dict[str, torch.Tensor]) -> None:
+    vec = out_dir / "test_vectors"
+    vec.mkdir(parents=True, exist_ok=True)
+    for name, t in tensors.items():
+        np.save(vec / f"{net}.{name}.npy", t.detach().numpy().astype(np.float32))
+
+
+def _vector_inputs(channels: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(2, channels, size, size, generator=gen), torch.tensor([17.0, 733.0])
+
+
+def export_base(net: UNet, out_dir: Path) -> None:
+    """Write `base.onnx` and its test vectors (`base.sample`, `base.timestep`, `base.eps`)."""
+    sample, timestep = _vector_inputs(net.cfg.in_channels, net.cfg.image_size, 1)
+    export_onnx(_Base(net), {"sample": sample, "timestep": timestep}, ["eps"], out_dir / "base.onnx")
+    with torch.no_grad():
+        eps = net(sample, timestep)
+    _save_vectors(out_dir, "base", {"sample": sample, "timestep": timestep, "eps": eps})
+
+
+def export_mcm(mcm: MCM, cond_channels: int, out_dir: Path) -> None:
+    """Write `mcm.onnx` and its test vectors (`mcm.sample`, `.eps`, `.cond`, `.timestep`, `.gamma`, `.beta`).
+    The vector's cond is a random 0/1 map so that every input channel matters."""
+    cfg = mcm.net.cfg
+    sample, timestep = _vector_inputs(mcm.image_channels, cfg.image_size, 2)
+    gen = torch.Generator().manual_seed(3)
+    eps = torch.randn(sample.shape, generator=gen)
+    cond = (torch.rand(2, cond_channels, cfg.image_size, cfg.image_size, generator=gen) < 0.3).float()
+    inputs = {"sample": sample, "eps": eps, "cond": cond, "timestep": timestep}
+    export_onnx(mcm, inputs, ["gamma", "beta"], out_dir / "mcm.onnx")
+    with torch.no_grad():
+        gamma, beta = mcm(*inputs.values())
+    _save_vectors(out_dir, "mcm", {**inputs, "gamma": gamma, "beta": beta})
+
+
+def export_segmenter(net: UNet, out_dir: Path) -> None:
+    """Write `segmenter.onnx` and its test vectors (`segmenter.image`, `segmenter.logits`)."""
+    image, _ = _vector_inputs(net.cfg.in_channels, net.cfg.image_size, 4)
+    export_onnx(_Segmenter(net), {"image": image}, ["logits"], out_dir / "segmenter.onnx")
+    with torch.no_grad():
+        logits = net(image)
+    _save_vectors(out_dir, "segmenter", {"image": image, "logits": logits})
+
+
+# --------------------------------------------------------------------------------------------
+# model.toml
+# --------------------------------------------------------------------------------------------
+
+
+
+
+
+
+
+
+
+
+
+def export_controlnet(net: ControlNet, out_dir: Path) -> None:
+    """Write `out_dir/mcm.onnx` (the `ControlNetMCM` wrapper, through `export.export_mcm`) and its
+    `mcm.*` test vectors (B = 2, random 0/1 `cond`)."""
+    export_mcm(ControlNetMCM(net).eval(), net.cond_channels, out_dir)  # type: ignore[arg-type]
+
+

@@ -1,0 +1,88 @@
+"""Random-weight model directories: the test fixtures and the paper-scale pair for benchmarks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..contract.modalities import ModalitySpec
+from ..contract.model_toml import update_model_toml
+from ..contract.schedule import ScheduleConfig
+from ..nets.mcm import MCM
+from ..nets.unet import UNet, UNetConfig
+from .onnx import export_base, export_mcm, export_segmenter
+
+#: Random-weight model sets. `tiny`: the 16x16 RGB fixture committed as models/tiny; `tiny-s2d`:
+#: the same with a `space_to_depth = 2` MCM (models/tiny-s2d: the Rust tests replay its folded
+#: graph through tract and onnxruntime). `paper`: a paper-scale pair for speed measurements
+#: (issue 4): a 64 M-parameter base on a 32x32x4 latent-like input (Stable Diffusion's latent
+#: shape at 256 px) and the default's MCM architecture, 1.0 % of it.
+PRESETS: dict[str, dict] = {
+    "tiny": {
+        "size": 16,
+        "channels": 3,
+        "base": {"channels": (8, 16), "num_res_blocks": 1, "attention_resolutions": (8,), "groups": 4},
+        "mcm": {"channels": (8, 16), "num_res_blocks": 1, "attention_resolutions": (8,), "groups": 4},
+        "segmenter": True,
+    },
+    "paper": {
+        "size": 32,
+        "channels": 4,
+        "base": {"channels": (128, 256, 512), "num_res_blocks": 2, "attention_resolutions": (16, 8), "groups": 32},
+        # the shipped default's MCM architecture (full resolution), here 1.0 % of the base's parameters
+        "mcm": {"channels": (16, 32, 64), "num_res_blocks": 1, "attention_resolutions": (16,), "groups": 8},
+        "segmenter": False,
+    },
+}
+
+
+PRESETS["tiny-s2d"] = {
+    **PRESETS["tiny"],
+    "mcm": {**PRESETS["tiny"]["mcm"], "attention_resolutions": (), "space_to_depth": 2},
+    "segmenter": False,
+}
+
+
+def write_random_model(out_dir: Path, classes: list[dict], preset: str = "tiny", seed: int = 0) -> dict:
+    """A random-weight model directory of a [`PRESETS`] entry: base, segmentation + sketch MCM (output
+    layer made non-zero so that the test vectors exercise the MCM path), optional segmenter, test
+    vectors and `model.toml`. The images are noise; only shapes, numerics and speed are meaningful.
+
+    Returns the written `model.toml` as a dict.
+
+    Raises:
+        KeyError: unknown `preset`.
+        ExportError: the exported graph disagrees with PyTorch.
+    """
+    p = PRESETS[preset]
+    torch.manual_seed(seed)
+    size, c = p["size"], p["channels"]
+    base = UNet(UNetConfig(in_channels=c, out_channels=c, image_size=size, **p["base"])).eval()
+    modalities = [ModalitySpec("segmentation", "segmentation", len(classes), classes), ModalitySpec("sketch", "sketch", 1)]
+    k = sum(m.width for m in modalities)
+    mcm = MCM(c, k, UNetConfig(image_size=size, **p["mcm"])).eval()
+    for conv in (mcm.net.conv_out, mcm.net.conv_local):  # non-zero so that the vectors test the MCM path
+        if conv is not None:
+            nn.init.normal_(conv.weight, std=0.02)
+    export_base(base, out_dir)
+    export_mcm(mcm, k, out_dir)
+    provenance = {"dataset": "none (random weights)", "steps": 0}
+    nets: dict[str, dict] = {
+        "base": {"file": "base.onnx", "parameters": sum(q.numel() for q in base.parameters()), **provenance},
+        "mcm": {"file": "mcm.onnx", "cond_channels": k, "parameters": sum(q.numel() for q in mcm.parameters()), **provenance},
+    }
+    if p["segmenter"]:
+        seg = UNet(UNetConfig(in_channels=3, out_channels=len(classes), timestep_embedding=False, image_size=size, **p["base"]))
+        export_segmenter(seg.eval(), out_dir)
+        nets["segmenter"] = {"file": "segmenter.onnx", "parameters": sum(q.numel() for q in seg.parameters()), **provenance}
+    return update_model_toml(
+        out_dir,
+        image={"size": size, "channels": c, "value_range": [-1.0, 1.0]},
+        schedule=ScheduleConfig().to_dict(),
+        modalities=[m.to_toml() for m in modalities],
+        **nets,
+    )
+
+

@@ -1,0 +1,79 @@
+"""The trainers: base (DDPM loss), MCM (modulated loss, base frozen), reference segmenter."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..contract.modalities import ModalitySpec
+from ..contract.schedule import ScheduleConfig, add_noise, alpha_bar
+from ..data.folder import Dataset
+from ..nets.mcm import MCM, modulate
+from ..nets.unet import UNet
+from .batches import Batches, conditioned_batch
+from .loop import TrainConfig, TrainResult, train_loop
+
+#: A frozen noise predictor: (x_t [B, C, H, W], timestep f32 [B]) -> eps [B, C, H, W].
+EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def pretrain_base(data: Dataset, model: UNet, sched: ScheduleConfig, tc: TrainConfig, run_dir: Path) -> TrainResult:
+    """Train the base eps-predictor with the DDPM loss `||eps_theta(x_t, t) - eps||^2` (Ho et al. 2020, Eq. 14)."""
+    batches, ab = Batches(data), alpha_bar(sched)
+    T = sched.num_train_timesteps
+
+    def loss_fn(net: nn.Module, gen: torch.Generator) -> torch.Tensor:
+        x_0, _ = batches.sample(gen, tc.batch_size)
+        t = torch.randint(0, T, (x_0.shape[0],), generator=gen)
+        eps = torch.randn(x_0.shape, generator=gen)
+        return F.mse_loss(net(add_noise(x_0, eps, t, ab), t.float()), eps)
+
+    return train_loop("base", model, loss_fn, tc, run_dir)
+
+
+def train_mcm(data: Dataset, mcm: MCM, eps_fn: EpsFn, modalities: list[ModalitySpec], sched: ScheduleConfig,
+              tc: TrainConfig, run_dir: Path, drop_prob: float = 0.3, l1_weight: float = 1e-4) -> TrainResult:
+    """Train the MCM on the modulated denoising loss (Ham et al. 2023, Sec. 3.2):
+    `||eps*(1+gamma)+beta - eps_true||^2 + l1_weight * (|gamma| + |beta|)`, with eps from the frozen
+    base `eps_fn` (no gradient through it) and each modality dropped with probability `drop_prob`."""
+    batches, ab = Batches(data), alpha_bar(sched)
+    T = sched.num_train_timesteps
+
+    def loss_fn(net: nn.Module, gen: torch.Generator) -> torch.Tensor:
+        x_t, t, noise, cond = conditioned_batch(batches, ab, T, modalities, tc.batch_size, drop_prob, gen)
+        with torch.no_grad():
+            eps = eps_fn(x_t, t.float())
+        gamma, beta = net(x_t, eps, cond, t.float())
+        l1 = gamma.abs().mean() + beta.abs().mean()
+        return F.mse_loss(modulate(eps, gamma, beta), noise) + l1_weight * l1
+
+    return train_loop("mcm", mcm, loss_fn, tc, run_dir)
+
+
+def train_segmenter(data: Dataset, model: UNet, tc: TrainConfig, run_dir: Path) -> TrainResult:
+    """Train the reference segmenter (image [B, 3, H, W] in [-1, 1] -> class logits) with cross-entropy.
+    Augmented with brightness/contrast changes, blur and noise so that it also reads generated images."""
+    seg = next((m.name for m in data.modalities if m.kind == "segmentation"), None)
+    if seg is None:
+        raise ValueError("the segmenter needs a dataset with segmentation maps")
+    batches = Batches(data)
+
+    def loss_fn(net: nn.Module, gen: torch.Generator) -> torch.Tensor:
+        x, maps = batches.sample(gen, tc.batch_size)
+        labels = maps[seg]
+        b = x.shape[0]
+        gain = 1 + 0.3 * (torch.rand(b, 1, 1, 1, generator=gen) - 0.5)
+        offset = 0.2 * (torch.rand(b, 1, 1, 1, generator=gen) - 0.5)
+        x = x * gain + offset
+        blurred = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+        mix = torch.rand(b, 1, 1, 1, generator=gen)
+        x = mix * blurred + (1 - mix) * x + 0.05 * torch.randn(x.shape, generator=gen)
+        return F.cross_entropy(net(x), labels)
+
+    return train_loop("segmenter", model, loss_fn, tc, run_dir)
+
+
