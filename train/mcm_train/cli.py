@@ -14,13 +14,14 @@ from .contract.schedule import ScheduleConfig
 from .data.classes import DEFAULT_CLASSES, DataError, load_classes
 from .data.folder import Dataset, load_dataset
 from .data.scenes import write_scenes
-from .export.onnx import export_base, export_mcm, export_segmenter
+from .export.onnx import export_base, export_estimator, export_mcm, export_segmenter
+from .export.parity import write_parity_vectors
 from .export.random_models import PRESETS
 from .nets.mcm import MCM
 from .nets.unet import UNet, UNetConfig, count_parameters
 from .training.loop import TrainConfig, TrainResult
 from .training.step_timer import StepTimer
-from .training.trainers import pretrain_base, train_mcm, train_segmenter
+from .training.trainers import pretrain_base, train_estimator, train_mcm, train_segmenter
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -149,6 +150,7 @@ def cmd_mcm(a: argparse.Namespace) -> None:
     update_model_toml(a.out, modalities=[m.to_toml() for m in modalities],
                       mcm={"file": "mcm.onnx", "method": "mcm", "cond_channels": k, "architecture": cfg.to_dict(),
                            "drop_prob": a.drop_prob, "l1_weight": a.l1_weight, **_provenance(a, result, result.model)})
+    write_parity_vectors(a.out)
     print(f"exported {a.out}/mcm.onnx after {result.steps} steps, loss {result.final_loss:.4f}")
 
 
@@ -177,6 +179,7 @@ def cmd_controlnet(a: argparse.Namespace) -> None:
                       mcm={"file": "mcm.onnx", "method": "controlnet", "cond_channels": k,
                            "hint_channels": list(_ints(a.hint_channels)), "base_run": str(a.base_run),
                            "drop_prob": a.drop_prob, **_provenance(a, result, result.model)})
+    write_parity_vectors(a.out)
     print(f"exported the ControlNet baseline as {a.out}/mcm.onnx (gamma = 0, beta = eps_controlnet - eps) after "
           f"{result.steps} steps, loss {result.final_loss:.4f}")
 
@@ -208,6 +211,26 @@ def cmd_segmenter(a: argparse.Namespace) -> None:
     update_model_toml(a.out, segmenter={"file": "segmenter.onnx", "architecture": cfg.to_dict(),
                                         **_provenance(a, result, result.model)})
     print(f"exported {a.out}/segmenter.onnx after {result.steps} steps, loss {result.final_loss:.4f}")
+
+
+def cmd_estimator(a: argparse.Namespace) -> None:
+    ds = load_dataset(a.data, limit=a.limit)
+    spec = ds.modality(a.modality)
+    cfg = UNetConfig(in_channels=3, out_channels=spec.channels, channels=_ints(a.channels), num_res_blocks=1,
+                     attention_resolutions=(), image_size=ds.size, timestep_embedding=False)
+    result = train_estimator(ds, UNet(cfg), a.modality, _train_config(a), a.run_dir or Path(f"runs/{a.modality}_estimator"))
+    if not result.done:
+        return
+    file = export_estimator(result.model, a.modality, a.out)
+    estimators = read_model_toml(a.out).get("estimators", {})
+    estimators[a.modality] = {"file": file, "architecture": cfg.to_dict(), **_provenance(a, result, result.model)}
+    update_model_toml(a.out, estimators=estimators)
+    print(f"exported {a.out}/{file} after {result.steps} steps, loss {result.final_loss:.4f}")
+
+
+def cmd_export_vectors(a: argparse.Namespace) -> None:
+    index = write_parity_vectors(a.model)
+    print(f"wrote {a.model}/test_vectors: schedule.alpha_bar, cond.all/first and {len(index)} fixture frames")
 
 
 def cmd_export_diffusers(a: argparse.Namespace) -> None:
@@ -295,6 +318,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(g, steps=1500, batch=32, lr=1e-3, ema=0.99)
     g.add_argument("--channels", default="16,32,64")
     g.set_defaults(func=cmd_segmenter)
+
+    x = sub.add_parser("estimator", help="train the reference estimator of a dense modality (e.g. depth) used by "
+                                         "`mcm-edge eval`")
+    _add_train_args(x, steps=1500, batch=32, lr=1e-3, ema=0.99)
+    x.add_argument("--modality", default="depth", help="the dense modality to estimate from images")
+    x.add_argument("--channels", default="16,32,64")
+    x.set_defaults(func=cmd_estimator)
+
+    v = sub.add_parser("export-vectors", help="write the parity vectors of a model directory (schedule, frame "
+                                              "preprocessing, cond) that the Rust tests replay")
+    v.add_argument("--model", type=Path, required=True, help="model directory with model.toml")
+    v.set_defaults(func=cmd_export_vectors)
 
     e = sub.add_parser("export-diffusers", help="turn a diffusers UNet2DModel + scheduler into base.onnx + model.toml")
     e.add_argument("source", type=Path, help="local diffusers folder (a pipeline or a bare UNet2DModel)")

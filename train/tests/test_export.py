@@ -31,8 +31,9 @@ def test_tiny_model_vectors_match_onnxruntime(tmp_path: Path, preset: str) -> No
     assert np.abs(gamma - vec("mcm.gamma")).max() < 1e-4 and np.abs(beta - vec("mcm.beta")).max() < 1e-4
     assert np.abs(vec("mcm.gamma")).max() > 1e-3  # the vectors exercise a non-identity MCM
     doc = tomllib.loads((tmp_path / "model.toml").read_text())
-    assert doc["mcm"]["cond_channels"] == 11 and doc["image"]["size"] == 16
-    assert [m["name"] for m in doc["modalities"]] == ["segmentation", "sketch"]
+    assert doc["mcm"]["cond_channels"] == 13 and doc["image"]["size"] == 16
+    assert [m["name"] for m in doc["modalities"]] == ["segmentation", "sketch", "depth"]
+    assert doc["modalities"][2] == {"name": "depth", "kind": "dense", "channels": 1, "value_range": [0.0, 1.0]}
     # Dynamic batch: a batch of 3 runs too.
     out = _run(tmp_path / "base.onnx", {"sample": np.zeros((3, 3, 16, 16), np.float32), "timestep": np.zeros(3, np.float32)})
     assert out[0].shape == (3, 3, 16, 16)
@@ -94,3 +95,33 @@ def test_export_random_cli_and_paper_preset_sizes(tmp_path: Path, capsys: pytest
     mcm = MCM(p["channels"], 11, UNetConfig(image_size=p["size"], **p["mcm"]))
     nb, nm = (sum(q.numel() for q in m.parameters()) for m in (base, mcm))
     assert 50e6 <= nb <= 100e6 and 0.01 <= nm / nb <= 0.04, (nb, nm)
+
+
+def test_parity_vectors_cover_every_modality_and_rebuild_cond(tmp_path: Path) -> None:
+    from mcm_train.contract.modalities import build_cond
+    from mcm_train.contract.model_toml import modalities_from_toml, read_model_toml
+    from mcm_train.data.preprocess import map_from_image, open_map
+
+    write_random_model(tmp_path, [{"name": c.name, "color": list(c.color)} for c in load_classes()], "tiny")
+    vec = tmp_path / "test_vectors"
+    alpha_bar = np.load(vec / "schedule.alpha_bar.npy")
+    assert alpha_bar.dtype == np.float64 and alpha_bar.shape == (1000,) and np.all(np.diff(alpha_bar) < 0)
+    index = json.loads((vec / "frames" / "index.json").read_text())
+    modalities = modalities_from_toml(read_model_toml(tmp_path))
+    assert {e["modality"] for e in index} == {m.name for m in modalities}
+    assert {"palette", "grey16", "bilevel", "exif"} <= {e["case"] for e in index if e["kind"] == "segmentation"}
+    for e in index:
+        spec = next(m for m in modalities if m.name == e["modality"])
+        again = map_from_image(open_map(vec / "frames" / e["frame"]), spec, e["frame"])
+        assert np.array_equal(again, np.load(vec / "frames" / e["map"])), e
+    # Every encoding of the segmentation pattern gives the same ids (EXIF: rotated back upright).
+    seg = [np.load(vec / "frames" / e["map"]) for e in index if e["kind"] == "segmentation" and e["case"] != "bilevel"]
+    assert all(np.array_equal(s, seg[0]) for s in seg)
+    first = {e["modality"]: np.load(vec / "frames" / e["map"]) for e in reversed(index)}
+    maps = {m.name: torch.from_numpy(first[m.name].astype(np.int64) if m.kind == "segmentation" else first[m.name])[None]
+            for m in modalities}
+    cond = np.load(vec / "cond.all.npy")
+    assert cond.shape == (1, 13, 16, 16)
+    assert np.array_equal(cond, build_cond(modalities, maps, torch.ones(1, 3, dtype=torch.bool)).numpy())
+    only_first = np.load(vec / "cond.first.npy")
+    assert only_first[0, 9:].max() == 0 and np.array_equal(only_first[0, :9], cond[0, :9])

@@ -1,6 +1,6 @@
 """Noise schedule (DDPM, Ho et al. 2020) with the beta schedules diffusers names.
 
-The device implements the same formulas in `src/schedule.rs`; `model.toml` carries the settings.
+The device implements the same formulas in `src/diffusion/schedule.rs`; `model.toml` carries the settings.
 """
 
 from __future__ import annotations
@@ -53,15 +53,18 @@ def betas(cfg: ScheduleConfig) -> torch.Tensor:
 
 
 def alpha_bar(cfg: ScheduleConfig) -> torch.Tensor:
-    """alpha_bar_t = prod_{s<=t} (1 - beta_s), f32 [T] in (0, 1)."""
-    return torch.cumprod(1.0 - betas(cfg), dim=0).float()
+    """alpha_bar_t = prod_{s<=t} (1 - beta_s), f64 [T] in (0, 1): computed in f64 like the device's
+    `Schedule` (`src/diffusion/schedule.rs`); the exporter writes it as a test vector that the Rust
+    tests compare with their own (`export.parity`)."""
+    return torch.cumprod(1.0 - betas(cfg), dim=0)
 
 
 def add_noise(x_0: torch.Tensor, eps: torch.Tensor, timestep: torch.Tensor, alpha_bar_t: torch.Tensor) -> torch.Tensor:
     """Forward process q(x_t | x_0) (DDPM Eq. 4): `x_t = sqrt(ab) x_0 + sqrt(1 - ab) eps`.
 
-    `x_0`, `eps` [B, C, H, W]; `timestep` int64 [B]; `alpha_bar_t` [T] from `alpha_bar`.
+    `x_0`, `eps` [B, C, H, W]; `timestep` int64 [B]; `alpha_bar_t` [T] from `alpha_bar`. The
+    coefficients are taken in f64 and cast to the dtype of `x_0`.
     """
     ab = alpha_bar_t[timestep].view(-1, 1, 1, 1)
-    return ab.sqrt() * x_0 + (1 - ab).sqrt() * eps
+    return ab.sqrt().to(x_0.dtype) * x_0 + (1 - ab).sqrt().to(x_0.dtype) * eps
 

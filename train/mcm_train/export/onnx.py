@@ -4,6 +4,7 @@ Files under a model directory (the model contract, DESIGN.md):
     base.onnx       sample f32 [B, C, H, W], timestep f32 [B] -> eps f32 [B, C, H, W]
     mcm.onnx        sample, eps [B, C, H, W], cond [B, K, H, W], timestep [B] -> gamma, beta [B, C, H, W]
     segmenter.onnx  image f32 [B, 3, H, W] in [-1, 1] -> logits f32 [B, classes, H, W]
+    NAME_estimator.onnx  image -> map f32 [B, C, H, W] (reference estimator of dense modality NAME)
     model.toml      schedule, image, modalities, provenance
     test_vectors/   NET.TENSOR.npy: inputs and torch outputs for B = 2
 """
@@ -37,7 +38,7 @@ class _Base(nn.Module):
         return self.net(sample, timestep)
 
 
-class _Segmenter(nn.Module):
+class _ImageNet(nn.Module):
     def __init__(self, net: UNet) -> None:
         super().__init__()
         self.net = net
@@ -94,13 +95,26 @@ def export_mcm(mcm: MCM, cond_channels: int, out_dir: Path) -> None:
     _save_vectors(out_dir, "mcm", {**inputs, "gamma": gamma, "beta": beta})
 
 
-def export_segmenter(net: UNet, out_dir: Path) -> None:
-    """Write `segmenter.onnx` and its test vectors (`segmenter.image`, `segmenter.logits`)."""
+def export_image_net(net: UNet, stem: str, output: str, out_dir: Path) -> None:
+    """Write an image-reading net (`image` f32 [B, 3, H, W] in [-1, 1] -> `output` [B, C, H, W]) to
+    `STEM.onnx` with its test vectors (`STEM.image`, `STEM.OUTPUT`)."""
     image, _ = _vector_inputs(net.cfg.in_channels, net.cfg.image_size, 4)
-    export_onnx(_Segmenter(net), {"image": image}, ["logits"], out_dir / "segmenter.onnx")
+    export_onnx(_ImageNet(net), {"image": image}, [output], out_dir / f"{stem}.onnx")
     with torch.no_grad():
-        logits = net(image)
-    _save_vectors(out_dir, "segmenter", {"image": image, "logits": logits})
+        result = net(image)
+    _save_vectors(out_dir, stem, {"image": image, output: result})
+
+
+def export_segmenter(net: UNet, out_dir: Path) -> None:
+    """Write `segmenter.onnx` (`image` -> `logits` [B, classes, H, W]) and its test vectors."""
+    export_image_net(net, "segmenter", "logits", out_dir)
+
+
+def export_estimator(net: UNet, modality: str, out_dir: Path) -> str:
+    """Write `MODALITY_estimator.onnx` (`image` -> `map` [B, C, H, W] in the modality's value range)
+    and its test vectors; returns the file name."""
+    export_image_net(net, f"{modality}_estimator", "map", out_dir)
+    return f"{modality}_estimator.onnx"
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from ..contract.schedule import ScheduleConfig
 from ..nets.mcm import MCM
 from ..nets.unet import UNet, UNetConfig
 from .onnx import export_base, export_mcm, export_segmenter
+from .parity import write_parity_vectors
 
 #: Random-weight model sets. `tiny`: the 16x16 RGB fixture committed as models/tiny; `tiny-s2d`:
 #: the same with a `space_to_depth = 2` MCM (models/tiny-s2d: the Rust tests replay its folded
@@ -46,9 +47,10 @@ PRESETS["tiny-s2d"] = {
 
 
 def write_random_model(out_dir: Path, classes: list[dict], preset: str = "tiny", seed: int = 0) -> dict:
-    """A random-weight model directory of a [`PRESETS`] entry: base, segmentation + sketch MCM (output
-    layer made non-zero so that the test vectors exercise the MCM path), optional segmenter, test
-    vectors and `model.toml`. The images are noise; only shapes, numerics and speed are meaningful.
+    """A random-weight model directory of a [`PRESETS`] entry: base, segmentation + sketch + depth MCM
+    (output layer made non-zero so that the test vectors exercise the MCM path), optional segmenter,
+    test vectors, parity vectors (`export.parity`) and `model.toml`. The images are noise; only
+    shapes, numerics and speed are meaningful.
 
     Returns the written `model.toml` as a dict.
 
@@ -60,7 +62,8 @@ def write_random_model(out_dir: Path, classes: list[dict], preset: str = "tiny",
     torch.manual_seed(seed)
     size, c = p["size"], p["channels"]
     base = UNet(UNetConfig(in_channels=c, out_channels=c, image_size=size, **p["base"])).eval()
-    modalities = [ModalitySpec("segmentation", "segmentation", len(classes), classes), ModalitySpec("sketch", "sketch", 1)]
+    modalities = [ModalitySpec("segmentation", "segmentation", len(classes), classes), ModalitySpec("sketch", "sketch", 1),
+                  ModalitySpec("depth", "dense", 1)]
     k = sum(m.width for m in modalities)
     mcm = MCM(c, k, UNetConfig(image_size=size, **p["mcm"])).eval()
     for conv in (mcm.net.conv_out, mcm.net.conv_local):  # non-zero so that the vectors test the MCM path
@@ -77,12 +80,14 @@ def write_random_model(out_dir: Path, classes: list[dict], preset: str = "tiny",
         seg = UNet(UNetConfig(in_channels=3, out_channels=len(classes), timestep_embedding=False, image_size=size, **p["base"]))
         export_segmenter(seg.eval(), out_dir)
         nets["segmenter"] = {"file": "segmenter.onnx", "parameters": sum(q.numel() for q in seg.parameters()), **provenance}
-    return update_model_toml(
+    doc = update_model_toml(
         out_dir,
         image={"size": size, "channels": c, "value_range": [-1.0, 1.0]},
         schedule=ScheduleConfig().to_dict(),
         modalities=[m.to_toml() for m in modalities],
         **nets,
     )
+    write_parity_vectors(out_dir)
+    return doc
 
 

@@ -64,16 +64,41 @@ def train_segmenter(data: Dataset, model: UNet, tc: TrainConfig, run_dir: Path) 
 
     def loss_fn(net: nn.Module, gen: torch.Generator) -> torch.Tensor:
         x, maps = batches.sample(gen, tc.batch_size)
-        labels = maps[seg]
-        b = x.shape[0]
-        gain = 1 + 0.3 * (torch.rand(b, 1, 1, 1, generator=gen) - 0.5)
-        offset = 0.2 * (torch.rand(b, 1, 1, 1, generator=gen) - 0.5)
-        x = x * gain + offset
-        blurred = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
-        mix = torch.rand(b, 1, 1, 1, generator=gen)
-        x = mix * blurred + (1 - mix) * x + 0.05 * torch.randn(x.shape, generator=gen)
-        return F.cross_entropy(net(x), labels)
+        return F.cross_entropy(net(_augment(x, gen)), maps[seg])
 
     return train_loop("segmenter", model, loss_fn, tc, run_dir)
+
+
+def train_estimator(data: Dataset, model: UNet, modality: str, tc: TrainConfig, run_dir: Path) -> TrainResult:
+    """Train the reference estimator of a dense modality (image [B, 3, H, W] in [-1, 1] -> the map
+    [B, C, H, W] in its value range), e.g. a depth estimator, with the L1 loss and the segmenter's
+    augmentations; `mcm-edge eval` scores how well generated images follow an input map with it.
+
+    Raises:
+        DataError: the dataset has no such modality.
+        ValueError: the modality is not dense.
+    """
+    spec = data.modality(modality)
+    if spec.kind != "dense":
+        raise ValueError(f"modality {modality!r} is a {spec.kind}; estimators are for dense modalities")
+    batches = Batches(data)
+
+    def loss_fn(net: nn.Module, gen: torch.Generator) -> torch.Tensor:
+        x, maps = batches.sample(gen, tc.batch_size)
+        return F.l1_loss(net(_augment(x, gen)), maps[modality])
+
+    return train_loop(f"{modality}_estimator", model, loss_fn, tc, run_dir)
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Brightness/contrast changes, blur and noise on images [B, 3, H, W], so that the reference
+    nets also read generated images (which are softer and noisier than the training images)."""
+    b = x.shape[0]
+    gain = 1 + 0.3 * (torch.rand(b, 1, 1, 1, generator=gen) - 0.5)
+    offset = 0.2 * (torch.rand(b, 1, 1, 1, generator=gen) - 0.5)
+    x = x * gain + offset
+    blurred = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+    mix = torch.rand(b, 1, 1, 1, generator=gen)
+    return mix * blurred + (1 - mix) * x + 0.05 * torch.randn(x.shape, generator=gen)
 
 
