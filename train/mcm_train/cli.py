@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 import sys
@@ -28,19 +29,71 @@ def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(",") if v)
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default in `--help`, except where there is none (None, False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class CliError(Exception):
+    """A command cannot run as asked (reported as `mcm-train: error: ...`, exit status 2)."""
+
+
 def _add_train_args(p: argparse.ArgumentParser, steps: int, batch: int, lr: float, ema: float) -> None:
-    p.add_argument("--data", type=Path, required=True, help="dataset folder (images/, segmentation/, sketch/)")
+    p.add_argument("--data", type=Path, required=True, help="dataset folder (images/ and one folder per modality)")
     p.add_argument("--out", type=Path, required=True, help="model directory to write (e.g. models/default)")
-    p.add_argument("--run-dir", type=Path, help="checkpoints, loss log and plot (default: runs/<command>)")
-    p.add_argument("--steps", type=int, default=steps)
-    p.add_argument("--batch-size", type=int, default=batch)
-    p.add_argument("--lr", type=float, default=lr)
-    p.add_argument("--ema-decay", type=float, default=ema)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--run-dir", type=Path, help="checkpoints, loss log and plot; a run resumes only there and only "
+                                                "for the same output, data and configuration "
+                                                "(default: runs/<OUT with / as ->/<command>)")
+    p.add_argument("--steps", type=int, default=steps, help="optimiser steps in total, across resumes")
+    p.add_argument("--batch-size", type=int, default=batch, help="images per step")
+    p.add_argument("--lr", type=float, default=lr, help="AdamW learning rate")
+    p.add_argument("--ema-decay", type=float, default=ema, help="decay of the exported weight average")
+    p.add_argument("--seed", type=int, default=0, help="seeds batches and noise")
     p.add_argument("--minutes", type=float, help="wall-clock budget for this invocation (resume later)")
-    p.add_argument("--checkpoint-every", type=int, default=200)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
+    p.add_argument("--threads", type=int, default=2, help="torch (and onnxruntime) threads")
     p.add_argument("--limit", type=int, help="use only the first N examples of the dataset")
+
+
+def _add_overwrite(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the base of an existing model directory given as --out")
+
+
+def _run_dir(a: argparse.Namespace) -> Path:
+    """`--run-dir`, else `runs/<OUT with / as ->/<command>`: a run directory belongs to its output."""
+    if a.run_dir is not None:
+        return a.run_dir
+    slug = "-".join(p for p in a.out.as_posix().split("/") if p not in ("", ".", "..")) or "out"
+    return Path("runs") / slug / a.command
+
+
+def _identity(a: argparse.Namespace, **config: object) -> dict:
+    """What a training run is (`TrainConfig.identity`): command, output, data and `config`, as JSON values."""
+    return json.loads(json.dumps({"command": a.command, "out": str(a.out.resolve()), "data": str(a.data.resolve()),
+                                  "limit": a.limit, **config}))
+
+
+def _refuse_other_base(a: argparse.Namespace, base_dir: Path | None) -> None:
+    """An existing model directory as `--out` keeps its base unless `--overwrite`: refuse to replace
+    it with a newly trained base (`base_dir` None) or with the base of another model directory.
+
+    Raises:
+        CliError: `--out` holds a base.onnx that would be replaced.
+    """
+    existing = a.out / "base.onnx"
+    if a.overwrite or not existing.exists():
+        return
+    if base_dir is not None and (a.out.resolve() == base_dir.resolve()
+                                 or existing.read_bytes() == (base_dir / "base.onnx").read_bytes()):
+        return
+    what = "a newly trained base" if base_dir is None else f"the base of {base_dir}"
+    raise CliError(f"{a.out} already holds a model with its own base.onnx; it would be replaced with {what} "
+                   "(give another --out, or --overwrite to replace it)")
 
 
 def _add_budget_final(p: argparse.ArgumentParser) -> None:
@@ -49,10 +102,10 @@ def _add_budget_final(p: argparse.ArgumentParser) -> None:
                         "comparisons) instead of stopping for a later resume")
 
 
-def _train_config(a: argparse.Namespace) -> TrainConfig:
+def _train_config(a: argparse.Namespace, identity: dict) -> TrainConfig:
     return TrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, ema_decay=a.ema_decay, seed=a.seed,
                        minutes=a.minutes, checkpoint_every=a.checkpoint_every, threads=a.threads,
-                       budget_final=getattr(a, "budget_final", False))
+                       budget_final=getattr(a, "budget_final", False), identity=identity)
 
 
 def _provenance(a: argparse.Namespace, result: TrainResult, net: object) -> dict:
@@ -72,12 +125,13 @@ def cmd_pretrain_base(a: argparse.Namespace) -> None:
     cfg = UNetConfig(in_channels=3, out_channels=3, channels=_ints(a.channels), num_res_blocks=a.res_blocks,
                      attention_resolutions=_ints(a.attention), image_size=ds.size)
     sched = ScheduleConfig()
-    run_dir = a.run_dir or Path("runs/base")
+    _refuse_other_base(a, None)
+    run_dir = _run_dir(a)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps({"unet": cfg.to_dict(), "schedule": sched.to_dict()}))
     net = UNet(cfg)
     print(f"base U-Net: {count_parameters(net):,} parameters, {ds.size}x{ds.size}, {len(ds)} images")
-    result = pretrain_base(ds, net, sched, _train_config(a), run_dir)
+    result = pretrain_base(ds, net, sched, _train_config(a, _identity(a, unet=cfg.to_dict())), run_dir)
     if not result.done:
         return
     export_base(result.model, a.out)
@@ -106,10 +160,10 @@ def _conditioning_inputs(a: argparse.Namespace) -> tuple[dict, Dataset, list[Mod
     """model.toml of `--base`, the dataset and the modalities, checked against each other (mcm, controlnet)."""
     doc = read_model_toml(a.base)
     if "image" not in doc or "schedule" not in doc:
-        raise SystemExit(f"{a.base}/model.toml: needs [image] and [schedule] (run pretrain-base or export-diffusers)")
+        raise CliError(f"{a.base}/model.toml: needs [image] and [schedule] (run pretrain-base or export-diffusers)")
     ds = load_dataset(a.data, limit=a.limit)
     if ds.size != doc["image"]["size"]:
-        raise SystemExit(f"{a.data}: images are {ds.size}px, the base in {a.base} expects {doc['image']['size']}px")
+        raise CliError(f"{a.data}: images are {ds.size}px, the base in {a.base} expects {doc['image']['size']}px")
     return doc, ds, _modalities(a.modalities or ",".join(m.name for m in ds.modalities), ds)
 
 
@@ -133,6 +187,7 @@ def cmd_mcm(a: argparse.Namespace) -> None:
     from .training.frozen import load_base_run, onnx_eps_fn, torch_eps_fn
 
     doc, ds, modalities = _conditioning_inputs(a)
+    _refuse_other_base(a, a.base)
     eps_fn = torch_eps_fn(load_base_run(a.base_run)) if a.base_run else onnx_eps_fn(a.base / "base.onnx", a.threads)
     k = cond_channels(modalities)
     cfg = UNetConfig(channels=_ints(a.channels), num_res_blocks=a.res_blocks,
@@ -141,7 +196,8 @@ def cmd_mcm(a: argparse.Namespace) -> None:
     print(f"MCM: {count_parameters(mcm):,} parameters, cond channels {k}, base from "
           f"{'PyTorch ' + str(a.base_run) if a.base_run else 'onnxruntime ' + str(a.base / 'base.onnx')}")
     sched = ScheduleConfig(**doc["schedule"])
-    result = train_mcm(ds, mcm, eps_fn, modalities, sched, _train_config(a), a.run_dir or Path("runs/mcm"),
+    identity = _identity(a, base=str(a.base.resolve()), mcm=cfg.to_dict(), modalities=[m.to_toml() for m in modalities])
+    result = train_mcm(ds, mcm, eps_fn, modalities, sched, _train_config(a, identity), _run_dir(a),
                        drop_prob=a.drop_prob, l1_weight=a.l1_weight)
     if not result.done and not a.budget_final:
         return
@@ -161,16 +217,19 @@ def cmd_controlnet(a: argparse.Namespace) -> None:
     from .training.frozen import load_base_run
 
     if a.out.resolve() == a.base.resolve():
-        raise SystemExit("--out must differ from --base: the baseline would replace the model's own MCM")
+        raise CliError("--out must differ from --base: the baseline would replace the model's own MCM")
     doc, ds, modalities = _conditioning_inputs(a)
+    _refuse_other_base(a, a.base)
     base = load_base_run(a.base_run)
     check_base_matches(base, a.base)
     k = cond_channels(modalities)
     net = ControlNet(base, k, _ints(a.hint_channels))
     print(f"ControlNet baseline: {count_parameters(net):,} trainable parameters (frozen base "
           f"{sum(p.numel() for p in base.parameters()):,}), cond channels {k}")
-    result = train_controlnet(ds, net, modalities, ScheduleConfig(**doc["schedule"]), _train_config(a),
-                              a.run_dir or Path("runs/controlnet"), drop_prob=a.drop_prob)
+    identity = _identity(a, base=str(a.base.resolve()), hint_channels=list(_ints(a.hint_channels)),
+                         modalities=[m.to_toml() for m in modalities])
+    result = train_controlnet(ds, net, modalities, ScheduleConfig(**doc["schedule"]), _train_config(a, identity),
+                              _run_dir(a), drop_prob=a.drop_prob)
     if not result.done and not a.budget_final:
         return
     _carry_base(a, doc)
@@ -204,7 +263,7 @@ def cmd_segmenter(a: argparse.Namespace) -> None:
     ds = load_dataset(a.data, limit=a.limit)
     cfg = UNetConfig(in_channels=3, out_channels=len(ds.classes), channels=_ints(a.channels),
                      num_res_blocks=1, attention_resolutions=(), image_size=ds.size, timestep_embedding=False)
-    result = train_segmenter(ds, UNet(cfg), _train_config(a), a.run_dir or Path("runs/segmenter"))
+    result = train_segmenter(ds, UNet(cfg), _train_config(a, _identity(a, unet=cfg.to_dict())), _run_dir(a))
     if not result.done:
         return
     export_segmenter(result.model, a.out)
@@ -218,7 +277,8 @@ def cmd_estimator(a: argparse.Namespace) -> None:
     spec = ds.modality(a.modality)
     cfg = UNetConfig(in_channels=3, out_channels=spec.channels, channels=_ints(a.channels), num_res_blocks=1,
                      attention_resolutions=(), image_size=ds.size, timestep_embedding=False)
-    result = train_estimator(ds, UNet(cfg), a.modality, _train_config(a), a.run_dir or Path(f"runs/{a.modality}_estimator"))
+    identity = _identity(a, unet=cfg.to_dict(), modality=spec.to_toml())
+    result = train_estimator(ds, UNet(cfg), a.modality, _train_config(a, identity), _run_dir(a))
     if not result.done:
         return
     file = export_estimator(result.model, a.modality, a.out)
@@ -253,31 +313,35 @@ def cmd_export_random(a: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mcm-train", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser = functools.partial(sub.add_parser, formatter_class=_HelpFormatter)
 
     d = sub.add_parser("data", help="write built-in paired data")
     dsub = d.add_subparsers(dest="kind", required=True)
+    dsub.add_parser = functools.partial(dsub.add_parser, formatter_class=_HelpFormatter)
     s = dsub.add_parser("scenes", help="procedural landscapes with exact segmentation maps and Canny sketches")
-    s.add_argument("--count", type=int, default=1000)
-    s.add_argument("--size", type=int, default=64)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--out", type=Path, required=True)
-    s.add_argument("--classes", type=Path, default=DEFAULT_CLASSES)
+    s.add_argument("--count", type=int, default=1000, help="number of scenes")
+    s.add_argument("--size", type=int, default=64, help="side of the square images in pixels (>= 16)")
+    s.add_argument("--seed", type=int, default=0, help="scene i depends only on (seed, i)")
+    s.add_argument("--out", type=Path, required=True, help="dataset folder to write")
+    s.add_argument("--classes", type=Path, default=DEFAULT_CLASSES, help="class palette (TOML, [[classes]] name + color)")
     s.set_defaults(func=cmd_data)
 
     b = sub.add_parser("pretrain-base", help="train the frozen base (DDPM) and export base.onnx")
     _add_train_args(b, steps=12000, batch=16, lr=2e-4, ema=0.999)
-    b.add_argument("--channels", default="16,32,64,128")
-    b.add_argument("--res-blocks", type=int, default=1)
+    _add_overwrite(b)
+    b.add_argument("--channels", default="16,32,64,128", help="U-Net width per resolution level")
+    b.add_argument("--res-blocks", type=int, default=1, help="residual blocks per level")
     b.add_argument("--attention", default="16", help="resolutions with self-attention, e.g. 16")
     b.set_defaults(func=cmd_pretrain_base)
 
     m = sub.add_parser("mcm", help="train an MCM on a frozen base and export mcm.onnx")
     _add_train_args(m, steps=3000, batch=16, lr=2e-4, ema=0.995)
+    _add_overwrite(m)
     m.add_argument("--base", type=Path, required=True, help="model dir with base.onnx + model.toml")
     m.add_argument("--base-run", type=Path, help="use the PyTorch weights of this pretrain-base run dir instead of onnxruntime")
     m.add_argument("--modalities", help="comma-separated, in cond order (default: every modality of the dataset)")
-    m.add_argument("--channels", default="16,32,64")
-    m.add_argument("--res-blocks", type=int, default=1)
+    m.add_argument("--channels", default="16,32,64", help="MCM U-Net width per resolution level")
+    m.add_argument("--res-blocks", type=int, default=1, help="residual blocks per level")
     m.add_argument("--attention", default="16", help="resolutions (of the folded input) with self-attention")
     m.add_argument("--space-to-depth", type=int, default=1,
                    help="fold f x f pixels into channels: the MCM runs at H/f, about f*f cheaper but weaker "
@@ -290,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("controlnet", help="train a ControlNet-style baseline (trainable encoder copy, gradients "
                                           "through the frozen base's decoder) and export it as mcm.onnx")
     _add_train_args(c, steps=3000, batch=16, lr=2e-4, ema=0.995)
+    _add_overwrite(c)
     c.add_argument("--base", type=Path, required=True, help="model dir with base.onnx + model.toml")
     c.add_argument("--base-run", type=Path, required=True, help="the pretrain-base run dir base.onnx was exported from")
     c.add_argument("--modalities", help="comma-separated, in cond order (default: every modality of the dataset)")
@@ -301,14 +366,14 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("cost", help="training cost, MCM vs ControlNet baseline: s/step, peak memory, parameters")
     t.add_argument("--base", type=Path, required=True, help="model dir with base.onnx + model.toml")
     t.add_argument("--base-run", type=Path, required=True, help="pretrain-base run dir (both methods use the PyTorch base)")
-    t.add_argument("--data", type=Path, required=True)
-    t.add_argument("--batch-size", type=int, default=16)
+    t.add_argument("--data", type=Path, required=True, help="dataset folder")
+    t.add_argument("--batch-size", type=int, default=16, help="images per step")
     t.add_argument("--steps", type=int, default=20, help="timed training steps per method")
     t.add_argument("--warmup", type=int, default=3, help="untimed steps first")
-    t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--threads", type=int, default=2, help="torch threads")
     t.add_argument("--repeats", type=int, default=1, help="run the methods alternately this many times each")
     t.add_argument("--limit", type=int, help="use only the first N examples of the dataset")
-    t.add_argument("--methods", default="mcm,controlnet")
+    t.add_argument("--methods", default="mcm,controlnet", help="comma-separated methods to measure")
     t.add_argument("--mcm-args", default="", help="extra `mcm-train mcm` options, e.g. \"--channels 16,32,64\"")
     t.add_argument("--controlnet-args", default="", help="extra `mcm-train controlnet` options")
     t.add_argument("--json", type=Path, help="write the report here (e.g. docs/train-cost.json)")
@@ -316,14 +381,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("segmenter", help="train the reference segmenter used by `mcm-edge eval`")
     _add_train_args(g, steps=1500, batch=32, lr=1e-3, ema=0.99)
-    g.add_argument("--channels", default="16,32,64")
+    g.add_argument("--channels", default="16,32,64", help="U-Net width per resolution level")
     g.set_defaults(func=cmd_segmenter)
 
     x = sub.add_parser("estimator", help="train the reference estimator of a dense modality (e.g. depth) used by "
                                          "`mcm-edge eval`")
     _add_train_args(x, steps=1500, batch=32, lr=1e-3, ema=0.99)
     x.add_argument("--modality", default="depth", help="the dense modality to estimate from images")
-    x.add_argument("--channels", default="16,32,64")
+    x.add_argument("--channels", default="16,32,64", help="U-Net width per resolution level")
     x.set_defaults(func=cmd_estimator)
 
     v = sub.add_parser("export-vectors", help="write the parity vectors of a model directory (schedule, frame "
@@ -333,13 +398,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("export-diffusers", help="turn a diffusers UNet2DModel + scheduler into base.onnx + model.toml")
     e.add_argument("source", type=Path, help="local diffusers folder (a pipeline or a bare UNet2DModel)")
-    e.add_argument("--out", type=Path, required=True)
+    e.add_argument("--out", type=Path, required=True, help="model directory to write")
     e.set_defaults(func=cmd_export_diffusers)
 
     r = sub.add_parser("export-random", help="a random-weight model directory (tiny fixture, or paper-scale for benchmarks)")
     r.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
-    r.add_argument("--out", type=Path, required=True)
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--out", type=Path, required=True, help="model directory to write")
+    r.add_argument("--seed", type=int, default=0, help="seeds the random weights")
     r.set_defaults(func=cmd_export_random)
     return p
 
@@ -351,7 +416,7 @@ def main(argv: list[str] | None = None) -> None:
         args.func(args)
         if timer is not None:
             timer.check_done()
-    except (DataError, FileNotFoundError, ValueError) as e:
+    except (CliError, DataError, FileNotFoundError, ValueError) as e:
         print(f"mcm-train: error: {e}", file=sys.stderr)
         raise SystemExit(2) from e
 

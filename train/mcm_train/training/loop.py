@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,8 @@ class TrainConfig:
         threads: torch intra-op threads.
         budget_final: the `minutes` budget ends training (the caller exports what is there)
             instead of pausing it for a later resume; only changes what the loop reports.
+        identity: what the run is (command, output directory, dataset, architecture, modalities):
+            stored in the checkpoint, which resumes only a run of the same identity.
     """
 
     steps: int = 1000
@@ -44,6 +46,26 @@ class TrainConfig:
     checkpoint_every: int = 200
     threads: int = 2
     budget_final: bool = False
+    identity: dict = field(default_factory=dict)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint belongs to another run (its output, data or configuration differ)."""
+
+
+def _check_identity(ckpt_path: Path, stored: dict | None, wanted: dict) -> None:
+    """Refuse to resume a checkpoint written for another run (see `TrainConfig.identity`).
+
+    Raises:
+        CheckpointError: a key differs; the message names each key with both values.
+    """
+    if not stored or not wanted:
+        return
+    diff = [f"{k}: checkpoint {stored.get(k)!r}, now {wanted.get(k)!r}"
+            for k in sorted(set(stored) | set(wanted)) if stored.get(k) != wanted.get(k)]
+    if diff:
+        raise CheckpointError(f"{ckpt_path} belongs to another run ({'; '.join(diff)}); "
+                              f"give another --run-dir or delete {ckpt_path.parent} to start afresh")
 
 
 @dataclass
@@ -61,7 +83,12 @@ class TrainResult:
 def train_loop(name: str, model: nn.Module, loss_fn: Callable[[nn.Module, torch.Generator], torch.Tensor],
                tc: TrainConfig, run_dir: Path) -> TrainResult:
     """Optimise `model` on `loss_fn(model, generator)` with AdamW + EMA, resuming from
-    `run_dir/NAME.pt` when it exists. Writes `NAME_loss.csv` and `NAME_loss.png` to `run_dir`."""
+    `run_dir/NAME.pt` when it exists and was written for the same `tc.identity`. Writes
+    `NAME_loss.csv` and `NAME_loss.png` to `run_dir`.
+
+    Raises:
+        CheckpointError: the checkpoint in `run_dir` belongs to another run.
+    """
     torch.set_num_threads(tc.threads)
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path, log_path = run_dir / f"{name}.pt", run_dir / f"{name}_loss.csv"
@@ -71,6 +98,7 @@ def train_loop(name: str, model: nn.Module, loss_fn: Callable[[nn.Module, torch.
     step, wall, smooth = 0, 0.0, None
     if ckpt_path.exists():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        _check_identity(ckpt_path, state.get("identity"), tc.identity)
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
@@ -80,7 +108,7 @@ def train_loop(name: str, model: nn.Module, loss_fn: Callable[[nn.Module, torch.
     def save() -> None:
         tmp = ckpt_path.with_suffix(".tmp")
         torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                    "step": step, "wall": wall, "smooth": smooth}, tmp)
+                    "step": step, "wall": wall, "smooth": smooth, "identity": tc.identity}, tmp)
         tmp.replace(ckpt_path)
 
     start = time.monotonic()
