@@ -9,13 +9,13 @@ use std::time::Instant;
 use image::ImageFormat;
 use serde::Serialize;
 
-use crate::cond::{Maps, build_cond};
-use crate::frames::{FrameLimits, decode_frame};
-use crate::model::{Backend, OpTime, timestep_tensor};
 use anyhow::Context;
 use tract_onnx::prelude::IntoTensor;
-use crate::pipeline::{GenerationParams, ImageGenerator, TractGenerator};
-use crate::sampler::Noise;
+
+use crate::contract::{Maps, build_cond};
+use crate::diffusion::{GenerationParams, ImageGenerator, Noise, Pipeline};
+use crate::frames::{FrameLimits, decode_frame};
+use crate::runtime::{Backend, OpTime, timestep_tensor};
 
 /// What `mcm-edge bench` reports for one backend.
 #[derive(Debug, Clone, Serialize)]
@@ -181,12 +181,12 @@ fn time_ms(f: impl FnOnce()) -> f64 {
 }
 
 /// A timed operation of one generator.
-type Variant<'a> = &'a mut dyn FnMut(&TractGenerator) -> anyhow::Result<()>;
+type Variant<'a> = &'a mut dyn FnMut(&Pipeline) -> anyhow::Result<()>;
 
 /// `count` rounds, each timing every variant once on every generator in order (so that drift of
 /// a shared machine hits all of them alike); the median per variant and generator, ms
 /// (`[variant][generator]`).
-fn interleaved(generators: &[&TractGenerator], count: usize, variants: &mut [Variant<'_>]) -> anyhow::Result<Vec<Vec<f64>>> {
+fn interleaved(generators: &[&Pipeline], count: usize, variants: &mut [Variant<'_>]) -> anyhow::Result<Vec<Vec<f64>>> {
     let mut times = vec![vec![Vec::with_capacity(count); generators.len()]; variants.len()];
     for _ in 0..count {
         for (f, per_generator) in variants.iter_mut().zip(&mut times) {
@@ -200,28 +200,20 @@ fn interleaved(generators: &[&TractGenerator], count: usize, variants: &mut [Var
     Ok(times.into_iter().map(|v| v.into_iter().map(median).collect()).collect())
 }
 
-/// Time the model in `dir` with tract, `frame` (PNG/JPEG bytes of the first modality) as the
-/// input map: medians over `runs` calls (end to end: over at most 5 images of `steps` steps).
-///
-/// # Errors
-/// Model load, frame decoding or inference failures.
-pub fn bench(dir: &Path, frame: &[u8], steps: usize, runs: usize, profile: bool) -> anyhow::Result<BenchReport> {
-    let mut reports = bench_backends(dir, frame, steps, runs, profile, &[Backend::Tract])?;
-    Ok(reports.remove(0))
-}
-
-/// Time the model in `dir` with each of `backends` in this process, interleaved: every round of
-/// every figure times each backend once, so that load on a shared machine hits them alike. One
-/// report per backend, in order; `profile` times tract's operators (tract backends only).
+/// Time the model in `dir` with each of `backends` in this process, `frame` (PNG/JPEG bytes of the
+/// first modality) as the input map: medians over `runs` calls (end to end: over at most 5 images
+/// of `steps` steps), interleaved: every round of every figure times each backend once, so that
+/// load on a shared machine hits them alike. One report per backend, in order; `profile` times
+/// tract's operators (tract backends only).
 ///
 /// # Errors
 /// No backend, model load (naming the file and the backend), frame decoding or inference failures.
-pub fn bench_backends(dir: &Path, frame: &[u8], steps: usize, runs: usize, profile: bool, backends: &[Backend]) -> anyhow::Result<Vec<BenchReport>> {
+pub fn bench(dir: &Path, frame: &[u8], steps: usize, runs: usize, profile: bool, backends: &[Backend]) -> anyhow::Result<Vec<BenchReport>> {
     anyhow::ensure!(!backends.is_empty(), "no backend to time");
     let mut loaded = Vec::new();
     for backend in backends {
         let start = Instant::now();
-        let generator = TractGenerator::load_with(dir, backend).with_context(|| format!("loading {} with {}", dir.display(), backend.describe()))?;
+        let generator = Pipeline::load(dir, backend).with_context(|| format!("loading {} with {}", dir.display(), backend.describe()))?;
         loaded.push((generator, start.elapsed().as_secs_f64() * 1e3));
     }
     let info = loaded[0].0.info().clone();
@@ -238,14 +230,14 @@ pub fn bench_backends(dir: &Path, frame: &[u8], steps: usize, runs: usize, profi
             generator.eps(&x, 500, &cond, 1.0)?; // warm-up (onnxruntime's first calls are slower)
         }
     }
-    let generators: Vec<&TractGenerator> = loaded.iter().map(|(g, _)| g).collect();
+    let generators: Vec<&Pipeline> = loaded.iter().map(|(g, _)| g).collect();
     // Base step, base + MCM step and the MCM net alone, alternated in the same rounds.
     let t = timestep_tensor(500.0, 1);
     let eps = generators[0].models().base.run(vec![x.clone().into_tensor(), t.clone()])?.remove(0);
     let mcm_inputs = vec![x.clone().into_tensor(), eps.into_tensor(), cond.clone().into_tensor(), t];
-    let mut base_f = |g: &TractGenerator| g.eps(&x, 500, &cond, 0.0).map(drop).map_err(Into::into);
-    let mut mcm_f = |g: &TractGenerator| g.eps(&x, 500, &cond, 1.0).map(drop).map_err(Into::into);
-    let mut net_f = |g: &TractGenerator| {
+    let mut base_f = |g: &Pipeline| g.eps(&x, 500, &cond, 0.0).map(drop).map_err(Into::into);
+    let mut mcm_f = |g: &Pipeline| g.eps(&x, 500, &cond, 1.0).map(drop).map_err(Into::into);
+    let mut net_f = |g: &Pipeline| {
         let mcm = g.models().mcm.as_ref().ok_or_else(|| anyhow::anyhow!("no MCM"))?;
         mcm.run(mcm_inputs.clone())?;
         Ok(())
@@ -261,7 +253,7 @@ pub fn bench_backends(dir: &Path, frame: &[u8], steps: usize, runs: usize, profi
         None => vec![None; generators.len()],
     };
     let params = GenerationParams { seed: 0, steps, strength: 1.0, eta: 0.0 };
-    let mut image_f = |g: &TractGenerator| {
+    let mut image_f = |g: &Pipeline| {
         let img = g.generate(&decode()?, &params)?;
         let mut png = std::io::Cursor::new(Vec::new());
         img.write_to(&mut png, ImageFormat::Png)?;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use crate::framebuffer::DisplayConfig;
-use crate::model::{Backend, BackendKind, NO_ONNXRUNTIME, ONNXRUNTIME_BUILT_IN};
+use crate::runtime::{Backend, BackendKind, NO_ONNXRUNTIME, ONNXRUNTIME_BUILT_IN};
 use crate::mqtt::topic_text_ok;
 
 /// One mebibyte in bytes.

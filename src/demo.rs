@@ -19,8 +19,8 @@ use crate::broker;
 use crate::config::{EdgeConfig, MqttProtocol};
 use crate::display::{contact_sheet, render_map};
 use crate::frames::{FrameLimits, decode_frame};
-use crate::model::Backend;
-use crate::pipeline::{ImageGenerator, TractGenerator};
+use crate::runtime::Backend;
+use crate::diffusion::{ImageGenerator, Pipeline};
 use crate::service;
 
 /// Settings of the demo.
@@ -54,7 +54,7 @@ enum Answer {
 /// # Errors
 /// Missing samples or model, a broker that cannot be reached, an error answer, a timeout.
 pub fn run(opts: &DemoOptions) -> Result<Vec<f64>> {
-    let generator = Arc::new(TractGenerator::load_with(&opts.model, &opts.backend)?);
+    let generator = Arc::new(Pipeline::load(&opts.model, &opts.backend)?);
     let samples = load_samples(&opts.samples)?;
     std::fs::create_dir_all(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;
 
@@ -94,7 +94,7 @@ pub fn run(opts: &DemoOptions) -> Result<Vec<f64>> {
 /// The tablet side: publish requests one at a time, collect the answers, write files.
 fn drive(
     opts: &DemoOptions,
-    generator: &TractGenerator,
+    generator: &Pipeline,
     samples: &[Sample],
     host: &str,
     port: u16,

@@ -10,8 +10,7 @@ use embedded_graphics::text::{Baseline, Text};
 use image::{Rgb, RgbImage, imageops};
 use ndarray::Array2;
 
-use crate::cond::ModalityMap;
-use crate::model_info::ModalityInfo;
+use crate::contract::{ModalityInfo, ModalityMap};
 
 /// An `image::RgbImage` as an embedded-graphics draw target (pixels outside are clipped).
 pub struct ImageTarget<'a>(pub &'a mut RgbImage);
@@ -389,11 +388,11 @@ mod tests {
     fn segmentation_renders_in_palette_colours() {
         let m = ModalityInfo {
             name: "segmentation".into(),
-            kind: crate::model_info::ModalityKind::Segmentation,
+            kind: crate::contract::ModalityKind::Segmentation,
             channels: 2,
             classes: vec![
-                crate::model_info::ClassInfo { name: "a".into(), color: [1, 2, 3] },
-                crate::model_info::ClassInfo { name: "b".into(), color: [4, 5, 6] },
+                crate::contract::ClassInfo { name: "a".into(), color: [1, 2, 3] },
+                crate::contract::ClassInfo { name: "b".into(), color: [4, 5, 6] },
             ],
         };
         let ids = Array2::from_shape_fn((2, 2), |(_, x)| x as u8);

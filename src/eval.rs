@@ -17,11 +17,10 @@ use ndarray::{Array2, Axis};
 use serde::Serialize;
 use tract_onnx::prelude::IntoTensor;
 
-use crate::cond::{ModalityMap, Maps};
+use crate::contract::{Maps, ModalityKind, ModalityMap};
 use crate::frames::{FrameLimits, decode_frame};
-use crate::model::{Backend, Net, load_segmenter_with};
-use crate::model_info::ModalityKind;
-use crate::pipeline::{GenerationParams, ImageGenerator, TractGenerator, from_image};
+use crate::diffusion::{GenerateError, GenerationParams, ImageGenerator, LoadError, Pipeline, from_image};
+use crate::runtime::{Backend, ModelError, Net, load_segmenter};
 
 /// Canny hysteresis thresholds on the Sobel magnitude of the 0-255 luma (imageproc scale, max ~1140).
 pub const CANNY_LOW: f32 = 40.0;
@@ -35,9 +34,11 @@ pub enum EvalError {
     #[error("{path}: {message}")]
     Data { path: PathBuf, message: String },
     #[error(transparent)]
-    Model(#[from] crate::model_info::ModelError),
+    Model(#[from] ModelError),
     #[error(transparent)]
-    Generate(#[from] crate::pipeline::GenerateError),
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Generate(#[from] GenerateError),
 }
 
 /// Settings of `mcm-edge eval`.
@@ -175,7 +176,7 @@ struct Example {
     sketch: Array2<f32>,
 }
 
-fn load_examples(data: &Path, generator: &TractGenerator, limit: usize) -> Result<Vec<Example>, EvalError> {
+fn load_examples(data: &Path, generator: &Pipeline, limit: usize) -> Result<Vec<Example>, EvalError> {
     let info = generator.info();
     let size = info.image.size;
     let by_kind = |kind| info.modalities.iter().find(|m| m.kind == kind);
@@ -220,23 +221,16 @@ fn load_examples(data: &Path, generator: &TractGenerator, limit: usize) -> Resul
 }
 
 /// Run the evaluation of `model_dir` on the dataset folder `data` (images/, segmentation/, sketch/)
-/// with tract.
+/// with the nets (base, MCM, segmenter) run by `backend`.
 ///
 /// # Errors
-/// Missing files, a model without segmenter or modalities, inference failures.
-pub fn evaluate(model_dir: &Path, data: &Path, opts: &EvalOptions) -> Result<EvalReport, EvalError> {
-    evaluate_with(model_dir, data, opts, &Backend::Tract)
-}
-
-/// [`evaluate`] with the nets (base, MCM, segmenter) run by `backend`.
-///
-/// # Errors
-/// As [`evaluate`], and [`crate::model_info::ModelError::Backend`] when the backend cannot be used.
-pub fn evaluate_with(model_dir: &Path, data: &Path, opts: &EvalOptions, backend: &Backend) -> Result<EvalReport, EvalError> {
+/// Missing files, a model without segmenter or modalities, inference failures, and
+/// [`ModelError::Backend`] when the backend cannot be used.
+pub fn evaluate(model_dir: &Path, data: &Path, opts: &EvalOptions, backend: &Backend) -> Result<EvalReport, EvalError> {
     let start = Instant::now();
-    let generator = TractGenerator::load_with(model_dir, backend)?;
+    let generator = Pipeline::load(model_dir, backend)?;
     let info = generator.info().clone();
-    let segmenter = load_segmenter_with(model_dir, &info, backend)?;
+    let segmenter = load_segmenter(model_dir, &info, backend)?;
     let examples = load_examples(data, &generator, opts.limit)?;
     if examples.is_empty() {
         return Err(EvalError::Data { path: data.join("images"), message: "no PNG images".into() });

@@ -23,8 +23,7 @@ use image::{DynamicImage, ImageBuffer, ImageDecoder, ImageError, ImageFormat, Im
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 
-use crate::cond::ModalityMap;
-use crate::model_info::{ClassInfo, ModalityInfo, ModalityKind};
+use crate::contract::{ClassInfo, ModalityInfo, ModalityKind, ModalityMap};
 
 /// Largest Euclidean RGB distance (0-255 per channel) at which a pixel still takes the class of
 /// the nearest palette colour. Palette colours of a model should be further apart than twice this.

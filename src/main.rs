@@ -7,17 +7,17 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use mcm_edge::cond::Maps;
 use mcm_edge::bench;
 use mcm_edge::config::EdgeConfig;
+use mcm_edge::contract::Maps;
 use mcm_edge::demo::{self, DemoOptions};
-use mcm_edge::service;
-use mcm_edge::eval::{EvalOptions, evaluate_with};
+use mcm_edge::diffusion::{GenerationParams, ImageGenerator, Pipeline};
+use mcm_edge::eval::{EvalOptions, evaluate};
 use mcm_edge::framebuffer::StatusDisplay;
 use mcm_edge::frames::{FrameLimits, decode_frame};
-use mcm_edge::model::{Backend, BackendKind};
 use mcm_edge::mqtt::Settings;
-use mcm_edge::pipeline::{GenerationParams, ImageGenerator, TractGenerator};
+use mcm_edge::runtime::{Backend, BackendKind};
+use mcm_edge::service;
 
 #[derive(Parser)]
 #[command(name = "mcm-edge", version, about = "Sketch / segmentation frames -> images with an MCM-steered frozen diffusion model")]
@@ -197,9 +197,9 @@ fn error_chain(e: &anyhow::Error) -> String {
 /// library, fails here); errors name the file and the problem. `run` then reads the credential
 /// and TLS files and opens the display before it connects ([`service::run`]); `check` does the
 /// same without connecting.
-fn load(path: &Path) -> Result<(EdgeConfig, TractGenerator)> {
+fn load(path: &Path) -> Result<(EdgeConfig, Pipeline)> {
     let config = EdgeConfig::load(path)?;
-    let generator = TractGenerator::load_with(&config.model.dir, &config.runtime.backend()).with_context(|| {
+    let generator = Pipeline::load(&config.model.dir, &config.runtime.backend()).with_context(|| {
         format!("{}: model.dir = {}, runtime.backend = {}", path.display(), config.model.dir.display(), config.runtime.backend.name())
     })?;
     Ok((config, generator))
@@ -241,7 +241,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("{} images, mean latency {mean:.0} ms per image ({steps} DDIM steps)", latencies.len());
         }
         Command::Generate { model, maps, out, seed, steps, strength, eta, backend } => {
-            let generator = TractGenerator::load_with(&model, &backend.backend())?;
+            let generator = Pipeline::load(&model, &backend.backend())?;
             let info = generator.info();
             let mut decoded = Maps::new();
             for arg in &maps {
@@ -267,7 +267,7 @@ fn run(cli: Cli) -> Result<()> {
                 BenchBackendArg::Onnxruntime => onnxruntime.collect(),
                 BenchBackendArg::Both => std::iter::once(Backend::Tract).chain(onnxruntime).collect(),
             };
-            let mut reports = bench::bench_backends(&model, &bytes, steps, runs, profile, &backends)?;
+            let mut reports = bench::bench(&model, &bytes, steps, runs, profile, &backends)?;
             if let Some(ort) = ort {
                 let text = std::fs::read_to_string(&ort).with_context(|| format!("reading {}", ort.display()))?;
                 let value: serde_json::Value = serde_json::from_str(&text).with_context(|| ort.display().to_string())?;
@@ -286,7 +286,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("{text}");
         }
         Command::Eval { model, data, json, limit, steps, strength, seed, backend } => {
-            let report = evaluate_with(&model, &data, &EvalOptions { limit, steps, strength, seed }, &backend.backend())?;
+            let report = evaluate(&model, &data, &EvalOptions { limit, steps, strength, seed }, &backend.backend())?;
             let text = serde_json::to_string_pretty(&report)?;
             std::fs::write(&json, &text).with_context(|| format!("writing {}", json.display()))?;
             println!("{text}");

@@ -8,9 +8,8 @@ use std::collections::BTreeMap;
 use base64::Engine;
 use serde::Deserialize;
 
-use crate::cond::Maps;
+use crate::contract::{Maps, ModelInfo};
 use crate::frames::{FrameLimits, decode_frame};
-use crate::model_info::ModelInfo;
 use crate::mqtt::topic_text_ok;
 
 /// Longest request id, in characters.

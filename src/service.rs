@@ -41,14 +41,14 @@ use std::time::{Duration, Instant};
 use image::{ImageFormat, RgbImage};
 use serde::Serialize;
 
-use crate::cond::Maps;
+use crate::contract::Maps;
 use crate::config::{ConfigError, EdgeConfig, MqttProtocol, SeedPolicy};
 use crate::mqtt::{self, Ack, AckQueue, Backoff, Content, LoopCtx, LoopEvent, Mqtt, OFFLINE, ReplyProps, ReplyTo, Settings, Ticket, TransportError};
 use crate::display::{BrokerState, PanelState, render_map};
 use crate::framebuffer::{DisplayError, StatusDisplay};
 use crate::frames::{FrameLimits, decode_frame};
-use crate::model_info::ModalityInfo;
-use crate::pipeline::{GenerateError, GenerationParams, ImageGenerator};
+use crate::contract::ModalityInfo;
+use crate::diffusion::{GenerateError, GenerationParams, ImageGenerator};
 use crate::request::{self, Refusal, Request, RequestRules};
 
 /// How often the threads look at the stop flags.
@@ -917,7 +917,7 @@ fn generate_png(ctx: &Ctx, maps: &Maps, params: &GenerationParams) -> Result<Vec
     let image = ctx.generator.generate(maps, params).map_err(|e| {
         let code = match &e {
             GenerateError::Cond(_) => "invalid_maps",
-            GenerateError::Param(_) => "invalid_params",
+            GenerateError::Param(_) | GenerateError::Steps(_) => "invalid_params",
             GenerateError::Model(_) => "model_error",
             GenerateError::Inference(_) => "inference_failed",
         };

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use image::{Luma, Rgb, RgbImage};
 use mcm_edge::eval::{EvalOptions, evaluate};
+use mcm_edge::runtime::Backend;
 
 #[test]
 fn eval_scores_every_variant_on_a_folder_dataset() {
@@ -22,7 +23,7 @@ fn eval_scores_every_variant_on_a_folder_dataset() {
         image::GrayImage::from_fn(32, 32, |_, y| Luma([if y == horizon { 0 } else { 255 }])).save(data.join("sketch").join(&name)).unwrap();
     }
     let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny");
-    let report = evaluate(&model, &data, &EvalOptions { limit: 10, steps: 3, strength: 1.0, seed: 0 }).unwrap();
+    let report = evaluate(&model, &data, &EvalOptions { limit: 10, steps: 3, strength: 1.0, seed: 0 }, &Backend::Tract).unwrap();
     assert_eq!((report.n, report.steps), (2, 3));
     for v in [report.miou_mcm, report.miou_mcm_both, report.miou_base, report.miou_ceiling] {
         assert!((0.0..=1.0).contains(&v), "{report:?}");
@@ -37,6 +38,6 @@ fn eval_scores_every_variant_on_a_folder_dataset() {
     // A folder without images is a clear error naming it.
     let empty = data.join("nothing");
     std::fs::create_dir_all(empty.join("images")).unwrap();
-    let err = evaluate(&model, &empty, &EvalOptions { limit: 10, steps: 3, strength: 1.0, seed: 0 }).unwrap_err().to_string();
+    let err = evaluate(&model, &empty, &EvalOptions { limit: 10, steps: 3, strength: 1.0, seed: 0 }, &Backend::Tract).unwrap_err().to_string();
     assert!(err.contains("images"), "{err}");
 }

@@ -40,10 +40,9 @@ use rand::SeedableRng as _;
 use rand_chacha::ChaCha8Rng;
 use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestRunner};
 
-use mcm_edge::cond::ModalityMap;
 use mcm_edge::config::{ConfigError, EdgeConfig};
+use mcm_edge::contract::{ModalityInfo, ModalityKind, ModalityMap, ModelInfo};
 use mcm_edge::frames::{FrameError, FrameLimits, decode_frame};
-use mcm_edge::model_info::{ModalityInfo, ModalityKind, ModelInfo};
 
 // ---------------------------------------------------------------------------------------------
 // Allocation accounting: a per-thread count of live bytes and its peak, so that one decode can be

@@ -10,8 +10,8 @@ use base64::Engine;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
+use mcm_edge::contract::ModelInfo;
 use mcm_edge::frames::FrameLimits;
-use mcm_edge::model_info::ModelInfo;
 use mcm_edge::request::{Refusal, RequestRules, parse_body};
 
 const CASES: u32 = 3000;

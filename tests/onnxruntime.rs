@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use mcm_edge::model::{Backend, Models};
+use mcm_edge::runtime::{Backend, Models};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -34,7 +34,7 @@ fn stderr(out: &Output) -> String {
 #[cfg(not(feature = "onnxruntime"))]
 #[test]
 fn without_the_feature_onnxruntime_is_refused_with_a_clear_message() {
-    let err = Models::load_with(&tiny(), &Backend::onnxruntime(1)).err().expect("must refuse").to_string();
+    let err = Models::load(&tiny(), &Backend::onnxruntime(1)).err().expect("must refuse").to_string();
     assert!(err.contains("built without the onnxruntime feature"), "{err}");
     let out = mcm_edge(&["bench", "--model", "models/tiny", "--backend", "both", "--runs", "1", "--steps", "1"]).output().unwrap();
     assert!(!out.status.success());
@@ -51,11 +51,11 @@ mod with_the_feature {
     use super::*;
 
     use image::RgbImage;
-    use mcm_edge::cond::{Maps, ModalityMap, build_cond};
-    use mcm_edge::model::{Net, load_segmenter_with, timestep_tensor};
-    use mcm_edge::model_info::ModelError;
-    use mcm_edge::pipeline::{GenerationParams, ImageGenerator, TractGenerator};
-    use mcm_edge::sampler::Noise;
+    use mcm_edge::contract::{Maps, ModalityMap, build_cond};
+    use mcm_edge::runtime::{Net, load_segmenter, timestep_tensor};
+    use mcm_edge::runtime::ModelError;
+    use mcm_edge::diffusion::{GenerationParams, ImageGenerator, Pipeline};
+    use mcm_edge::diffusion::Noise;
     use ndarray::Array2;
     use tract_onnx::prelude::{IntoTensor, Tensor};
     use super::vectors::{max_abs_diff, model_dirs, replay};
@@ -109,9 +109,9 @@ mod with_the_feature {
     #[test]
     fn onnxruntime_matches_tract_on_the_same_inputs() {
         for dir in model_dirs() {
-            let tract = Models::load(&dir).unwrap();
+            let tract = Models::load(&dir, &Backend::Tract).unwrap();
             for threads in [1, 2] {
-                let onnx = Models::load_with(&dir, &ort(threads)).unwrap();
+                let onnx = Models::load(&dir, &ort(threads)).unwrap();
                 assert_eq!(onnx.base.backend_description(), format!("onnxruntime {}, {threads} thread{}", expected_version(), if threads == 1 { "" } else { "s" }));
                 assert_eq!(onnx.base.onnxruntime_library().unwrap().canonicalize().unwrap(), library().canonicalize().unwrap());
                 assert_eq!(tract.base.onnxruntime_library(), None);
@@ -129,8 +129,8 @@ mod with_the_feature {
                     agree(&format!("{label} mcm"), m_tract, m_onnx, inputs);
                 }
                 if tract.info.segmenter.is_some() {
-                    let seg_tract = load_segmenter_with(&dir, &tract.info, &Backend::Tract).unwrap();
-                    let seg_onnx = load_segmenter_with(&dir, &tract.info, &ort(threads)).unwrap();
+                    let seg_tract = load_segmenter(&dir, &tract.info, &Backend::Tract).unwrap();
+                    let seg_onnx = load_segmenter(&dir, &tract.info, &ort(threads)).unwrap();
                     let image = noise.randn([1, 3, s, s]).mapv(|v| v.clamp(-1.0, 1.0));
                     agree(&format!("{label} segmenter"), &seg_tract, &seg_onnx, vec![image.into_tensor()]);
                 }
@@ -141,13 +141,13 @@ mod with_the_feature {
     #[test]
     fn onnxruntime_reproduces_pytorch_test_vectors() {
         for dir in model_dirs() {
-            let models = Models::load_with(&dir, &ort(1)).unwrap();
+            let models = Models::load(&dir, &ort(1)).unwrap();
             replay("onnxruntime", &dir, "base", &models.base, &["sample", "timestep"], &["eps"]);
             if let Some(mcm) = &models.mcm {
                 replay("onnxruntime", &dir, "mcm", mcm, &["sample", "eps", "cond", "timestep"], &["gamma", "beta"]);
             }
             if dir.join("test_vectors/segmenter.image.npy").exists() {
-                let seg = load_segmenter_with(&dir, &models.info, &ort(1)).unwrap();
+                let seg = load_segmenter(&dir, &models.info, &ort(1)).unwrap();
                 replay("onnxruntime", &dir, "segmenter", &seg, &["image"], &["logits"]);
             }
         }
@@ -155,8 +155,8 @@ mod with_the_feature {
 
     #[test]
     fn a_generation_through_onnxruntime_matches_tract() {
-        let tract = TractGenerator::load(&tiny()).unwrap();
-        let onnx = TractGenerator::load_with(&tiny(), &ort(1)).unwrap();
+        let tract = Pipeline::load(&tiny(), &Backend::Tract).unwrap();
+        let onnx = Pipeline::load(&tiny(), &ort(1)).unwrap();
         let info = tract.info().clone();
         let seg = info.modalities.iter().find(|m| m.name == "segmentation").unwrap();
         let map = Array2::from_shape_fn((16, 16), |(y, x)| ((x / 4 + y / 8) % seg.channels) as u8);
@@ -175,7 +175,7 @@ mod with_the_feature {
 
     #[test]
     fn a_missing_library_is_an_error_naming_it() {
-        let err = Models::load_with(&tiny(), &Backend::Onnxruntime { library: Some("/nonexistent/libonnxruntime.so".into()), threads: 1 })
+        let err = Models::load(&tiny(), &Backend::Onnxruntime { library: Some("/nonexistent/libonnxruntime.so".into()), threads: 1 })
             .err()
             .expect("must refuse");
         assert!(matches!(err, ModelError::Backend(_)), "{err:?}");

@@ -6,19 +6,19 @@
 #[path = "support/vectors.rs"]
 mod vectors;
 
-use mcm_edge::model::{Models, load_segmenter};
+use mcm_edge::runtime::{Backend, Models, load_segmenter};
 use vectors::{model_dirs, replay};
 
 #[test]
 fn tract_reproduces_pytorch_test_vectors() {
     for dir in model_dirs() {
-        let models = Models::load(&dir).unwrap();
+        let models = Models::load(&dir, &Backend::Tract).unwrap();
         replay("tract", &dir, "base", &models.base, &["sample", "timestep"], &["eps"]);
         if let Some(mcm) = &models.mcm {
             replay("tract", &dir, "mcm", mcm, &["sample", "eps", "cond", "timestep"], &["gamma", "beta"]);
         }
         if dir.join("test_vectors/segmenter.image.npy").exists() {
-            let seg = load_segmenter(&dir, &models.info).unwrap();
+            let seg = load_segmenter(&dir, &models.info, &Backend::Tract).unwrap();
             replay("tract", &dir, "segmenter", &seg, &["image"], &["logits"]);
         }
     }

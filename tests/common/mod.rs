@@ -16,10 +16,10 @@ pub use std::time::{Duration, Instant};
 pub use base64::Engine;
 pub use image::{ImageFormat, Rgb, RgbImage};
 pub use mcm_edge::broker::{self, RunningBroker};
-pub use mcm_edge::cond::{ModalityMap, Maps};
+pub use mcm_edge::contract::{ModalityMap, Maps};
 pub use mcm_edge::config::{EdgeConfig, MqttProtocol};
-pub use mcm_edge::model_info::ModelInfo;
-pub use mcm_edge::pipeline::{GenerateError, GenerationParams, ImageGenerator};
+pub use mcm_edge::contract::ModelInfo;
+pub use mcm_edge::diffusion::{GenerateError, GenerationParams, ImageGenerator};
 pub use mcm_edge::service::{self, ServiceError, ServiceSummary};
 pub use serde_json::{Value, json};
 

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use mcm_edge::model::Net;
+use mcm_edge::runtime::Net;
 use ndarray::{Array4, ArrayD, Ix4};
 use ndarray_npy::read_npy;
 use tract_onnx::prelude::*;

@@ -1,4 +1,4 @@
-//! The optional onnxruntime backend of [`crate::model::Net`] (cargo feature `onnxruntime`).
+//! The optional onnxruntime backend of [`Net`](super::Net) (cargo feature `onnxruntime`).
 //!
 //! onnxruntime is not linked: the `ort` crate loads a user-supplied `libonnxruntime` shared
 //! library (1.17 or newer) at run time, once per process, from `[runtime] onnxruntime_library` /
@@ -19,8 +19,8 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::value::{TensorElementType, TensorRef, ValueType};
 use tract_onnx::prelude::Tensor;
 
-use crate::model::{check_input_dims, check_names, thread_count};
-use crate::model_info::ModelError;
+use super::checks::{ContractMismatch, check_input_dims, check_names, thread_count};
+use super::error::ModelError;
 
 /// The environment variable naming the library when no path is configured (the `ort` crate's).
 pub const ORT_DYLIB_PATH: &str = "ORT_DYLIB_PATH";
@@ -125,7 +125,7 @@ impl OrtNet {
         }
         let (env, library, version) = runtime(library)?;
         let ort_err = |e: &dyn std::fmt::Display| ModelError::Onnxruntime { path: path.to_path_buf(), message: e.to_string() };
-        let contract = |message: String| ModelError::Contract { path: path.to_path_buf(), message };
+        let contract = |source| ModelError::Contract { path: path.to_path_buf(), source };
         let session = Session::builder(&env)
             .map_err(|e| ort_err(&e))?
             .with_optimization_level(GraphOptimizationLevel::All)
@@ -145,10 +145,10 @@ impl OrtNet {
         check_names("inputs", &in_names, &want).map_err(contract)?;
         for (outlet, (name, shape)) in session.inputs().iter().zip(inputs) {
             let ValueType::Tensor { ty, shape: dims, dimension_symbols } = outlet.dtype() else {
-                return Err(contract(format!("input {name:?} is not a tensor")));
+                return Err(contract(ContractMismatch::NotATensor { name: name.to_string() }));
             };
             if *ty != TensorElementType::Float32 {
-                return Err(contract(format!("input {name:?} is {ty:?}, the contract needs f32")));
+                return Err(contract(ContractMismatch::ElementType { name: name.to_string(), ty: format!("{ty:?}") }));
             }
             let declared: Vec<String> = dims
                 .iter()

@@ -7,24 +7,44 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// Errors reading or checking a model directory.
+/// Errors reading or checking `model.toml`; each names the file.
 #[derive(Debug, thiserror::Error)]
-pub enum ModelError {
+pub enum ModelTomlError {
+    /// The file could not be read.
     #[error("{path}: cannot read: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    /// A key is missing or mistyped (the message names it).
     #[error("{path}: invalid model.toml: {message}")]
     Toml { path: PathBuf, message: String },
-    #[error("{path}: {message}")]
-    Contract { path: PathBuf, message: String },
-    #[error("{path}: tract failed: {message}")]
-    Tract { path: PathBuf, message: String },
-    /// onnxruntime could not load, optimize or run the ONNX file at `path`.
-    #[error("{path}: onnxruntime failed: {message}")]
-    Onnxruntime { path: PathBuf, message: String },
-    /// The chosen inference backend cannot be used: this binary was built without it, or its
-    /// shared library is missing or cannot be loaded (the message names the library path).
-    #[error("{0}")]
-    Backend(String),
+    /// The values disagree with each other or with what the device supports.
+    #[error("{path}: {source}")]
+    Contract { path: PathBuf, source: ContractViolation },
+}
+
+/// A `model.toml` whose values break the contract (README "Model contract").
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ContractViolation {
+    /// `format` is not 1.
+    #[error("format {0} is not supported (expected 1)")]
+    Format(u32),
+    /// `[image]` size or channels is 0.
+    #[error("[image] size and channels must be positive")]
+    EmptyImage,
+    /// `[image]` value_range is not increasing.
+    #[error("[image] value_range {0:?} must be increasing")]
+    ValueRange([f32; 2]),
+    /// `[schedule]` prediction_type is not `epsilon`.
+    #[error("[schedule] prediction_type {0:?}: only \"epsilon\" is supported")]
+    PredictionType(String),
+    /// A segmentation whose channel count differs from its class count.
+    #[error("modality {name:?}: {channels} channels but {classes} classes")]
+    ClassCount { name: String, channels: usize, classes: usize },
+    /// A sketch with more or fewer than one channel.
+    #[error("modality {name:?}: a sketch has 1 channel, not {channels}")]
+    SketchChannels { name: String, channels: usize },
+    /// `[mcm]` cond_channels differs from what the modalities need.
+    #[error("[mcm] cond_channels = {declared} but the modalities need {needed} (channels + 1 presence each)")]
+    CondChannels { declared: usize, needed: usize },
 }
 
 /// The whole `model.toml`.
@@ -127,46 +147,36 @@ impl ModelInfo {
     /// Read and check `DIR/model.toml`.
     ///
     /// # Errors
-    /// [`ModelError::Io`] when unreadable, [`ModelError::Toml`] when a key is missing or mistyped,
-    /// [`ModelError::Contract`] when values disagree (cond channels, classes, schedule kind).
-    pub fn load(dir: &Path) -> Result<Self, ModelError> {
+    /// [`ModelTomlError::Io`] when unreadable, [`ModelTomlError::Toml`] when a key is missing or
+    /// mistyped, [`ModelTomlError::Contract`] when values disagree (cond channels, classes,
+    /// schedule kind).
+    pub fn load(dir: &Path) -> Result<Self, ModelTomlError> {
         let path = dir.join("model.toml");
-        let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io { path: path.clone(), source })?;
+        let text = std::fs::read_to_string(&path).map_err(|source| ModelTomlError::Io { path: path.clone(), source })?;
         let info: ModelInfo =
-            toml::from_str(&text).map_err(|e| ModelError::Toml { path: path.clone(), message: e.to_string() })?;
-        info.check().map_err(|message| ModelError::Contract { path, message })?;
+            toml::from_str(&text).map_err(|e| ModelTomlError::Toml { path: path.clone(), message: e.to_string() })?;
+        info.check().map_err(|source| ModelTomlError::Contract { path, source })?;
         Ok(info)
     }
 
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), ContractViolation> {
         if self.format != 1 {
-            return Err(format!("format {} is not supported (expected 1)", self.format));
+            return Err(ContractViolation::Format(self.format));
         }
         if self.image.size == 0 || self.image.channels == 0 {
-            return Err("[image] size and channels must be positive".into());
+            return Err(ContractViolation::EmptyImage);
         }
         if self.image.value_range[0] >= self.image.value_range[1] {
-            return Err(format!("[image] value_range {:?} must be increasing", self.image.value_range));
+            return Err(ContractViolation::ValueRange(self.image.value_range));
         }
         if self.schedule.prediction_type != "epsilon" {
-            return Err(format!("[schedule] prediction_type {:?}: only \"epsilon\" is supported", self.schedule.prediction_type));
+            return Err(ContractViolation::PredictionType(self.schedule.prediction_type.clone()));
         }
-        for m in &self.modalities {
-            if m.kind == ModalityKind::Segmentation && m.classes.len() != m.channels {
-                return Err(format!("modality {:?}: {} channels but {} classes", m.name, m.channels, m.classes.len()));
-            }
-            if m.kind == ModalityKind::Sketch && m.channels != 1 {
-                return Err(format!("modality {:?}: a sketch has 1 channel, not {}", m.name, m.channels));
-            }
-        }
+        self.modalities.iter().try_for_each(ModalityInfo::check)?;
         if let Some(mcm) = &self.mcm
             && mcm.cond_channels != self.cond_channels()
         {
-            return Err(format!(
-                "[mcm] cond_channels = {} but the modalities need {} (channels + 1 presence each)",
-                mcm.cond_channels,
-                self.cond_channels()
-            ));
+            return Err(ContractViolation::CondChannels { declared: mcm.cond_channels, needed: self.cond_channels() });
         }
         Ok(())
     }
@@ -179,5 +189,22 @@ impl ModelInfo {
     /// The modality called `name`, if the model has it.
     pub fn modality(&self, name: &str) -> Option<&ModalityInfo> {
         self.modalities.iter().find(|m| m.name == name)
+    }
+}
+
+impl ModalityInfo {
+    /// The channel rules of its kind.
+    fn check(&self) -> Result<(), ContractViolation> {
+        match self.kind {
+            ModalityKind::Segmentation if self.classes.len() != self.channels => Err(ContractViolation::ClassCount {
+                name: self.name.clone(),
+                channels: self.channels,
+                classes: self.classes.len(),
+            }),
+            ModalityKind::Sketch if self.channels != 1 => {
+                Err(ContractViolation::SketchChannels { name: self.name.clone(), channels: self.channels })
+            }
+            ModalityKind::Segmentation | ModalityKind::Sketch => Ok(()),
+        }
     }
 }

@@ -1,16 +1,17 @@
 //! Generation: maps -> `cond` -> DDIM over the MCM-modulated base -> RGB image.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use image::RgbImage;
 use ndarray::Array4;
 use tract_onnx::prelude::IntoTensor;
 
-use crate::cond::{CondError, Maps, build_cond};
-use crate::model::{Backend, Models, timestep_tensor};
-use crate::model_info::{ModelError, ModelInfo};
-use crate::sampler::{Noise, apply_strength, ddim_step};
-use crate::schedule::Schedule;
+use super::ddim::ddim_step;
+use super::guidance::apply_strength;
+use super::noise::Noise;
+use super::schedule::{Schedule, ScheduleError};
+use crate::contract::{CondError, Maps, ModelInfo, build_cond};
+use crate::runtime::{Backend, ModelError, Models, timestep_tensor};
 
 /// Settings of one generation.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,6 +26,17 @@ pub struct GenerationParams {
     pub eta: f32,
 }
 
+/// Why a model directory could not be loaded as a [`Pipeline`].
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// `model.toml` or a net failed to load or check.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// `[schedule]` of `path` (model.toml) cannot be built.
+    #[error("{path}: {source}")]
+    Schedule { path: PathBuf, source: ScheduleError },
+}
+
 /// Why a generation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum GenerateError {
@@ -32,6 +44,9 @@ pub enum GenerateError {
     Cond(#[from] CondError),
     #[error("invalid parameter: {0}")]
     Param(String),
+    /// The step count does not fit the schedule.
+    #[error("invalid parameter: {0}")]
+    Steps(#[from] ScheduleError),
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error("inference failed: {0}")]
@@ -49,32 +64,25 @@ pub trait ImageGenerator: Send + Sync {
     fn generate(&self, maps: &Maps, params: &GenerationParams) -> Result<RgbImage, GenerateError>;
 }
 
-/// The device pipeline: `base.onnx` + `mcm.onnx`, DDIM, strength (README "Strength"). The nets
-/// run on tract unless loaded with another [`Backend`] ([`TractGenerator::load_with`]).
-pub struct TractGenerator {
+/// The device pipeline: `base.onnx` + `mcm.onnx`, DDIM, strength (README "Strength"), with the
+/// nets run by the [`Backend`] they were loaded with ([`Pipeline::load`]).
+pub struct Pipeline {
     models: Models,
     schedule: Schedule,
 }
 
-impl TractGenerator {
-    /// Load a model directory once with tract (plans are built here, not per request).
-    ///
-    /// # Errors
-    /// Any [`ModelError`], naming the file and the problem.
-    pub fn load(dir: &Path) -> Result<Self, ModelError> {
-        Self::load_with(dir, &Backend::Tract)
-    }
-
+impl Pipeline {
     /// Load a model directory once with `backend` (tract plans or onnxruntime sessions are built
     /// here, not per request).
     ///
     /// # Errors
-    /// Any [`ModelError`], naming the file and the problem; [`ModelError::Backend`] when the
-    /// backend cannot be used (not built in, library missing).
-    pub fn load_with(dir: &Path, backend: &Backend) -> Result<Self, ModelError> {
-        let models = Models::load_with(dir, backend)?;
-        let schedule = Schedule::new(&models.info.schedule)
-            .map_err(|message| ModelError::Contract { path: dir.join("model.toml"), message })?;
+    /// Any [`ModelError`], naming the file and the problem ([`ModelError::Backend`] when the
+    /// backend cannot be used: not built in, library missing); [`LoadError::Schedule`] when the
+    /// noise schedule of model.toml cannot be built.
+    pub fn load(dir: &Path, backend: &Backend) -> Result<Self, LoadError> {
+        let models = Models::load(dir, backend)?;
+        let schedule =
+            Schedule::new(&models.info.schedule).map_err(|source| LoadError::Schedule { path: dir.join("model.toml"), source })?;
         Ok(Self { models, schedule })
     }
 
@@ -115,7 +123,7 @@ impl TractGenerator {
     }
 }
 
-impl ImageGenerator for TractGenerator {
+impl ImageGenerator for Pipeline {
     fn info(&self) -> &ModelInfo {
         &self.models.info
     }
@@ -123,7 +131,7 @@ impl ImageGenerator for TractGenerator {
     fn generate(&self, maps: &Maps, params: &GenerationParams) -> Result<RgbImage, GenerateError> {
         self.check_params(params)?;
         let info = &self.models.info;
-        let timesteps = self.schedule.ddim_timesteps(params.steps).map_err(GenerateError::Param)?;
+        let timesteps = self.schedule.ddim_timesteps(params.steps)?;
         let cond = build_cond(info, maps)?;
         let (c, s) = (info.image.channels, info.image.size);
         let mut noise = Noise::new(params.seed);

@@ -1,7 +1,24 @@
 //! Noise schedule: beta_t and alpha_bar_t = prod_{s<=t} (1 - beta_s) (DDPM, Ho et al. 2020), with
 //! the beta schedules diffusers names; the same formulas as `train/mcm_train/schedule.py`.
 
-use crate::model_info::ScheduleInfo;
+use crate::contract::ScheduleInfo;
+
+/// A `[schedule]` the device cannot build, or a step count it cannot sample with.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ScheduleError {
+    /// `num_train_timesteps` is 0.
+    #[error("[schedule] num_train_timesteps must be positive")]
+    NoTimesteps,
+    /// A `beta_schedule` other than the three known ones.
+    #[error("[schedule] beta_schedule {0:?}: expected linear, scaled_linear or squaredcos_cap_v2")]
+    UnknownBetaSchedule(String),
+    /// A beta outside (0, 1).
+    #[error("[schedule] beta {0} is outside (0, 1)")]
+    BetaOutOfRange(f64),
+    /// A sampling step count outside `1..=T`.
+    #[error("steps must be in 1..={max}, got {steps}")]
+    Steps { steps: usize, max: usize },
+}
 
 /// The noise schedule of a model.
 #[derive(Debug, Clone)]
@@ -15,10 +32,10 @@ impl Schedule {
     ///
     /// # Errors
     /// Unknown `beta_schedule`, T = 0, or betas outside (0, 1).
-    pub fn new(info: &ScheduleInfo) -> Result<Self, String> {
+    pub fn new(info: &ScheduleInfo) -> Result<Self, ScheduleError> {
         let t_max = info.num_train_timesteps;
         if t_max == 0 {
-            return Err("[schedule] num_train_timesteps must be positive".into());
+            return Err(ScheduleError::NoTimesteps);
         }
         let lin = |a: f64, b: f64, i: usize| if t_max == 1 { a } else { a + (b - a) * i as f64 / (t_max - 1) as f64 };
         let betas: Vec<f64> = match info.beta_schedule.as_str() {
@@ -31,14 +48,10 @@ impl Schedule {
                     .map(|i| (1.0 - f((i + 1) as f64 / t_max as f64) / f(i as f64 / t_max as f64)).min(0.999))
                     .collect()
             }
-            other => {
-                return Err(format!(
-                    "[schedule] beta_schedule {other:?}: expected linear, scaled_linear or squaredcos_cap_v2"
-                ));
-            }
+            other => return Err(ScheduleError::UnknownBetaSchedule(other.to_string())),
         };
         if let Some(b) = betas.iter().find(|b| !(**b > 0.0 && **b < 1.0)) {
-            return Err(format!("[schedule] beta {b} is outside (0, 1)"));
+            return Err(ScheduleError::BetaOutOfRange(*b));
         }
         let alpha_bar = betas
             .iter()
@@ -62,11 +75,11 @@ impl Schedule {
     /// is `(timestep, alpha_bar_t, alpha_bar_prev)`, with alpha_bar_prev = 1 after the last step.
     ///
     /// # Errors
-    /// `steps` is 0 or larger than T.
-    pub fn ddim_timesteps(&self, steps: usize) -> Result<Vec<(usize, f64, f64)>, String> {
+    /// [`ScheduleError::Steps`]: `steps` is 0 or larger than T.
+    pub fn ddim_timesteps(&self, steps: usize) -> Result<Vec<(usize, f64, f64)>, ScheduleError> {
         let t_max = self.num_train_timesteps();
         if steps == 0 || steps > t_max {
-            return Err(format!("steps must be in 1..={t_max}, got {steps}"));
+            return Err(ScheduleError::Steps { steps, max: t_max });
         }
         let ratio = t_max as f64 / steps as f64;
         let ts: Vec<usize> = (0..steps).map(|i| ((t_max as f64 - i as f64 * ratio).round() as usize).saturating_sub(1)).collect();
@@ -111,7 +124,7 @@ mod tests {
             assert_eq!(s.num_train_timesteps(), 1000);
             assert!(s.alpha_bar.iter().all(|a| *a > 0.0 && *a < 1.0));
         }
-        assert!(Schedule::new(&info("sigmoid")).unwrap_err().contains("sigmoid"));
+        assert!(Schedule::new(&info("sigmoid")).unwrap_err().to_string().contains("sigmoid"));
     }
 
     #[test]

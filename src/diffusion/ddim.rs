@@ -1,24 +1,8 @@
-//! DDIM sampler (Song et al. 2021, "Denoising Diffusion Implicit Models", Eq. 12) and seeded noise.
+//! DDIM sampler (Song et al. 2021, "Denoising Diffusion Implicit Models", Eq. 12).
 
 use ndarray::{Array4, Zip};
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
-use rand_distr::{Distribution, StandardNormal};
 
-/// Seeded standard-normal noise: the same seed gives the same tensors on every platform.
-pub struct Noise(ChaCha8Rng);
-
-impl Noise {
-    /// A noise source seeded with `seed`.
-    pub fn new(seed: u64) -> Self {
-        Self(ChaCha8Rng::seed_from_u64(seed))
-    }
-
-    /// A tensor of the given shape with i.i.d. N(0, 1) entries.
-    pub fn randn(&mut self, shape: [usize; 4]) -> Array4<f32> {
-        Array4::from_shape_simple_fn(shape, || StandardNormal.sample(&mut self.0))
-    }
-}
+use super::noise::Noise;
 
 /// One DDIM update from `x_t` (alpha_bar `ab_t`) to `x_prev` (alpha_bar `ab_prev`), in place.
 ///
@@ -41,26 +25,9 @@ pub fn ddim_step(x_t: &mut Array4<f32>, eps: &Array4<f32>, ab_t: f64, ab_prev: f
     }
 }
 
-/// Conditioning strength (README "Strength"): `eps_base + s * (eps_hat - eps_base)`, in place in
-/// `eps_hat`. `s = 0` gives the base alone, 1 the MCM, > 1 extrapolates.
-pub fn apply_strength(eps_hat: &mut Array4<f32>, eps_base: &Array4<f32>, strength: f32) {
-    Zip::from(eps_hat).and(eps_base).for_each(|h, &b| *h = b + strength * (*h - b));
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn noise_is_seeded_and_standard() {
-        let a = Noise::new(7).randn([1, 3, 32, 32]);
-        assert_eq!(a, Noise::new(7).randn([1, 3, 32, 32]));
-        assert_ne!(a, Noise::new(8).randn([1, 3, 32, 32]));
-        let n = a.len() as f32;
-        let mean = a.sum() / n;
-        let var = a.mapv(|v| (v - mean).powi(2)).sum() / n;
-        assert!(mean.abs() < 0.05 && (var - 1.0).abs() < 0.08, "mean {mean} var {var}");
-    }
 
     #[test]
     fn exact_eps_recovers_x0_in_one_step() {
@@ -79,16 +46,5 @@ mod tests {
         let eps = Array4::zeros([1, 1, 1, 1]);
         ddim_step(&mut x_t, &eps, 0.5, 1.0, 0.0, [-1.0, 1.0], &mut Noise::new(0));
         assert_eq!(x_t[[0, 0, 0, 0]], 1.0);
-    }
-
-    #[test]
-    fn strength_interpolates() {
-        let base = Array4::from_elem([1, 1, 1, 2], 1.0f32);
-        let mut hat = Array4::from_elem([1, 1, 1, 2], 3.0f32);
-        apply_strength(&mut hat, &base, 0.0);
-        assert_eq!(hat, base);
-        let mut hat = Array4::from_elem([1, 1, 1, 2], 3.0f32);
-        apply_strength(&mut hat, &base, 1.5);
-        assert!(hat.iter().all(|v| (*v - 4.0).abs() < 1e-6));
     }
 }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use ndarray::{Array2, Array4, s};
 
-use crate::model_info::{ModalityKind, ModelInfo};
+use super::model_toml::{ModalityKind, ModelInfo};
 
 /// A decoded modality frame at the model's size.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,0 +1,54 @@
+//! The contract checks that every backend makes on a loaded ONNX file (input and output names,
+//! declared input dims), and the thread-count text both describe themselves with.
+
+/// An ONNX file that disagrees with the contract (README "Model contract") or with `model.toml`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ContractMismatch {
+    /// The file's input or output names (`what`: "inputs" / "outputs") or their order differ.
+    #[error("{what} are {got:?}, the contract needs {want:?}")]
+    Names { what: &'static str, got: Vec<String>, want: Vec<String> },
+    /// An input's declared dims differ from the shape `model.toml` needs (batch first).
+    #[error("input {name:?} is declared {declared:?}, model.toml needs [batch, {}]", dims_after_batch(.shape))]
+    InputDims { name: String, declared: Vec<String>, shape: Vec<usize> },
+    /// An input is not a tensor (onnxruntime's view of the file).
+    #[error("input {name:?} is not a tensor")]
+    NotATensor { name: String },
+    /// An input's element type is not f32 (`ty` as the backend names it).
+    #[error("input {name:?} is {ty}, the contract needs f32")]
+    ElementType { name: String, ty: String },
+    /// `model.toml` has no `[segmenter]` section.
+    #[error("no [segmenter] section: train one with `mcm-train segmenter`")]
+    NoSegmenter,
+}
+
+/// `D1, D2, ...`: the dims of `shape` after the batch axis.
+fn dims_after_batch(shape: &[usize]) -> String {
+    shape[1..].iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")
+}
+
+/// `1 thread` or `N threads`.
+pub(crate) fn thread_count(threads: usize) -> String {
+    format!("{threads} thread{}", if threads == 1 { "" } else { "s" })
+}
+
+/// Check that a file's input or output names (`what`: "inputs" / "outputs") are the contract's
+/// `want`, in order.
+pub(crate) fn check_names(what: &'static str, got: &[String], want: &[&str]) -> Result<(), ContractMismatch> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(ContractMismatch::Names { what, got: got.to_vec(), want: want.iter().map(|w| w.to_string()).collect() })
+    }
+}
+
+/// Check one input's declared dims (`"?"` or a symbol for a dynamic axis) against the contract's
+/// `shape` (batch first; the batch is not compared).
+pub(crate) fn check_input_dims(name: &str, declared: &[String], shape: &[usize]) -> Result<(), ContractMismatch> {
+    let rank_ok = declared.len() == shape.len();
+    let dims_ok = rank_ok && declared.iter().zip(shape).skip(1).all(|(d, s)| d == "?" || d.parse::<usize>().map_or(true, |d| d == *s));
+    if dims_ok {
+        Ok(())
+    } else {
+        Err(ContractMismatch::InputDims { name: name.to_string(), declared: declared.to_vec(), shape: shape.to_vec() })
+    }
+}

@@ -1,0 +1,30 @@
+//! [`ModelError`]: why a model directory could not be loaded or a net could not run.
+
+use std::path::PathBuf;
+
+use super::checks::ContractMismatch;
+use crate::contract::ModelTomlError;
+
+/// Errors reading, checking or running the nets of a model directory; each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// `model.toml` is unreadable or breaks the contract.
+    #[error(transparent)]
+    ModelToml(#[from] ModelTomlError),
+    /// An ONNX file is missing or unreadable.
+    #[error("{path}: cannot read: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    /// An ONNX file (or `model.toml`, `path`) disagrees with the contract.
+    #[error("{path}: {source}")]
+    Contract { path: PathBuf, source: ContractMismatch },
+    /// tract could not load, optimize or run the ONNX file at `path`.
+    #[error("{path}: tract failed: {message}")]
+    Tract { path: PathBuf, message: String },
+    /// onnxruntime could not load, optimize or run the ONNX file at `path`.
+    #[error("{path}: onnxruntime failed: {message}")]
+    Onnxruntime { path: PathBuf, message: String },
+    /// The chosen inference backend cannot be used: this binary was built without it, or its
+    /// shared library is missing or cannot be loaded (the message names the library path).
+    #[error("{0}")]
+    Backend(String),
+}

@@ -1,0 +1,18 @@
+//! Inference runtimes: the ONNX files of a model directory loaded once for batch 1 by the chosen
+//! [`Backend`] (tract by default; onnxruntime with the cargo feature `onnxruntime`) and checked
+//! against `model.toml` (a mismatch names the file, the tensor and the shapes: [`ModelError`]).
+
+mod backend;
+mod checks;
+mod error;
+mod models;
+mod net;
+#[cfg(feature = "onnxruntime")]
+mod onnxruntime;
+mod tract;
+
+pub use backend::{Backend, BackendKind, NO_ONNXRUNTIME, ONNXRUNTIME_BUILT_IN, RuntimeConfig};
+pub use checks::ContractMismatch;
+pub use error::ModelError;
+pub use models::{Models, load_segmenter};
+pub use net::{Net, OpTime, timestep_tensor};

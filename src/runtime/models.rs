@@ -1,0 +1,114 @@
+//! [`Models`]: the nets of a model directory (`base.onnx`, `mcm.onnx`), loaded once and checked
+//! against `model.toml`; and the reference segmenter ([`load_segmenter`]).
+
+use std::path::{Path, PathBuf};
+
+use super::backend::Backend;
+use super::checks::ContractMismatch;
+use super::error::ModelError;
+use super::net::Net;
+use crate::contract::ModelInfo;
+
+/// The nets of a model directory, loaded once.
+pub struct Models {
+    pub info: ModelInfo,
+    pub dir: PathBuf,
+    /// `base.onnx`: (sample [1,C,H,W], timestep [1]) -> eps [1,C,H,W].
+    pub base: Net,
+    /// `mcm.onnx`: (sample, eps [1,C,H,W], cond [1,K,H,W], timestep [1]) -> gamma, beta [1,C,H,W].
+    pub mcm: Option<Net>,
+}
+
+impl Models {
+    /// Load and check `DIR/model.toml`, `base.onnx` and (when listed) `mcm.onnx` with `backend`
+    /// (the same contract checks for every backend).
+    ///
+    /// # Errors
+    /// Any [`ModelError`] of the files, naming the file; [`ModelError::Backend`] when the backend
+    /// cannot be used.
+    pub fn load(dir: &Path, backend: &Backend) -> Result<Self, ModelError> {
+        let info = ModelInfo::load(dir)?;
+        let (c, s) = (info.image.channels, info.image.size);
+        let image = vec![1, c, s, s];
+        let base = Net::load(&dir.join(&info.base.file), &[("sample", image.clone()), ("timestep", vec![1])], &["eps"], backend)?;
+        let mcm = match &info.mcm {
+            Some(m) => Some(Net::load(
+                &dir.join(&m.file),
+                &[("sample", image.clone()), ("eps", image.clone()), ("cond", vec![1, m.cond_channels, s, s]), ("timestep", vec![1])],
+                &["gamma", "beta"],
+                backend,
+            )?),
+            None => None,
+        };
+        Ok(Self { info, dir: dir.to_path_buf(), base, mcm })
+    }
+}
+
+/// Load the reference segmenter of a model directory (`[segmenter]` in model.toml) with
+/// `backend`: image [1, 3, H, W] in the model's value range -> logits [1, classes, H, W].
+///
+/// # Errors
+/// No `[segmenter]` section, any [`ModelError`] of the file, and [`ModelError::Backend`] when the
+/// backend cannot be used.
+pub fn load_segmenter(dir: &Path, info: &ModelInfo, backend: &Backend) -> Result<Net, ModelError> {
+    let seg = info
+        .segmenter
+        .as_ref()
+        .ok_or_else(|| ModelError::Contract { path: dir.join("model.toml"), source: ContractMismatch::NoSegmenter })?;
+    let s = info.image.size;
+    Net::load(&dir.join(&seg.file), &[("image", vec![1, 3, s, s])], &["logits"], backend)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A copy of the committed `models/tiny` fixture in a fresh temp dir, with `edit` applied to model.toml.
+    fn tiny_copy(tag: &str, edit: impl Fn(String) -> String) -> PathBuf {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny");
+        let dst = std::env::temp_dir().join(format!("mcm-edge-model-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dst).unwrap();
+        for f in ["base.onnx", "mcm.onnx", "segmenter.onnx"] {
+            std::fs::copy(src.join(f), dst.join(f)).unwrap();
+        }
+        let toml = std::fs::read_to_string(src.join("model.toml")).unwrap();
+        std::fs::write(dst.join("model.toml"), edit(toml)).unwrap();
+        dst
+    }
+
+    #[test]
+    fn loads_the_tiny_fixture() {
+        let m = Models::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny"), &Backend::Tract).unwrap();
+        assert_eq!(m.info.image.size, 16);
+        assert!(m.mcm.is_some());
+    }
+
+    #[test]
+    fn size_mismatch_names_file_tensor_and_shapes() {
+        let dir = tiny_copy("size", |t| t.replacen("size = 16", "size = 32", 1));
+        let err = Models::load(&dir, &Backend::Tract).err().expect("must refuse").to_string();
+        assert!(err.contains("base.onnx") && err.contains("sample") && err.contains("32"), "{err}");
+    }
+
+    #[test]
+    fn cond_channel_mismatch_is_refused() {
+        let dir = tiny_copy("cond", |t| t.replace("cond_channels = 11", "cond_channels = 12"));
+        let err = Models::load(&dir, &Backend::Tract).err().expect("must refuse").to_string();
+        assert!(err.contains("model.toml") && err.contains("cond_channels"), "{err}");
+    }
+
+    #[test]
+    fn corrupt_onnx_is_refused_with_its_path() {
+        let dir = tiny_copy("corrupt", |t| t);
+        std::fs::write(dir.join("mcm.onnx"), b"not an onnx file").unwrap();
+        let err = Models::load(&dir, &Backend::Tract).err().expect("must refuse").to_string();
+        assert!(err.contains("mcm.onnx"), "{err}");
+    }
+
+    #[test]
+    fn missing_key_is_refused() {
+        let dir = tiny_copy("key", |t| t.replace("num_train_timesteps = 1000\n", ""));
+        let err = Models::load(&dir, &Backend::Tract).err().expect("must refuse").to_string();
+        assert!(err.contains("num_train_timesteps"), "{err}");
+    }
+}

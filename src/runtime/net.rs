@@ -1,0 +1,128 @@
+//! [`Net`]: one ONNX file of a model directory, loaded once for batch 1 by the chosen
+//! [`Backend`] and checked against the contract's input and output names and shapes.
+
+use std::path::{Path, PathBuf};
+
+use ndarray::Array4;
+use tract_onnx::prelude::{IntoTensor, Tensor, tract_ndarray};
+
+use super::backend::Backend;
+#[cfg(not(feature = "onnxruntime"))]
+use super::backend::NO_ONNXRUNTIME;
+use super::error::ModelError;
+#[cfg(feature = "onnxruntime")]
+use super::onnxruntime::OrtNet;
+use super::tract::TractNet;
+
+/// One loaded ONNX file with the input/output names of the contract, run by one backend.
+pub struct Net {
+    path: PathBuf,
+    outputs: usize,
+    engine: Engine,
+}
+
+/// The backend-specific part of a [`Net`].
+enum Engine {
+    Tract(TractNet),
+    #[cfg(feature = "onnxruntime")]
+    Onnxruntime(OrtNet),
+}
+
+/// Time spent in one kind of operator during [`Net::profile`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OpTime {
+    /// tract's operator name after optimization (e.g. `Conv`, `OptMatMul`, `Reduce<Sum>`).
+    pub op: String,
+    /// Nodes of that operator in the plan.
+    pub nodes: usize,
+    /// Mean time per run, ms.
+    pub ms: f64,
+}
+
+impl Net {
+    /// Load `path` with `backend`, check that its inputs are `inputs` (name, shape with batch
+    /// first; the batch axis may be symbolic in the file; element type f32) and its outputs are
+    /// `outputs` (names, in this order), and prepare it for batch 1 (tract: fix the batch, optimize
+    /// and plan; onnxruntime: a session with all graph optimizations).
+    ///
+    /// # Errors
+    /// [`ModelError::Io`] if missing, [`ModelError::Contract`] on a name/shape mismatch,
+    /// [`ModelError::Tract`] / [`ModelError::Onnxruntime`] if the backend cannot load or optimize
+    /// it, [`ModelError::Backend`] if the backend is not built in or its library cannot be loaded.
+    pub fn load(path: &Path, inputs: &[(&str, Vec<usize>)], outputs: &[&str], backend: &Backend) -> Result<Self, ModelError> {
+        if !path.is_file() {
+            return Err(ModelError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "file not found"),
+            });
+        }
+        let engine = match backend {
+            Backend::Tract => Engine::Tract(TractNet::load(path, inputs, outputs)?),
+            #[cfg(feature = "onnxruntime")]
+            Backend::Onnxruntime { library, threads } => {
+                Engine::Onnxruntime(OrtNet::load(path, inputs, outputs, library.as_deref(), *threads)?)
+            }
+            #[cfg(not(feature = "onnxruntime"))]
+            Backend::Onnxruntime { .. } => return Err(ModelError::Backend(NO_ONNXRUNTIME.into())),
+        };
+        Ok(Self { path: path.to_path_buf(), outputs: outputs.len(), engine })
+    }
+
+    /// The ONNX file this net was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Which backend runs this net: `tract` or `onnxruntime VERSION, N thread(s)` (the version
+    /// as read from the library's file name).
+    pub fn backend_description(&self) -> String {
+        match &self.engine {
+            Engine::Tract(_) => "tract".into(),
+            #[cfg(feature = "onnxruntime")]
+            Engine::Onnxruntime(net) => net.description(),
+        }
+    }
+
+    /// The onnxruntime shared library that runs this net (absolute path); `None` for tract.
+    pub fn onnxruntime_library(&self) -> Option<&Path> {
+        match &self.engine {
+            Engine::Tract(_) => None,
+            #[cfg(feature = "onnxruntime")]
+            Engine::Onnxruntime(net) => Some(net.library()),
+        }
+    }
+
+    /// Run on `inputs` (f32 tensors in contract order, batch 1) and return the outputs, in
+    /// contract order, as `[B, C, H, W]` arrays.
+    ///
+    /// # Errors
+    /// [`ModelError::Tract`] / [`ModelError::Onnxruntime`] when the backend fails (wrong input
+    /// count, type or shape) or an output is not 4-D.
+    pub fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Array4<f32>>, ModelError> {
+        match &self.engine {
+            Engine::Tract(net) => net.run(&self.path, inputs, self.outputs),
+            #[cfg(feature = "onnxruntime")]
+            Engine::Onnxruntime(net) => net.run(&self.path, &inputs),
+        }
+    }
+
+    /// Run `runs` times on `inputs`, timing every node; returns the time per operator kind,
+    /// largest first (what tract's profiler shows, without its CLI). tract nets only.
+    ///
+    /// # Errors
+    /// [`ModelError::Tract`] when tract fails, [`ModelError::Backend`] for another backend.
+    pub fn profile(&self, inputs: Vec<Tensor>, runs: usize) -> Result<Vec<OpTime>, ModelError> {
+        match &self.engine {
+            Engine::Tract(net) => net.profile(&self.path, inputs, runs),
+            #[cfg(feature = "onnxruntime")]
+            Engine::Onnxruntime(_) => {
+                Err(ModelError::Backend(format!("{}: operator profiles need the tract backend", self.path.display())))
+            }
+        }
+    }
+}
+
+/// A `[B]` timestep tensor.
+pub fn timestep_tensor(t: f32, batch: usize) -> Tensor {
+    tract_ndarray::Array1::from_elem(batch, t).into_tensor()
+}
