@@ -16,6 +16,7 @@ pub mod contract;
 pub mod demo;
 pub mod diffusion;
 pub mod display;
+pub mod error_code;
 pub mod eval;
 pub mod framebuffer;
 pub mod frames;

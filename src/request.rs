@@ -9,26 +9,27 @@ use base64::Engine;
 use serde::Deserialize;
 
 use crate::contract::{Maps, ModelInfo};
+use crate::error_code::ErrorCode;
 use crate::frames::{FrameLimits, decode_frame};
 use crate::mqtt::topic_text_ok;
 
 /// Longest request id, in characters.
 pub const MAX_ID_CHARS: usize = 128;
 
-/// A refused request: the id when known, an error code (`snake_case`) and a message.
+/// A refused request: the id when known, an error code and a message.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Refusal {
     /// The request id, when it could be read.
     pub id: Option<String>,
-    /// Error code, e.g. `invalid_steps` (README "MQTT interface").
-    pub code: &'static str,
+    /// Error code, e.g. [`ErrorCode::InvalidSteps`] (README "MQTT interface").
+    pub code: ErrorCode,
     /// Human-readable reason, naming the field.
     pub message: String,
 }
 
 impl Refusal {
     /// A refusal of the request `id` (when known).
-    pub fn new(id: Option<&str>, code: &'static str, message: impl Into<String>) -> Refusal {
+    pub fn new(id: Option<&str>, code: ErrorCode, message: impl Into<String>) -> Refusal {
         Refusal { id: id.map(str::to_string), code, message: message.into() }
     }
 }
@@ -85,22 +86,22 @@ pub struct Request {
 /// `invalid_id`.
 pub fn parse_body(payload: &[u8]) -> Result<RequestBody, Refusal> {
     let value: serde_json::Value =
-        serde_json::from_slice(payload).map_err(|e| Refusal::new(None, "invalid_json", format!("request is not JSON: {e}")))?;
+        serde_json::from_slice(payload).map_err(|e| Refusal::new(None, ErrorCode::InvalidJson, format!("request is not JSON: {e}")))?;
     if !value.is_object() {
-        return Err(Refusal::new(None, "invalid_request", "request must be a JSON object"));
+        return Err(Refusal::new(None, ErrorCode::InvalidRequest, "request must be a JSON object"));
     }
     let raw_id = value.get("id").and_then(serde_json::Value::as_str).map(str::to_string);
     let body: RequestBody = serde_json::from_value(value)
-        .map_err(|e| Refusal::new(raw_id.as_deref(), "invalid_request", format!("invalid request: {e}")))?;
+        .map_err(|e| Refusal::new(raw_id.as_deref(), ErrorCode::InvalidRequest, format!("invalid request: {e}")))?;
     let id = body.id.as_str();
     let chars = id.chars().count();
     if chars == 0 || chars > MAX_ID_CHARS {
-        return Err(Refusal::new(Some(id), "invalid_id", format!("id must have 1..={MAX_ID_CHARS} characters, not {chars}")));
+        return Err(Refusal::new(Some(id), ErrorCode::InvalidId, format!("id must have 1..={MAX_ID_CHARS} characters, not {chars}")));
     }
     if id.contains(['/', '+', '#']) || !topic_text_ok(id) {
         return Err(Refusal::new(
             Some(id),
-            "invalid_id",
+            ErrorCode::InvalidId,
             "id must not contain '/', '+', '#', control characters or non-characters (it is the last level of the topic image/<id>)",
         ));
     }
@@ -115,38 +116,38 @@ impl RequestBody {
     /// `invalid_base64`, or the frame decoder's code ([`crate::frames::FrameError::code`]).
     pub fn check(self, rules: &RequestRules<'_>) -> Result<Request, Refusal> {
         let id = self.id.as_str();
-        let refuse = |code, message: String| Refusal::new(Some(id), code, message);
+        let refuse = |code: ErrorCode, message: String| Refusal::new(Some(id), code, message);
         let info = rules.info;
         let names = || format!("{:?}", info.modalities.iter().map(|m| m.name.as_str()).collect::<Vec<_>>());
         if self.frames.is_empty() {
-            return Err(refuse("no_frames", format!("frames is empty; give at least one of {}", names())));
+            return Err(refuse(ErrorCode::NoFrames, format!("frames is empty; give at least one of {}", names())));
         }
         let max_steps = rules.max_steps.min(info.schedule.num_train_timesteps);
         let steps = match self.steps {
             None => rules.default_steps.min(max_steps),
             Some(s) if s >= 1 && s <= max_steps as i64 => s as usize,
-            Some(s) => return Err(refuse("invalid_steps", format!("steps {s} must be within 1..={max_steps}"))),
+            Some(s) => return Err(refuse(ErrorCode::InvalidSteps, format!("steps {s} must be within 1..={max_steps}"))),
         };
         let strength = match self.strength {
             None => rules.default_strength,
             Some(s) if s.is_finite() && s >= 0.0 && s <= f64::from(rules.max_strength) => s as f32,
-            Some(s) => return Err(refuse("invalid_strength", format!("strength {s} must be within 0..={}", rules.max_strength))),
+            Some(s) => return Err(refuse(ErrorCode::InvalidStrength, format!("strength {s} must be within 0..={}", rules.max_strength))),
         };
         let mut maps = Maps::new();
         for (name, b64) in &self.frames {
             let Some(modality) = info.modality(name) else {
-                return Err(refuse("unknown_modality", format!("frames.{name}: unknown modality; the model has {}", names())));
+                return Err(refuse(ErrorCode::UnknownModality, format!("frames.{name}: unknown modality; the model has {}", names())));
             };
             let b64 = strip_data_url(b64).trim();
             // A base64 text longer than 4/3 of the limit cannot decode within it.
             let approx = b64.len() / 4 * 3;
             if approx > rules.frames.max_bytes + 3 {
                 let limit = rules.frames.max_bytes;
-                return Err(refuse("frame_too_large", format!("frames.{name}: about {approx} bytes, the limit is {limit}")));
+                return Err(refuse(ErrorCode::FrameTooLarge, format!("frames.{name}: about {approx} bytes, the limit is {limit}")));
             }
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(b64)
-                .map_err(|e| refuse("invalid_base64", format!("frames.{name}: not base64: {e}")))?;
+                .map_err(|e| refuse(ErrorCode::InvalidBase64, format!("frames.{name}: not base64: {e}")))?;
             let map = decode_frame(&bytes, modality, info.image.size, &rules.frames)
                 .map_err(|e| refuse(e.code(), format!("frames.{name}: {e}")))?;
             maps.insert(name.clone(), map);

@@ -45,6 +45,7 @@ use crate::contract::Maps;
 use crate::config::{ConfigError, EdgeConfig, MqttProtocol, SeedPolicy};
 use crate::mqtt::{self, Ack, AckQueue, Backoff, Content, LoopCtx, LoopEvent, Mqtt, OFFLINE, ReplyProps, ReplyTo, Settings, Ticket, TransportError};
 use crate::display::{BrokerState, PanelState, render_map};
+use crate::error_code::ErrorCode;
 use crate::framebuffer::{DisplayError, StatusDisplay};
 use crate::frames::{FrameLimits, decode_frame};
 use crate::contract::ModalityInfo;
@@ -387,7 +388,7 @@ struct ModelSummary<'a> {
 #[derive(Serialize)]
 struct ErrorMessage<'a> {
     id: Option<&'a str>,
-    code: &'a str,
+    code: ErrorCode,
     message: &'a str,
 }
 
@@ -435,7 +436,7 @@ impl Ctx {
     }
 
     /// Publish an error answer on `P/error` (and the reply topic) and count it.
-    fn error(&self, id: Option<&str>, code: &str, message: &str, reply: Option<&ReplyTo>) {
+    fn error(&self, id: Option<&str>, code: ErrorCode, message: &str, reply: Option<&ReplyTo>) {
         // An oversized id, key or topic in the input is cut, never echoed in full.
         let id = id.map(|id| clip(id, MAX_ECHO_ID));
         let (id, message) = (id.as_deref(), &*clip(message, MAX_ECHO_MESSAGE));
@@ -620,7 +621,7 @@ fn dispatch(ctx: Ctx, rx: Receiver<LoopEvent>) {
             }
             LoopEvent::Oversized { bytes, max } => ctx.error(
                 None,
-                "message_too_large",
+                ErrorCode::MessageTooLarge,
                 &format!("a {bytes}-byte message exceeded mqtt.max_packet_bytes = {max} and was dropped"),
                 None,
             ),
@@ -668,7 +669,7 @@ fn topic_matches(filter: &str, topic: &str) -> bool {
 fn on_frame(ctx: &Ctx, modality: &str, payload: Vec<u8>) {
     if ctx.generator.info().modality(modality).is_none() {
         let known = modality_names(ctx);
-        ctx.error(None, "unknown_modality", &format!("frame/{modality}: the model has modalities {known}"), None);
+        ctx.error(None, ErrorCode::UnknownModality, &format!("frame/{modality}: the model has modalities {known}"), None);
         return;
     }
     let replaced = {
@@ -712,7 +713,7 @@ fn on_request(ctx: &Ctx, recent: &mut RecentIds, payload: &[u8], reply: Option<R
     };
     if let Some(job) = refused {
         let depth = ctx.config.limits.queue_depth;
-        ctx.error(Some(&id), "queue_full", &format!("{depth} requests are already waiting; try again later"), job.reply.as_ref());
+        ctx.error(Some(&id), ErrorCode::QueueFull, &format!("{depth} requests are already waiting; try again later"), job.reply.as_ref());
         return job.ack;
     }
     recent.insert(&id);
@@ -731,7 +732,7 @@ fn parse_request(ctx: &Ctx, recent: &RecentIds, payload: &[u8], stopping: bool) 
         return Ok(Parsed::Duplicate(body.id));
     }
     if stopping {
-        return Err(Refusal::new(Some(&body.id), "shutting_down", "the device is shutting down"));
+        return Err(Refusal::new(Some(&body.id), ErrorCode::ShuttingDown, "the device is shutting down"));
     }
     let (config, info) = (&ctx.config, ctx.generator.info());
     let rules = RequestRules {
@@ -809,7 +810,7 @@ fn work(ctx: Ctx) {
     // Every accepted request gets an answer, also on shutdown.
     let left: Vec<Job> = lock(&ctx.shared.pending).requests.drain(..).collect();
     for job in left {
-        ctx.error(Some(&job.request.id), "shutting_down", "the device is shutting down", job.reply.as_ref());
+        ctx.error(Some(&job.request.id), ErrorCode::ShuttingDown, "the device is shutting down", job.reply.as_ref());
         ack_job(&ctx, &job);
     }
     log::debug!("worker stopped");
@@ -913,18 +914,18 @@ fn finish_image(ctx: &Ctx, start: Instant) {
 }
 
 /// Generate and encode; on failure an error code and message.
-fn generate_png(ctx: &Ctx, maps: &Maps, params: &GenerationParams) -> Result<Vec<u8>, (&'static str, String)> {
+fn generate_png(ctx: &Ctx, maps: &Maps, params: &GenerationParams) -> Result<Vec<u8>, (ErrorCode, String)> {
     let image = ctx.generator.generate(maps, params).map_err(|e| {
         let code = match &e {
-            GenerateError::Cond(_) => "invalid_maps",
-            GenerateError::Param(_) | GenerateError::Steps(_) => "invalid_params",
-            GenerateError::Model(_) => "model_error",
-            GenerateError::Inference(_) => "inference_failed",
+            GenerateError::Cond(_) => ErrorCode::InvalidMaps,
+            GenerateError::Param(_) | GenerateError::Steps(_) => ErrorCode::InvalidParams,
+            GenerateError::Model(_) => ErrorCode::ModelError,
+            GenerateError::Inference(_) => ErrorCode::InferenceFailed,
         };
         (code, format!("generation failed: {e}"))
     })?;
     ctx.record_images(maps, &image);
-    encode_png(&image).map_err(|e| ("encode_failed", format!("cannot encode the PNG: {e}")))
+    encode_png(&image).map_err(|e| (ErrorCode::EncodeFailed, format!("cannot encode the PNG: {e}")))
 }
 
 /// `s` cut to `max` characters, with a note of its full length when cut.

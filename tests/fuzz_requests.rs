@@ -47,7 +47,8 @@ fn sample_b64() -> &'static str {
 fn run(payload: &[u8]) -> Result<mcm_edge::request::Request, Refusal> {
     let result = parse_body(payload).and_then(|body| body.check(&rules()));
     if let Err(r) = &result {
-        assert!(!r.code.is_empty() && r.code.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'), "code {:?}", r.code);
+        let code = r.code.as_str();
+        assert!(!code.is_empty() && code.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'), "code {code:?}");
         assert!(!r.message.is_empty());
         // The id is echoed whenever the payload is an object with a string id.
         if let Ok(Value::Object(o)) = serde_json::from_slice::<Value>(payload)

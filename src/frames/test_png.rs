@@ -1,6 +1,6 @@
-// Hand-made PNG pieces for tests that need PNGs no encoder writes (palette, low bit depths,
-// hostile headers): CRC-32, chunks, zlib streams of stored blocks. Shared by the frame decoder's
-// unit tests (`src/frames.rs`, through `include!`) and `tests/fuzz_frames.rs` (`#[path]`).
+//! Hand-made PNG pieces for tests that need PNGs no encoder writes (palette, low bit depths,
+//! hostile headers): CRC-32, chunks, zlib streams of stored blocks. Test code of the frame
+//! decoder's unit tests, shared with `tests/fuzz_frames.rs` (through `#[path]`); std only.
 
 /// CRC-32 (IEEE) as PNG chunks use it.
 pub fn crc32(data: &[u8]) -> u32 {
