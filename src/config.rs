@@ -5,15 +5,20 @@
 //! the commented `config/edge.toml`); the device id is required because it names the client id
 //! and topics, which must differ between the devices of a fleet. Unknown keys are refused so that
 //! a typo does not silently fall back to a default. Errors name the file and the key.
+//!
+//! Each section is defined by the module it configures (`[mqtt]`: [`MqttConfig`], `[display]`:
+//! [`DisplayConfig`], `[runtime]`: [`RuntimeConfig`]) and re-exported here; the service's own
+//! sections (`[model]`, `[generation]`, `[limits]`) are defined here. Every range is checked here.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 pub use crate::framebuffer::DisplayConfig;
-use crate::runtime::{Backend, BackendKind, NO_ONNXRUNTIME, ONNXRUNTIME_BUILT_IN};
-use crate::mqtt::topic_text_ok;
+pub use crate::mqtt::{MqttConfig, MqttProtocol, Secret, TlsConfig};
+use crate::mqtt::{parse_url, topic_text_ok, valid_filter};
+pub use crate::runtime::RuntimeConfig;
+use crate::runtime::{BackendKind, NO_ONNXRUNTIME, ONNXRUNTIME_BUILT_IN};
 
 /// One mebibyte in bytes.
 const MIB: usize = 1024 * 1024;
@@ -49,165 +54,6 @@ pub struct EdgeConfig {
     pub display: DisplayConfig,
     /// `[runtime]`: which inference backend runs the model.
     pub runtime: RuntimeConfig,
-}
-
-/// `[runtime]` section: the inference backend.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RuntimeConfig {
-    /// `"tract"` (default, built in) or `"onnxruntime"` (needs a binary built with the cargo
-    /// feature `onnxruntime` and a libonnxruntime shared library, 1.17 or newer).
-    pub backend: BackendKind,
-    /// The libonnxruntime shared library (`libonnxruntime.so.1.x.y`), relative to the working
-    /// directory; default: the `ORT_DYLIB_PATH` environment variable. onnxruntime only.
-    pub onnxruntime_library: Option<PathBuf>,
-    /// Intra-op threads of each onnxruntime session (1..=256); tract always runs on one thread.
-    pub threads: usize,
-}
-
-impl Default for RuntimeConfig {
-    fn default() -> Self {
-        RuntimeConfig { backend: BackendKind::Tract, onnxruntime_library: None, threads: 1 }
-    }
-}
-
-impl RuntimeConfig {
-    /// The [`Backend`] these settings describe.
-    pub fn backend(&self) -> Backend {
-        Backend::new(self.backend, self.onnxruntime_library.clone(), self.threads)
-    }
-}
-
-/// MQTT protocol version spoken to the broker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(try_from = "u8", into = "u8")]
-pub enum MqttProtocol {
-    /// MQTT 3.1.1 (`protocol = 3`; the wire protocol level 4 is accepted as well).
-    V311,
-    /// MQTT 5 (`protocol = 5`): response topics and correlation data are honoured.
-    V5,
-}
-
-impl TryFrom<u8> for MqttProtocol {
-    type Error = String;
-    fn try_from(v: u8) -> Result<Self, String> {
-        match v {
-            3 | 4 => Ok(MqttProtocol::V311),
-            5 => Ok(MqttProtocol::V5),
-            _ => Err(format!("protocol {v} is not supported: use 3 (MQTT 3.1.1) or 5 (MQTT 5)")),
-        }
-    }
-}
-
-impl From<MqttProtocol> for u8 {
-    fn from(p: MqttProtocol) -> u8 {
-        match p {
-            MqttProtocol::V311 => 3,
-            MqttProtocol::V5 => 5,
-        }
-    }
-}
-
-/// `[mqtt]` section.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct MqttConfig {
-    /// Broker host name or IP address.
-    pub host: String,
-    /// Broker TCP port.
-    pub port: u16,
-    /// `mqtt://host:port` or `tcp://host:port`; when set it overrides `host` and `port`.
-    pub url: Option<String>,
-    /// Identifier of this device; used in the default client id and topic prefix. No `/`, `+`, `#`.
-    pub device_id: String,
-    /// MQTT client id; default `mcm-edge-<device_id>`.
-    pub client_id: Option<String>,
-    /// Prefix of every topic; default `mcm/<device_id>/`. A missing trailing `/` is added.
-    pub topic_prefix: Option<String>,
-    /// Filter subscribed for requests instead of `<prefix>request`, e.g. an MQTT 5 shared
-    /// subscription `$share/edge/mcm/+/request` so that many devices share one request stream.
-    pub request_filter: Option<String>,
-    /// Protocol version: 3 (MQTT 3.1.1) or 5.
-    pub protocol: MqttProtocol,
-    /// Keep-alive interval in seconds (at least 5).
-    pub keep_alive_s: u64,
-    /// Largest MQTT packet accepted or sent, in bytes (rumqttc's own default is only 10 KiB).
-    pub max_packet_bytes: usize,
-    /// QoS of the subscriptions and of every publish (0, 1 or 2).
-    pub qos: u8,
-    /// `false` keeps the broker session (subscriptions, queued QoS>0 requests) across reconnects
-    /// and restarts; `true` starts clean every time (subscriptions are renewed on every CONNACK
-    /// either way).
-    pub clean_session: bool,
-    /// MQTT 5 only: how long the broker keeps the session after a disconnect, in seconds, when
-    /// `clean_session = false`.
-    pub session_expiry_s: u32,
-    /// First pause before reconnecting, in milliseconds; it doubles after every failed attempt
-    /// up to `reconnect_max_delay_ms` and starts again from here after a CONNACK.
-    pub reconnect_delay_ms: u64,
-    /// Longest pause between reconnection attempts, in milliseconds.
-    pub reconnect_max_delay_ms: u64,
-    /// Optional user name.
-    pub username: Option<String>,
-    /// Optional password (only with `username`); prefer `password_file`, which keeps the secret
-    /// out of the configuration file. Never logged.
-    pub password: Option<Secret>,
-    /// File holding the password (only with `username`; one line, a trailing newline is ignored),
-    /// e.g. a systemd credential. Read at start.
-    pub password_file: Option<PathBuf>,
-    /// `[mqtt.tls]`: present = connect with TLS (rustls).
-    pub tls: Option<TlsConfig>,
-}
-
-/// `[mqtt.tls]` section: TLS to the broker (rustls with the ring provider; TLS 1.2 and 1.3).
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TlsConfig {
-    /// PEM file with the CA certificate(s) that signed the broker's certificate; default: the
-    /// system's trusted roots.
-    pub ca_file: Option<PathBuf>,
-    /// PEM client certificate (chain) for brokers that require one (`require_certificate true` in
-    /// mosquitto); needs `client_key_file`.
-    pub client_cert_file: Option<PathBuf>,
-    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `client_cert_file`. Never logged.
-    pub client_key_file: Option<PathBuf>,
-}
-
-/// A secret string (a password): shown as `"***"` by `Debug` so that it never reaches a log.
-#[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(transparent)]
-pub struct Secret(pub String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("\"***\"")
-    }
-}
-
-impl Default for MqttConfig {
-    fn default() -> Self {
-        MqttConfig {
-            host: "127.0.0.1".into(),
-            port: 1883,
-            url: None,
-            device_id: "edge-1".into(),
-            client_id: None,
-            topic_prefix: None,
-            request_filter: None,
-            protocol: MqttProtocol::V311,
-            keep_alive_s: 30,
-            max_packet_bytes: 16 * MIB,
-            qos: 1,
-            clean_session: false,
-            session_expiry_s: 3600,
-            reconnect_delay_ms: 500,
-            reconnect_max_delay_ms: 30_000,
-            username: None,
-            password: None,
-            password_file: None,
-            tls: None,
-        }
-    }
 }
 
 /// `[model]` section.
@@ -325,195 +171,142 @@ impl EdgeConfig {
     /// # Errors
     /// [`ConfigError::Invalid`] naming the first bad key.
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let bad = |key: &'static str, message: String| Err(ConfigError::Invalid { path: path.to_path_buf(), key, message });
-        let m = &self.mqtt;
-        if m.device_id.is_empty() || m.device_id.contains(['/', '+', '#']) || !topic_text_ok(&m.device_id) {
-            return bad("mqtt.device_id", format!("{:?} must be non-empty without '/', '+', '#' or control characters", m.device_id));
-        }
-        if let Some(id) = &m.client_id
-            && id.is_empty()
-        {
-            return bad("mqtt.client_id", "must not be empty (omit it for the default)".into());
-        }
-        if let Some(p) = &m.topic_prefix
-            && (p.contains(['+', '#']) || !topic_text_ok(p))
-        {
-            return bad("mqtt.topic_prefix", format!("{p:?} must not contain wildcards '+' or '#' or control characters"));
-        }
-        if let Some(f) = &m.request_filter
-            && !valid_filter(f)
-        {
-            return bad("mqtt.request_filter", format!("{f:?} is not a valid MQTT topic filter"));
-        }
-        if let Some(url) = &m.url {
-            if let Err(e) = parse_url(url) {
-                return bad("mqtt.url", e);
-            }
-        } else if m.host.is_empty() {
-            return bad("mqtt.host", "must not be empty".into());
-        }
-        if m.keep_alive_s < 5 {
-            return bad("mqtt.keep_alive_s", format!("{} s is below the minimum of 5 s", m.keep_alive_s));
-        }
-        if m.max_packet_bytes < 1024 || m.max_packet_bytes > 256 * MIB {
-            return bad("mqtt.max_packet_bytes", format!("{} must be within 1 KiB..=256 MiB", m.max_packet_bytes));
-        }
-        if m.qos > 2 {
-            return bad("mqtt.qos", format!("{} must be 0, 1 or 2", m.qos));
-        }
-        if m.password.is_some() && m.username.is_none() {
-            return bad("mqtt.password", "needs mqtt.username".into());
-        }
-        if m.password_file.is_some() && (m.username.is_none() || m.password.is_some()) {
-            return bad("mqtt.password_file", "needs mqtt.username, and excludes mqtt.password".into());
-        }
-        if m.reconnect_delay_ms == 0 || m.reconnect_max_delay_ms < m.reconnect_delay_ms {
-            return bad(
-                "mqtt.reconnect_max_delay_ms",
-                format!("{} must be >= mqtt.reconnect_delay_ms ({}) > 0", m.reconnect_max_delay_ms, m.reconnect_delay_ms),
-            );
-        }
-        if let Some(tls) = &m.tls
-            && tls.client_cert_file.is_some() != tls.client_key_file.is_some()
-        {
-            return bad("mqtt.tls", "client_cert_file and client_key_file go together".into());
-        }
-        let g = &self.generation;
-        if g.steps == 0 || g.steps > self.limits.max_steps {
-            return bad("generation.steps", format!("{} must be within 1..={} (limits.max_steps)", g.steps, self.limits.max_steps));
-        }
-        if !(0.0..=1.0).contains(&g.eta) {
-            return bad("generation.eta", format!("{} must be within 0..=1", g.eta));
-        }
-        if !g.strength.is_finite() || g.strength < 0.0 || g.strength > self.limits.max_strength {
-            return bad("generation.strength", format!("{} must be within 0..={} (limits.max_strength)", g.strength, self.limits.max_strength));
-        }
-        let l = &self.limits;
-        if l.max_payload_bytes == 0 || l.max_payload_bytes > m.max_packet_bytes {
-            return bad(
-                "limits.max_payload_bytes",
-                format!("{} must be within 1..={} (mqtt.max_packet_bytes)", l.max_payload_bytes, m.max_packet_bytes),
-            );
-        }
-        if l.max_pixels == 0 {
-            return bad("limits.max_pixels", "must be positive".into());
-        }
-        if l.max_steps == 0 {
-            return bad("limits.max_steps", "must be positive".into());
-        }
-        if l.queue_depth == 0 || l.queue_depth > 10_000 {
-            return bad("limits.queue_depth", format!("{} must be within 1..=10000", l.queue_depth));
-        }
-        if l.recent_ids <= l.queue_depth {
-            return bad("limits.recent_ids", format!("{} must exceed limits.queue_depth ({})", l.recent_ids, l.queue_depth));
-        }
-        if !l.max_strength.is_finite() || l.max_strength < 0.0 {
-            return bad("limits.max_strength", format!("{} must be finite and non-negative", l.max_strength));
-        }
-        if let Err(message) = self.display.validate() {
-            return bad("display", message);
-        }
-        let r = &self.runtime;
-        if r.backend == BackendKind::Onnxruntime && !ONNXRUNTIME_BUILT_IN {
-            return bad("runtime.backend", NO_ONNXRUNTIME.into());
-        }
-        if r.threads == 0 || r.threads > 256 {
-            return bad("runtime.threads", format!("{} must be within 1..=256", r.threads));
-        }
-        Ok(())
+        self.check().map_err(|BadValue { key, message }| ConfigError::Invalid { path: path.to_path_buf(), key, message })
     }
 
-    /// The topic prefix, ending in `/`: `mqtt.topic_prefix` or `mcm/<device_id>/`.
-    pub fn topic_prefix(&self) -> String {
-        match &self.mqtt.topic_prefix {
-            Some(p) if p.is_empty() || p.ends_with('/') => p.clone(),
-            Some(p) => format!("{p}/"),
-            None => format!("mcm/{}/", self.mqtt.device_id),
-        }
-    }
-
-    /// The MQTT client id: `mqtt.client_id` or `mcm-edge-<device_id>`.
-    pub fn client_id(&self) -> String {
-        self.mqtt.client_id.clone().unwrap_or_else(|| format!("mcm-edge-{}", self.mqtt.device_id))
-    }
-
-    /// Broker `(host, port)` from `mqtt.url` when set, else `mqtt.host` and `mqtt.port`.
-    ///
-    /// # Errors
-    /// A message when `mqtt.url` is malformed (never after a successful [`EdgeConfig::validate`]).
-    pub fn broker_address(&self) -> Result<(String, u16), String> {
-        match &self.mqtt.url {
-            Some(url) => parse_url(url).map(|(host, port, _)| (host, port)),
-            None => Ok((self.mqtt.host.clone(), self.mqtt.port)),
-        }
-    }
-
-    /// TLS settings when the connection uses TLS: the `[mqtt.tls]` section, or the defaults
-    /// (system roots) for an `mqtts://` URL without that section; `None` for plain TCP.
-    pub fn tls(&self) -> Option<TlsConfig> {
-        let mqtts = self.mqtt.url.as_deref().is_some_and(|u| u.starts_with("mqtts://"));
-        self.mqtt.tls.clone().or_else(|| mqtts.then(TlsConfig::default))
-    }
-
-    /// Keep-alive interval.
-    pub fn keep_alive(&self) -> Duration {
-        Duration::from_secs(self.mqtt.keep_alive_s)
+    /// The section checks, in file order; the first bad value.
+    fn check(&self) -> Result<(), BadValue> {
+        check_mqtt(&self.mqtt)?;
+        check_generation(&self.generation, &self.limits)?;
+        check_limits(&self.limits, &self.mqtt)?;
+        self.display.validate().map_err(|message| BadValue { key: "display", message })?;
+        check_runtime(&self.runtime)
     }
 }
 
-/// An MQTT topic filter: non-empty, `#` only as the whole last level, `+` only as a whole level.
-fn valid_filter(filter: &str) -> bool {
-    if filter.is_empty() || !topic_text_ok(filter) {
-        return false;
-    }
-    let levels: Vec<&str> = filter.split('/').collect();
-    levels.iter().enumerate().all(|(i, level)| match *level {
-        "#" => i + 1 == levels.len(),
-        "+" => true,
-        l => !l.contains(['+', '#']),
-    })
+/// A value out of range or inconsistent with another: its key and why (the file is added by
+/// [`EdgeConfig::validate`]).
+struct BadValue {
+    key: &'static str,
+    message: String,
 }
 
-/// `mqtt://host[:port][/]`, `tcp://host[:port]` (default port 1883) or `mqtts://host[:port]`
-/// (TLS, default port 8883) -> `(host, port, tls)`.
-fn parse_url(url: &str) -> Result<(String, u16, bool), String> {
-    let (rest, tls) = if let Some(rest) = url.strip_prefix("mqtts://") {
-        (rest, true)
-    } else {
-        let rest = url
-            .strip_prefix("mqtt://")
-            .or_else(|| url.strip_prefix("tcp://"))
-            .ok_or_else(|| format!("{url:?}: only mqtt://, tcp:// and mqtts:// URLs are supported"))?;
-        (rest, false)
-    };
-    let rest = rest.trim_end_matches('/');
-    if rest.contains(['/', '?', '@']) {
-        return Err(format!("{url:?}: expected mqtt://host[:port] without path, query or credentials"));
+/// `Err` of a [`BadValue`].
+fn bad(key: &'static str, message: String) -> Result<(), BadValue> {
+    Err(BadValue { key, message })
+}
+
+/// `[mqtt]`: identity, topics, broker address, packet size, QoS, credentials, reconnects, TLS.
+fn check_mqtt(m: &MqttConfig) -> Result<(), BadValue> {
+    if m.device_id.is_empty() || m.device_id.contains(['/', '+', '#']) || !topic_text_ok(&m.device_id) {
+        return bad("mqtt.device_id", format!("{:?} must be non-empty without '/', '+', '#' or control characters", m.device_id));
     }
-    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-        // [::1]:1883
-        let (h, after) = v6.split_once(']').ok_or_else(|| format!("{url:?}: unclosed '['"))?;
-        (h.to_string(), after.strip_prefix(':'))
-    } else {
-        match rest.rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), Some(p)),
-            None => (rest.to_string(), None),
+    if let Some(id) = &m.client_id
+        && id.is_empty()
+    {
+        return bad("mqtt.client_id", "must not be empty (omit it for the default)".into());
+    }
+    if let Some(p) = &m.topic_prefix
+        && (p.contains(['+', '#']) || !topic_text_ok(p))
+    {
+        return bad("mqtt.topic_prefix", format!("{p:?} must not contain wildcards '+' or '#' or control characters"));
+    }
+    if let Some(f) = &m.request_filter
+        && !valid_filter(f)
+    {
+        return bad("mqtt.request_filter", format!("{f:?} is not a valid MQTT topic filter"));
+    }
+    if let Some(url) = &m.url {
+        if let Err(e) = parse_url(url) {
+            return bad("mqtt.url", e.to_string());
         }
-    };
-    if host.is_empty() {
-        return Err(format!("{url:?}: missing host"));
+    } else if m.host.is_empty() {
+        return bad("mqtt.host", "must not be empty".into());
     }
-    let port = match port {
-        Some(p) => p.parse::<u16>().map_err(|_| format!("{url:?}: bad port {p:?}"))?,
-        None if tls => 8883,
-        None => 1883,
-    };
-    Ok((host, port, tls))
+    if m.keep_alive_s < 5 {
+        return bad("mqtt.keep_alive_s", format!("{} s is below the minimum of 5 s", m.keep_alive_s));
+    }
+    if m.max_packet_bytes < 1024 || m.max_packet_bytes > 256 * MIB {
+        return bad("mqtt.max_packet_bytes", format!("{} must be within 1 KiB..=256 MiB", m.max_packet_bytes));
+    }
+    if m.qos > 2 {
+        return bad("mqtt.qos", format!("{} must be 0, 1 or 2", m.qos));
+    }
+    if m.password.is_some() && m.username.is_none() {
+        return bad("mqtt.password", "needs mqtt.username".into());
+    }
+    if m.password_file.is_some() && (m.username.is_none() || m.password.is_some()) {
+        return bad("mqtt.password_file", "needs mqtt.username, and excludes mqtt.password".into());
+    }
+    if m.reconnect_delay_ms == 0 || m.reconnect_max_delay_ms < m.reconnect_delay_ms {
+        return bad(
+            "mqtt.reconnect_max_delay_ms",
+            format!("{} must be >= mqtt.reconnect_delay_ms ({}) > 0", m.reconnect_max_delay_ms, m.reconnect_delay_ms),
+        );
+    }
+    if let Some(tls) = &m.tls
+        && tls.client_cert_file.is_some() != tls.client_key_file.is_some()
+    {
+        return bad("mqtt.tls", "client_cert_file and client_key_file go together".into());
+    }
+    Ok(())
+}
+
+/// `[generation]`, against the limits it must stay within.
+fn check_generation(g: &GenerationConfig, l: &LimitsConfig) -> Result<(), BadValue> {
+    if g.steps == 0 || g.steps > l.max_steps {
+        return bad("generation.steps", format!("{} must be within 1..={} (limits.max_steps)", g.steps, l.max_steps));
+    }
+    if !(0.0..=1.0).contains(&g.eta) {
+        return bad("generation.eta", format!("{} must be within 0..=1", g.eta));
+    }
+    if !g.strength.is_finite() || g.strength < 0.0 || g.strength > l.max_strength {
+        return bad("generation.strength", format!("{} must be within 0..={} (limits.max_strength)", g.strength, l.max_strength));
+    }
+    Ok(())
+}
+
+/// `[limits]`, against the MQTT packet size.
+fn check_limits(l: &LimitsConfig, m: &MqttConfig) -> Result<(), BadValue> {
+    if l.max_payload_bytes == 0 || l.max_payload_bytes > m.max_packet_bytes {
+        return bad(
+            "limits.max_payload_bytes",
+            format!("{} must be within 1..={} (mqtt.max_packet_bytes)", l.max_payload_bytes, m.max_packet_bytes),
+        );
+    }
+    if l.max_pixels == 0 {
+        return bad("limits.max_pixels", "must be positive".into());
+    }
+    if l.max_steps == 0 {
+        return bad("limits.max_steps", "must be positive".into());
+    }
+    if l.queue_depth == 0 || l.queue_depth > 10_000 {
+        return bad("limits.queue_depth", format!("{} must be within 1..=10000", l.queue_depth));
+    }
+    if l.recent_ids <= l.queue_depth {
+        return bad("limits.recent_ids", format!("{} must exceed limits.queue_depth ({})", l.recent_ids, l.queue_depth));
+    }
+    if !l.max_strength.is_finite() || l.max_strength < 0.0 {
+        return bad("limits.max_strength", format!("{} must be finite and non-negative", l.max_strength));
+    }
+    Ok(())
+}
+
+/// `[runtime]`: a backend this binary has, and a thread count.
+fn check_runtime(r: &RuntimeConfig) -> Result<(), BadValue> {
+    if r.backend == BackendKind::Onnxruntime && !ONNXRUNTIME_BUILT_IN {
+        return bad("runtime.backend", NO_ONNXRUNTIME.into());
+    }
+    if r.threads == 0 || r.threads > 256 {
+        return bad("runtime.threads", format!("{} must be within 1..=256", r.threads));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::Backend;
 
     /// Parse `text` with `mqtt.device_id = "edge-1"` added when it has none.
     fn parse(text: &str) -> Result<EdgeConfig, ConfigError> {
@@ -532,8 +325,8 @@ mod tests {
     fn a_file_with_only_the_device_id_gives_defaults() {
         let c = parse("[mqtt]\ndevice_id = \"edge-1\"\n").unwrap();
         assert_eq!(c, EdgeConfig::default());
-        assert_eq!(c.topic_prefix(), "mcm/edge-1/");
-        assert_eq!(c.client_id(), "mcm-edge-edge-1");
+        assert_eq!(c.mqtt.topic_prefix(), "mcm/edge-1/");
+        assert_eq!(c.mqtt.client_id(), "mcm-edge-edge-1");
         assert_eq!(c.mqtt.max_packet_bytes, 16 * MIB);
         assert_eq!(c.model.dir, PathBuf::from("models/default"));
     }
@@ -556,8 +349,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.mqtt.protocol, MqttProtocol::V5);
-        assert_eq!(c.topic_prefix(), "site/a/");
-        assert_eq!(c.client_id(), "mcm-edge-cam7");
+        assert_eq!(c.mqtt.topic_prefix(), "site/a/");
+        assert_eq!(c.mqtt.client_id(), "mcm-edge-cam7");
         assert_eq!(c.generation.seed_policy, SeedPolicy::Random);
         assert_eq!(c.limits.queue_depth, 2);
     }
@@ -573,11 +366,11 @@ mod tests {
     #[test]
     fn tls_from_section_or_url_and_secrets_hidden() {
         let c = parse("[mqtt]\ndevice_id = \"d\"\nurl = \"mqtts://b\"\nusername = \"u\"\npassword = \"pw-123\"\n").unwrap();
-        assert_eq!(c.tls(), Some(TlsConfig::default()));
-        assert_eq!(c.broker_address().unwrap(), ("b".into(), 8883));
+        assert_eq!(c.mqtt.tls(), Some(TlsConfig::default()));
+        assert_eq!(c.mqtt.broker_address().unwrap(), ("b".into(), 8883));
         assert!(!format!("{c:?}").contains("pw-123"));
         let c = parse("[mqtt]\ndevice_id = \"d\"\n[mqtt.tls]\nca_file = \"ca.pem\"\n").unwrap();
-        assert_eq!(c.tls().unwrap().ca_file, Some(PathBuf::from("ca.pem")));
+        assert_eq!(c.mqtt.tls().unwrap().ca_file, Some(PathBuf::from("ca.pem")));
         let e = parse("[mqtt]\ndevice_id = \"d\"\n[mqtt.tls]\nclient_cert_file = \"c.pem\"\n").unwrap_err().to_string();
         assert!(e.contains("mqtt.tls"), "{e}");
         let e = parse("[mqtt]\ndevice_id = \"d\"\n[display]\nwidth = 2\n").unwrap_err().to_string();
@@ -634,23 +427,8 @@ mod tests {
     }
 
     #[test]
-    fn filters() {
-        assert!(valid_filter("$share/edge/mcm/+/request"));
-        assert!(valid_filter("a/#"));
-        assert!(!valid_filter("a/#/b"));
-        assert!(!valid_filter("a/b+"));
-        assert!(!valid_filter(""));
-    }
-
-    #[test]
-    fn urls() {
-        assert_eq!(parse_url("mqtt://broker.local").unwrap(), ("broker.local".into(), 1883, false));
-        assert_eq!(parse_url("tcp://10.0.0.2:1884/").unwrap(), ("10.0.0.2".into(), 1884, false));
-        assert_eq!(parse_url("mqtt://[::1]:1999").unwrap(), ("::1".into(), 1999, false));
-        assert_eq!(parse_url("mqtts://b").unwrap(), ("b".into(), 8883, true));
-        assert!(parse_url("ws://x").is_err());
-        assert!(parse_url("mqtt://x:notaport").is_err());
+    fn url_sets_the_broker_address() {
         let c = parse("[mqtt]\nurl = \"mqtt://h:7\"\n").unwrap();
-        assert_eq!(c.broker_address().unwrap(), ("h".into(), 7));
+        assert_eq!(c.mqtt.broker_address().unwrap(), ("h".into(), 7));
     }
 }

@@ -73,7 +73,7 @@ pub fn run(opts: &DemoOptions) -> Result<Vec<f64>> {
     config.mqtt.clean_session = true;
     config.model.dir = opts.model.clone();
     config.generation.steps = opts.steps;
-    let prefix = config.topic_prefix();
+    let prefix = config.mqtt.topic_prefix();
 
     let shutdown = Arc::new(AtomicBool::new(false));
     let service = {

@@ -215,14 +215,14 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Check { config: path } => {
             let (config, generator) = load(&path)?;
-            Settings::from_config(&config).with_context(|| path.display().to_string())?;
+            Settings::from_config(&config.mqtt).with_context(|| path.display().to_string())?;
             StatusDisplay::new(&config.display).with_context(|| path.display().to_string())?;
             let info = generator.info();
-            let (host, port) = config.broker_address().map_err(anyhow::Error::msg)?;
+            let (host, port) = config.mqtt.broker_address()?;
             let modalities: Vec<&str> = info.modalities.iter().map(|m| m.name.as_str()).collect();
             println!("{}: OK", path.display());
-            println!("  device {:?}, client id {:?}, topics {}*", config.mqtt.device_id, config.client_id(), config.topic_prefix());
-            println!("  broker {host}:{port}, MQTT {}, TLS {}", u8::from(config.mqtt.protocol), if config.tls().is_some() { "on" } else { "off" });
+            println!("  device {:?}, client id {:?}, topics {}*", config.mqtt.device_id, config.mqtt.client_id(), config.mqtt.topic_prefix());
+            println!("  broker {host}:{port}, MQTT {}, TLS {}", u8::from(config.mqtt.protocol), if config.mqtt.tls().is_some() { "on" } else { "off" });
             println!("  model {}: {}x{} image, modalities {modalities:?}", config.model.dir.display(), info.image.size, info.image.size);
             println!("  backend: {}", generator.models().base.backend_description());
             println!("  status display: {}", config.display.describe());

@@ -43,7 +43,7 @@ use serde::Serialize;
 
 use crate::contract::Maps;
 use crate::config::{ConfigError, EdgeConfig, MqttProtocol, SeedPolicy};
-use crate::mqtt::{self, Ack, AckQueue, Backoff, Content, LoopCtx, LoopEvent, Mqtt, OFFLINE, ReplyProps, ReplyTo, Settings, Ticket, TransportError};
+use crate::mqtt::{self, Ack, AckQueue, Backoff, Content, LoopCtx, LoopEvent, Mqtt, OFFLINE, ReplyProps, ReplyTo, Settings, Ticket, TransportError, topic_matches};
 use crate::display::{BrokerState, PanelState, render_map};
 use crate::error_code::ErrorCode;
 use crate::framebuffer::{DisplayError, StatusDisplay};
@@ -128,21 +128,21 @@ pub fn run(
     shutdown: Arc<AtomicBool>,
 ) -> Result<ServiceSummary, ServiceError> {
     config.validate(Path::new("<config>"))?;
-    let prefix = config.topic_prefix();
-    let settings = Settings::from_config(config)?;
+    let prefix = config.mqtt.topic_prefix();
+    let settings = Settings::from_config(&config.mqtt)?;
     let display = StatusDisplay::new(&config.display)?;
     if config.display.enabled {
         log::info!("status display: {}", config.display.describe());
     }
     let status_topic = format!("{prefix}status");
-    let (mqtt, driver) = mqtt::connect(config, &settings, &status_topic);
+    let (mqtt, driver) = mqtt::connect(&config.mqtt, &settings, &status_topic);
     log::info!(
         "mcm-edge service: broker {}:{} (MQTT {}{}), client id {:?}, prefix {prefix:?}",
         settings.host,
         settings.port,
         if config.mqtt.protocol == MqttProtocol::V5 { "5" } else { "3.1.1" },
         if settings.uses_tls() { ", TLS" } else { "" },
-        config.client_id()
+        config.mqtt.client_id()
     );
 
     let ctx = Ctx::new(config, generator, mqtt.clone(), prefix, display);
@@ -648,24 +648,6 @@ fn dispatch(ctx: Ctx, rx: Receiver<LoopEvent>) {
     log::debug!("dispatcher stopped");
 }
 
-/// Whether `topic` matches the MQTT `filter` (`+`, `#`; a `$share/<group>/` prefix is ignored).
-fn topic_matches(filter: &str, topic: &str) -> bool {
-    let filter = match filter.strip_prefix("$share/").and_then(|rest| rest.split_once('/')) {
-        Some((_group, f)) => f,
-        None => filter,
-    };
-    let mut topic_levels = topic.split('/');
-    for level in filter.split('/') {
-        match (level, topic_levels.next()) {
-            ("#", _) => return true,
-            ("+", Some(_)) => {}
-            (l, Some(t)) if l == t => {}
-            _ => return false,
-        }
-    }
-    topic_levels.next().is_none()
-}
-
 fn on_frame(ctx: &Ctx, modality: &str, payload: Vec<u8>) {
     if ctx.generator.info().modality(modality).is_none() {
         let known = modality_names(ctx);
@@ -962,16 +944,5 @@ mod tests {
     fn clip_cuts_long_text_only() {
         assert_eq!(clip("short", 10), "short");
         assert_eq!(clip("ééééé", 2), "éé... (5 characters in all)");
-    }
-
-    #[test]
-    fn topic_filters() {
-        assert!(topic_matches("mcm/a/request", "mcm/a/request"));
-        assert!(!topic_matches("mcm/a/request", "mcm/b/request"));
-        assert!(topic_matches("$share/edge/mcm/+/request", "mcm/b/request"));
-        assert!(!topic_matches("mcm/+/request", "mcm/b/request/x"));
-        assert!(topic_matches("mcm/#", "mcm/b/request/x"));
-        assert!(topic_matches("mcm/#", "mcm"));
-        assert!(!topic_matches("mcm/+", "mcm"));
     }
 }

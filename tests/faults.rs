@@ -72,7 +72,7 @@ fn broker_restart_mid_stream_loses_and_duplicates_nothing() {
     let mut config = test_config(broker.port, MqttProtocol::V311);
     config.mqtt.qos = 2;
     config.limits.queue_depth = 64;
-    let prefix = config.topic_prefix();
+    let prefix = config.mqtt.topic_prefix();
     let client_id = format!("faults-client-{}", std::process::id());
     let mut tc = TestClient::connect_with(broker.port, MqttProtocol::V311, &client_id, false, 1);
     tc.subscribe(&format!("{prefix}#"));

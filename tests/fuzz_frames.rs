@@ -847,8 +847,8 @@ fn parse_checked(tally: &Tally, text: &str, path: &Path) -> Result<(), TestCaseE
             tally.ok.fetch_add(1, Ordering::Relaxed);
             tally.count("ok");
             prop_assert!(config.validate(path).is_ok());
-            prop_assert!(config.broker_address().is_ok());
-            let _ = (config.topic_prefix(), config.client_id(), config.keep_alive());
+            prop_assert!(config.mqtt.broker_address().is_ok());
+            let _ = (config.mqtt.topic_prefix(), config.mqtt.client_id(), config.mqtt.keep_alive());
             let again = toml::to_string(&config).map_err(|e| TestCaseError::fail(format!("serialize: {e}")))?;
             let back = EdgeConfig::parse(&again, path);
             prop_assert!(back.as_ref().is_ok_and(|b| *b == config), "round trip of {text:?} via {again:?}: {back:?}");

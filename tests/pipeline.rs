@@ -54,7 +54,7 @@ fn request_over_mqtt_is_answered_with_a_png_from_tract() {
     config.mqtt.device_id = "pipeline-test".into();
     config.mqtt.clean_session = true;
     config.generation.steps = 4;
-    let prefix = config.topic_prefix();
+    let prefix = config.mqtt.topic_prefix();
     let shutdown = Arc::new(AtomicBool::new(false));
     let service = {
         let (config, shutdown) = (config.clone(), Arc::clone(&shutdown));

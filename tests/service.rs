@@ -172,7 +172,7 @@ fn v311_client_talks_to_mqtt5_service() {
     // The in-process broker shares one router between its 3.1.1 and 5 listeners.
     let broker = rumqttd();
     let config = test_config(broker.v5_port, MqttProtocol::V5);
-    let prefix = config.topic_prefix();
+    let prefix = config.mqtt.topic_prefix();
     let mut tc = TestClient::connect(broker.port, MqttProtocol::V311);
     tc.subscribe(&format!("{prefix}#"));
     let generator = FakeGenerator::new(Duration::ZERO);
@@ -314,7 +314,7 @@ fn service_waits_for_a_broker_that_starts_later() {
     // Nothing listens on the port yet: the service keeps retrying, then connects.
     let port = free_port();
     let config = test_config(port, MqttProtocol::V311);
-    let prefix = config.topic_prefix();
+    let prefix = config.mqtt.topic_prefix();
     let generator: Arc<dyn ImageGenerator> = FakeGenerator::new(Duration::ZERO);
     let shutdown = Arc::new(AtomicBool::new(false));
     let handle = {
@@ -357,7 +357,7 @@ fn reconnect_renews_subscriptions_and_status() {
         let mut config = test_config(proxy.port, MqttProtocol::V311);
         config.mqtt.clean_session = clean_session;
         config.mqtt.keep_alive_s = 5;
-        let prefix = config.topic_prefix();
+        let prefix = config.mqtt.topic_prefix();
         let status = format!("{prefix}status");
         let mut tc = TestClient::connect(broker.port, MqttProtocol::V311);
         tc.subscribe(&format!("{prefix}#"));

@@ -494,7 +494,7 @@ pub fn test_config(port: u16, protocol: MqttProtocol) -> EdgeConfig {
 /// Start the service and a test client subscribed to `P/#`; returns once the service said online.
 pub fn start(config: EdgeConfig, delay: Duration, client_protocol: MqttProtocol) -> (Svc, TestClient) {
     let mut tc = TestClient::connect(config.mqtt.port, client_protocol);
-    tc.subscribe(&format!("{}#", config.topic_prefix()));
+    tc.subscribe(&format!("{}#", config.mqtt.topic_prefix()));
     let svc = spawn_service(config, delay, &mut tc);
     (svc, tc)
 }
@@ -502,7 +502,7 @@ pub fn start(config: EdgeConfig, delay: Duration, client_protocol: MqttProtocol)
 /// Start the service with a fake generator taking `delay` per image; returns once `tc`
 /// (subscribed to `P/#`) saw it online.
 pub fn spawn_service(config: EdgeConfig, delay: Duration, tc: &mut TestClient) -> Svc {
-    let prefix = config.topic_prefix();
+    let prefix = config.mqtt.topic_prefix();
     let generator = FakeGenerator::new(delay);
     let shutdown = Arc::new(AtomicBool::new(false));
     let handle = {
