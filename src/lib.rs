@@ -4,7 +4,7 @@
 //!
 //! One concept per module: [`contract`] (model.toml, conditioning tensor), [`runtime`] (nets on
 //! tract or onnxruntime), [`diffusion`] (schedule, DDIM, generation), [`frames`] (decoding),
-//! [`request`] (request JSON), [`config`] (edge.toml), [`mqtt`] (transport, TLS, reconnects),
+//! [`config`] (edge.toml), [`mqtt`] (transport, TLS, reconnects),
 //! [`service`] (MQTT service), [`broker`] (in-process broker), [`display`] (contact sheets, status
 //! panel), [`framebuffer`] (status screen output), [`eval`] (metrics), [`bench`] (timings),
 //! [`demo`].
@@ -21,6 +21,5 @@ pub mod eval;
 pub mod framebuffer;
 pub mod frames;
 pub mod mqtt;
-pub mod request;
 pub mod runtime;
 pub mod service;

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use mcm_edge::contract::ModelInfo;
 use mcm_edge::frames::FrameLimits;
-use mcm_edge::request::{Refusal, RequestRules, parse_body};
+use mcm_edge::service::request::{Refusal, RequestRules, parse_body};
 
 const CASES: u32 = 3000;
 
@@ -44,7 +44,7 @@ fn sample_b64() -> &'static str {
 }
 
 /// Parse and check `payload`; panics (a test failure) on a malformed refusal.
-fn run(payload: &[u8]) -> Result<mcm_edge::request::Request, Refusal> {
+fn run(payload: &[u8]) -> Result<mcm_edge::service::request::Request, Refusal> {
     let result = parse_body(payload).and_then(|body| body.check(&rules()));
     if let Err(r) = &result {
         let code = r.code.as_str();

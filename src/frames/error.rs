@@ -11,10 +11,10 @@ pub enum FrameError {
     /// The frame has no bytes.
     #[error("empty frame (0 bytes)")]
     Empty,
-    /// The encoded frame is larger than [`FrameLimits::max_bytes`].
+    /// The encoded frame is larger than [`super::FrameLimits::max_bytes`].
     #[error("frame is {bytes} bytes, more than the limit of {max_bytes} bytes")]
     TooLarge { bytes: usize, max_bytes: usize },
-    /// The header declares more than [`FrameLimits::max_pixels`] pixels.
+    /// The header declares more than [`super::FrameLimits::max_pixels`] pixels.
     #[error("image is {width}x{height} pixels, more than the limit of {max_pixels} pixels")]
     TooManyPixels { width: u32, height: u32, max_pixels: u64 },
     /// The decoder refused the image dimensions (one side alone exceeds the pixel limit).

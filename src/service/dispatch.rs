@@ -1,0 +1,221 @@
+//! The dispatcher: parses incoming messages, queues requests and stream frames for the worker,
+//! answers refusals, ignores duplicate deliveries and renews the subscriptions on every CONNACK.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+
+use super::TICK;
+use super::request::{self, Refusal, RequestRules};
+use super::state::{Ctx, Job, Pending, lock};
+use crate::error_code::ErrorCode;
+use crate::mqtt::{LoopEvent, ReplyTo, Ticket, topic_matches};
+
+/// Bounded set of recently accepted request ids (oldest forgotten first).
+struct RecentIds {
+    set: HashSet<String>,
+    order: VecDeque<String>,
+    capacity: usize,
+}
+
+impl RecentIds {
+    fn new(capacity: usize) -> Self {
+        RecentIds { set: HashSet::new(), order: VecDeque::new(), capacity }
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.set.contains(id)
+    }
+
+    fn insert(&mut self, id: &str) {
+        if self.set.insert(id.to_string()) {
+            self.order.push_back(id.to_string());
+            while self.order.len() > self.capacity {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+pub(super) fn dispatch(ctx: Ctx, rx: Receiver<LoopEvent>) {
+    let mut recent = RecentIds::new(ctx.config.limits.recent_ids);
+    let frame_prefix = format!("{}frame/", ctx.prefix);
+    let request_filter = ctx.config.mqtt.request_filter.clone().unwrap_or_else(|| format!("{}request", ctx.prefix));
+    loop {
+        let stopping = ctx.stopping();
+        let event = if stopping {
+            // Answer what already arrived, then leave.
+            match rx.try_recv() {
+                Ok(e) => e,
+                Err(_) => break,
+            }
+        } else {
+            match rx.recv_timeout(TICK) {
+                Ok(e) => e,
+                Err(RecvTimeoutError::Timeout) => {
+                    ctx.refresh_display(ctx.broker_state());
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        };
+        match event {
+            LoopEvent::Connected { .. } => {
+                ctx.out.new_connection();
+                if stopping {
+                    continue;
+                }
+                for filter in [format!("{frame_prefix}+"), request_filter.clone()] {
+                    match ctx.out.subscribe(&filter) {
+                        Ok(()) => log::info!("subscribed to {filter}"),
+                        Err(e) => log::error!("{e}"),
+                    }
+                }
+                ctx.publish_status();
+            }
+            LoopEvent::Oversized { bytes, max } => ctx.error(
+                None,
+                ErrorCode::MessageTooLarge,
+                &format!("a {bytes}-byte message exceeded mqtt.max_packet_bytes = {max} and was dropped"),
+                None,
+            ),
+            LoopEvent::Message { topic, payload, reply, ack } => {
+                let ticket = ctx.out.track(ack);
+                if topic_matches(&request_filter, &topic) {
+                    // Acknowledged once answered (by the worker when queued).
+                    if let Some(ticket) = on_request(&ctx, &mut recent, &payload, reply, ticket, stopping) {
+                        ctx.out.ack(ticket);
+                    }
+                    continue;
+                }
+                match topic.strip_prefix(&frame_prefix) {
+                    Some(modality) if !stopping => on_frame(&ctx, modality, payload),
+                    Some(_) => {}
+                    // E.g. a subscription left in a persistent session by an older configuration.
+                    None => log::debug!("ignoring a message on {topic:?}"),
+                }
+                // A frame is only the latest picture of a stream: acknowledged on arrival.
+                ctx.out.ack(ticket);
+            }
+        }
+    }
+    log::debug!("dispatcher stopped");
+}
+
+fn on_frame(ctx: &Ctx, modality: &str, payload: Vec<u8>) {
+    if ctx.generator.info().modality(modality).is_none() {
+        let known = modality_names(ctx);
+        ctx.error(None, ErrorCode::UnknownModality, &format!("frame/{modality}: the model has modalities {known}"), None);
+        return;
+    }
+    let replaced = {
+        let mut p = lock(&ctx.shared.pending);
+        p.frames.insert(modality.to_string(), payload).is_some()
+    };
+    if replaced {
+        lock(&ctx.shared.stats).summary.dropped_frames += 1;
+        log::debug!("frame/{modality}: replaced a pending frame");
+    }
+    ctx.shared.wake.notify_all();
+}
+
+fn modality_names(ctx: &Ctx) -> String {
+    let names: Vec<&str> = ctx.generator.info().modalities.iter().map(|m| m.name.as_str()).collect();
+    format!("{names:?}")
+}
+
+/// Queue or refuse a request; returns its ack when it is done with here (refused, duplicate),
+/// `None` when the queued job carries it.
+fn on_request(ctx: &Ctx, recent: &mut RecentIds, payload: &[u8], reply: Option<ReplyTo>, ack: Ticket, stopping: bool) -> Option<Ticket> {
+    let mut job = match parse_request(ctx, recent, payload, stopping) {
+        Ok(Parsed::Job(job)) => job,
+        Ok(Parsed::Duplicate(id)) => return adopt_ack(ctx, &id, ack),
+        Err(r) => {
+            ctx.error(r.id.as_deref(), r.code, &r.message, reply.as_ref());
+            return Some(ack);
+        }
+    };
+    job.reply = reply;
+    job.ack = Some(ack);
+    let id = job.request.id.clone();
+    let refused = {
+        let mut p = lock(&ctx.shared.pending);
+        if p.requests.len() < ctx.config.limits.queue_depth {
+            p.requests.push_back(job);
+            None
+        } else {
+            Some(job)
+        }
+    };
+    if let Some(job) = refused {
+        let depth = ctx.config.limits.queue_depth;
+        ctx.error(Some(&id), ErrorCode::QueueFull, &format!("{depth} requests are already waiting; try again later"), job.reply.as_ref());
+        return job.ack;
+    }
+    recent.insert(&id);
+    lock(&ctx.shared.stats).summary.requests_accepted += 1;
+    log::debug!("request {id:?} queued");
+    ctx.shared.wake.notify_all();
+    None
+}
+
+/// Parse and check a request; `Ok(None)` for a duplicate of a recently accepted id.
+fn parse_request(ctx: &Ctx, recent: &RecentIds, payload: &[u8], stopping: bool) -> Result<Parsed, Refusal> {
+    let body = request::parse_body(payload)?;
+    if recent.contains(&body.id) {
+        log::info!("request {:?}: duplicate delivery ignored", body.id);
+        lock(&ctx.shared.stats).summary.duplicates_ignored += 1;
+        return Ok(Parsed::Duplicate(body.id));
+    }
+    if stopping {
+        return Err(Refusal::new(Some(&body.id), ErrorCode::ShuttingDown, "the device is shutting down"));
+    }
+    let (config, info) = (&ctx.config, ctx.generator.info());
+    let rules = RequestRules {
+        info,
+        frames: ctx.frame_limits(),
+        max_steps: config.limits.max_steps,
+        max_strength: config.limits.max_strength,
+        default_steps: config.generation.steps,
+        default_strength: config.generation.strength,
+    };
+    Ok(Parsed::Job(Job { request: body.check(&rules)?, reply: None, ack: None }))
+}
+
+/// A request that passed [`parse_request`].
+enum Parsed {
+    Job(Job),
+    /// Another delivery of a recently accepted id.
+    Duplicate(String),
+}
+
+/// A duplicate delivery of `id` (e.g. redelivered by the broker after a reconnect) arrived with
+/// `ticket`. While `id` is still queued or being generated, its answer acknowledges the new
+/// delivery instead, so that a crash before the answer still gets it delivered again; returns
+/// the ticket to release now (the replaced one, void on a new connection, or else the new one).
+fn adopt_ack(ctx: &Ctx, id: &str, ticket: Ticket) -> Option<Ticket> {
+    let mut guard = lock(&ctx.shared.pending);
+    let Pending { requests, running, .. } = &mut *guard;
+    let queued = requests.iter_mut().find(|j| j.request.id == id).map(|j| &mut j.ack);
+    match queued.or_else(|| running.as_mut().filter(|r| r.0 == id).map(|r| &mut r.1)) {
+        Some(slot) => slot.replace(ticket),
+        None => Some(ticket),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_ids_forget_the_oldest() {
+        let mut r = RecentIds::new(2);
+        r.insert("a");
+        r.insert("b");
+        r.insert("a");
+        assert!(r.contains("a") && r.contains("b"));
+        r.insert("c");
+        assert!(!r.contains("a") && r.contains("b") && r.contains("c"));
+    }
+}

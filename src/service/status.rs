@@ -1,0 +1,140 @@
+//! The retained `P/status` and the status display, drawn from the shared state.
+
+use std::sync::atomic::Ordering;
+
+use image::RgbImage;
+use serde::Serialize;
+
+use super::state::{Ctx, lock};
+use crate::contract::{Maps, ModalityInfo};
+use crate::display::{BrokerState, PanelState, render_map};
+
+/// `P/status` payload.
+#[derive(Serialize)]
+struct Status<'a> {
+    state: &'static str,
+    device_id: &'a str,
+    model: ModelSummary<'a>,
+    modalities: &'a [ModalityInfo],
+    queue_depth: usize,
+    queue_capacity: usize,
+    pending_frames: usize,
+    dropped_frames: u64,
+    last_latency_ms: Option<u64>,
+    images_generated: u64,
+    errors: u64,
+    requests_accepted: u64,
+    duplicates_ignored: u64,
+    protocol: u8,
+    version: &'static str,
+}
+
+#[derive(Serialize)]
+struct ModelSummary<'a> {
+    id: &'a str,
+    image_size: usize,
+    channels: usize,
+    base: &'a str,
+    mcm: Option<&'a str>,
+    cond_channels: usize,
+}
+
+impl Ctx {
+    /// Redraw the status display: at once for `Offline` (the last frame), otherwise at most every
+    /// `display.refresh_ms`. A failed write is logged, never fatal.
+    pub(super) fn refresh_display(&self, broker: BrokerState) {
+        let mut display = lock(&self.display);
+        let state = || {
+            let queue_depth = lock(&self.shared.pending).requests.len();
+            let stats = lock(&self.shared.stats);
+            PanelState {
+                device_id: self.config.mqtt.device_id.clone(),
+                broker,
+                last_input: stats.last_input.clone(),
+                last_output: stats.last_output.clone(),
+                last_latency_ms: stats.last_latency_ms,
+                queue_depth,
+                queue_capacity: self.config.limits.queue_depth,
+                images_generated: stats.summary.images_generated,
+                errors: stats.summary.errors,
+            }
+        };
+        let shown = match broker {
+            BrokerState::Offline => display.show_now(&state()),
+            _ if display.due() => display.show_now(&state()),
+            _ => Ok(()),
+        };
+        // The first failure is a warning, repeats are not (a redraw is tried twice a second).
+        match shown {
+            Ok(()) => self.shared.display_failing.store(false, Ordering::Relaxed),
+            Err(e) if !self.shared.display_failing.swap(true, Ordering::Relaxed) => log::warn!("status display: {e}"),
+            Err(e) => log::debug!("status display: {e}"),
+        }
+    }
+
+    /// The broker state for the display, from the loop thread's view.
+    pub(super) fn broker_state(&self) -> BrokerState {
+        if self.connected.load(Ordering::SeqCst) { BrokerState::Online } else { BrokerState::Connecting }
+    }
+
+    /// Keep the pictures of the last input and output for the display (when it is on).
+    pub(super) fn record_images(&self, maps: &Maps, output: &RgbImage) {
+        if !self.config.display.enabled {
+            return;
+        }
+        let info = self.generator.info();
+        let input = info.modalities.iter().find_map(|m| maps.get(&m.name).map(|map| render_map(map, m)));
+        let mut stats = lock(&self.shared.stats);
+        stats.last_input = input;
+        stats.last_output = Some(output.clone());
+    }
+
+    /// Publish the retained status (and refresh the display).
+    pub(super) fn publish_status(&self) {
+        let _order = lock(&self.shared.status_order);
+        let (queue_depth, pending_frames, busy) = {
+            let p = lock(&self.shared.pending);
+            (p.requests.len(), p.frames.len(), p.busy)
+        };
+        let stats = lock(&self.shared.stats);
+        let info = self.generator.info();
+        let status = Status {
+            state: if busy { "busy" } else { "online" },
+            device_id: &self.config.mqtt.device_id,
+            model: ModelSummary {
+                id: &self.model_id,
+                image_size: info.image.size,
+                channels: info.image.channels,
+                base: &info.base.file,
+                mcm: info.mcm.as_ref().map(|m| m.file.as_str()),
+                cond_channels: info.cond_channels(),
+            },
+            modalities: &info.modalities,
+            queue_depth,
+            queue_capacity: self.config.limits.queue_depth,
+            pending_frames,
+            dropped_frames: stats.summary.dropped_frames,
+            last_latency_ms: stats.last_latency_ms,
+            images_generated: stats.summary.images_generated,
+            errors: stats.summary.errors,
+            requests_accepted: stats.summary.requests_accepted,
+            duplicates_ignored: stats.summary.duplicates_ignored,
+            protocol: self.config.mqtt.protocol.into(),
+            version: env!("CARGO_PKG_VERSION"),
+        };
+        let body = match serde_json::to_vec(&status) {
+            Ok(b) => b,
+            Err(e) => {
+                log::error!("cannot serialize the status: {e}");
+                return;
+            }
+        };
+        drop(stats);
+        let topic = format!("{}status", self.prefix);
+        if let Err(e) = self.out.publish(&topic, body, true, None) {
+            log::warn!("cannot publish the status: {e}");
+        }
+        self.refresh_display(self.broker_state());
+    }
+}
+

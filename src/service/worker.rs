@@ -1,0 +1,184 @@
+//! The worker: takes requests and stream frames from the queue in turn, generates, and publishes
+//! the PNG or the error; on shutdown it answers the requests still queued.
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use image::{ImageFormat, RgbImage};
+
+use super::TICK;
+use super::state::{Ctx, Job, lock};
+use crate::config::SeedPolicy;
+use crate::contract::Maps;
+use crate::diffusion::{GenerateError, GenerationParams};
+use crate::error_code::ErrorCode;
+use crate::frames::decode_frame;
+use crate::mqtt::Content;
+
+enum Work {
+    Request(Job),
+    Frames(BTreeMap<String, Vec<u8>>),
+}
+
+pub(super) fn work(ctx: Ctx) {
+    let mut latest = Maps::new();
+    let mut prefer_frames = false;
+    loop {
+        let next = {
+            let mut p = lock(&ctx.shared.pending);
+            loop {
+                if ctx.stopping() {
+                    break None;
+                }
+                let take_request = p.frames.is_empty() || !prefer_frames;
+                if take_request && let Some(mut job) = p.requests.pop_front() {
+                    p.running = Some((job.request.id.clone(), job.ack.take()));
+                    break Some(Work::Request(job));
+                }
+                if !p.frames.is_empty() {
+                    break Some(Work::Frames(std::mem::take(&mut p.frames)));
+                }
+                p = ctx.shared.wake.wait_timeout(p, TICK).map_or_else(|e| e.into_inner().0, |(g, _)| g);
+            }
+        };
+        let Some(next) = next else { break };
+        prefer_frames = matches!(next, Work::Request(_));
+        lock(&ctx.shared.pending).busy = true;
+        ctx.publish_status();
+        match next {
+            Work::Request(job) => run_request(&ctx, job),
+            Work::Frames(frames) => run_frames(&ctx, &mut latest, frames),
+        }
+        lock(&ctx.shared.pending).busy = false;
+        ctx.publish_status();
+    }
+    // Every accepted request gets an answer, also on shutdown.
+    let left: Vec<Job> = lock(&ctx.shared.pending).requests.drain(..).collect();
+    for job in left {
+        ctx.error(Some(&job.request.id), ErrorCode::ShuttingDown, "the device is shutting down", job.reply.as_ref());
+        ack_job(&ctx, &job);
+    }
+    log::debug!("worker stopped");
+}
+
+fn next_seed(ctx: &Ctx) -> u64 {
+    let g = &ctx.config.generation;
+    match g.seed_policy {
+        SeedPolicy::Fixed => g.fixed_seed,
+        SeedPolicy::Random => rand::random(),
+        SeedPolicy::Counter => ctx.shared.seed_counter.fetch_add(1, Ordering::Relaxed),
+    }
+}
+
+fn run_request(ctx: &Ctx, job: Job) {
+    answer_request(ctx, &job);
+    let running = lock(&ctx.shared.pending).running.take();
+    if let Some(ticket) = running.and_then(|(_, ticket)| ticket) {
+        ctx.out.ack(ticket);
+    }
+}
+
+/// Acknowledge a request to the broker once it has been answered (see [`crate::mqtt::Ack`]).
+fn ack_job(ctx: &Ctx, job: &Job) {
+    if let Some(ticket) = job.ack {
+        ctx.out.ack(ticket);
+    }
+}
+
+/// Generate and publish the image, or the error.
+fn answer_request(ctx: &Ctx, job: &Job) {
+    let params = GenerationParams {
+        seed: job.request.seed.unwrap_or_else(|| next_seed(ctx)),
+        steps: job.request.steps,
+        strength: job.request.strength,
+        eta: ctx.config.generation.eta,
+    };
+    log::info!("request {:?}: generating ({} steps, strength {}, seed {})", job.request.id, params.steps, params.strength, params.seed);
+    let start = Instant::now();
+    let png = match generate_png(ctx, &job.request.maps, &params) {
+        Ok(png) => png,
+        Err((code, message)) => {
+            ctx.error(Some(&job.request.id), code, &message, job.reply.as_ref());
+            return;
+        }
+    };
+    finish_image(ctx, start);
+    let topic = format!("{}image/{}", ctx.prefix, job.request.id);
+    if let Err(e) = ctx.out.publish(&topic, png.clone(), false, None) {
+        log::error!("request {:?}: cannot publish the image: {e}", job.request.id);
+    }
+    if let Some(r) = &job.reply
+        && let Err(e) = ctx.out.publish(&r.topic, png, false, Some(r.props(Content::Png)))
+    {
+        log::warn!("request {:?}: cannot publish to the response topic: {e}", job.request.id);
+    }
+}
+
+fn run_frames(ctx: &Ctx, latest: &mut Maps, frames: BTreeMap<String, Vec<u8>>) {
+    let info = ctx.generator.info();
+    let limits = ctx.frame_limits();
+    let mut fresh = false;
+    for (name, bytes) in frames {
+        let Some(modality) = info.modality(&name) else { continue };
+        match decode_frame(&bytes, modality, info.image.size, &limits) {
+            Ok(map) => {
+                latest.insert(name, map);
+                fresh = true;
+            }
+            Err(e) => ctx.error(None, e.code(), &format!("frame/{name}: {e}"), None),
+        }
+    }
+    if !fresh {
+        return;
+    }
+    let params = GenerationParams {
+        seed: next_seed(ctx),
+        steps: ctx.config.generation.steps.min(info.schedule.num_train_timesteps),
+        strength: ctx.config.generation.strength,
+        eta: ctx.config.generation.eta,
+    };
+    let start = Instant::now();
+    match generate_png(ctx, latest, &params) {
+        Ok(png) => {
+            finish_image(ctx, start);
+            let topic = format!("{}image", ctx.prefix);
+            if let Err(e) = ctx.out.publish(&topic, png, false, None) {
+                log::error!("cannot publish the stream image: {e}");
+            }
+        }
+        Err((code, message)) => ctx.error(None, code, &message, None),
+    }
+}
+
+fn finish_image(ctx: &Ctx, start: Instant) {
+    let ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let mut stats = lock(&ctx.shared.stats);
+    stats.summary.images_generated += 1;
+    stats.last_latency_ms = Some(ms);
+    log::info!("image generated in {ms} ms");
+}
+
+/// Generate and encode; on failure an error code and message.
+fn generate_png(ctx: &Ctx, maps: &Maps, params: &GenerationParams) -> Result<Vec<u8>, (ErrorCode, String)> {
+    let image = ctx.generator.generate(maps, params).map_err(|e| {
+        let code = match &e {
+            GenerateError::Cond(_) => ErrorCode::InvalidMaps,
+            GenerateError::Param(_) | GenerateError::Steps(_) => ErrorCode::InvalidParams,
+            GenerateError::Model(_) => ErrorCode::ModelError,
+            GenerateError::Inference(_) => ErrorCode::InferenceFailed,
+        };
+        (code, format!("generation failed: {e}"))
+    })?;
+    ctx.record_images(maps, &image);
+    encode_png(&image).map_err(|e| (ErrorCode::EncodeFailed, format!("cannot encode the PNG: {e}")))
+}
+
+/// Encode an RGB image as PNG bytes.
+fn encode_png(image: &RgbImage) -> Result<Vec<u8>, image::ImageError> {
+    let mut buf = Cursor::new(Vec::new());
+    image.write_to(&mut buf, ImageFormat::Png)?;
+    Ok(buf.into_inner())
+}
+
