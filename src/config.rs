@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::framebuffer::DisplayConfig;
+pub use crate::display::DisplayConfig;
 pub use crate::mqtt::{MqttConfig, MqttProtocol, Secret, TlsConfig};
 use crate::mqtt::{parse_url, topic_text_ok, valid_filter};
 pub use crate::runtime::RuntimeConfig;
@@ -179,7 +179,7 @@ impl EdgeConfig {
         check_mqtt(&self.mqtt)?;
         check_generation(&self.generation, &self.limits)?;
         check_limits(&self.limits, &self.mqtt)?;
-        self.display.validate().map_err(|message| BadValue { key: "display", message })?;
+        self.display.validate().map_err(|e| BadValue { key: "display", message: e.to_string() })?;
         check_runtime(&self.runtime)
     }
 }

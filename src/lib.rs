@@ -2,24 +2,46 @@
 //! by a multimodal conditioning module (MCM; Ham et al., SIGGRAPH 2023), run with tract (or, with the
 //! cargo feature `onnxruntime`, a user-supplied onnxruntime library).
 //!
-//! One concept per module: [`contract`] (model.toml, conditioning tensor), [`runtime`] (nets on
-//! tract or onnxruntime), [`diffusion`] (schedule, DDIM, generation), [`frames`] (decoding),
-//! [`config`] (edge.toml), [`mqtt`] (transport, TLS, reconnects),
-//! [`service`] (MQTT service), [`broker`] (in-process broker), [`display`] (contact sheets, status
-//! panel), [`framebuffer`] (status screen output), [`eval`] (metrics), [`bench`] (timings),
-//! [`demo`].
+//! One folder per part, one concept per module:
+//! - [`contract`]: `model.toml` ([`contract::ModelInfo`]) and the conditioning tensor
+//!   ([`contract::build_cond`]).
+//! - [`runtime`]: the nets ([`runtime::Net`], [`runtime::Models`]) on tract or onnxruntime, the
+//!   contract checks both backends share, [`runtime::ModelError`], `[runtime]` in edge.toml.
+//! - [`diffusion`]: noise schedule, seeded noise, DDIM, conditioning strength and the generation
+//!   pipeline ([`diffusion::Pipeline`]).
+//! - [`frames`]: untrusted PNG / JPEG frames -> modality maps (one module per modality kind).
+//! - [`mqtt`]: `[mqtt]` in edge.toml, connection settings and TLS, topic rules, the client, in-order
+//!   acknowledgements and the event loop thread.
+//! - [`config`]: `edge.toml` ([`config::EdgeConfig`]): the sections, their checks.
+//! - [`service`]: the MQTT service (run, outbox, shared state and status, dispatcher, worker,
+//!   request JSON).
+//! - [`display`]: pictures (map pictures, contact sheets), the status panel and its output
+//!   (framebuffer or PNG preview).
+//! - [`tools`]: demo, evaluation, bench and the in-process MQTT broker.
+//! - [`error_code`]: the codes of the `P/error` topic ([`error_code::ErrorCode`]).
+//!
+//! Dependency graph (module -> the modules it uses; no module uses one that uses it back):
+//!
+//! ```text
+//! error_code -> (none)
+//! contract   -> (none)
+//! mqtt       -> (none)
+//! runtime    -> contract
+//! diffusion  -> contract, runtime
+//! frames     -> contract, error_code
+//! display    -> contract
+//! config     -> display, mqtt, runtime
+//! service    -> config, contract, diffusion, display, error_code, frames, mqtt
+//! tools      -> config, contract, diffusion, display, frames, runtime, service
+//! ```
 
-pub mod bench;
-pub mod broker;
 pub mod config;
 pub mod contract;
-pub mod demo;
 pub mod diffusion;
 pub mod display;
 pub mod error_code;
-pub mod eval;
-pub mod framebuffer;
 pub mod frames;
 pub mod mqtt;
 pub mod runtime;
 pub mod service;
+pub mod tools;

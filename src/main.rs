@@ -7,17 +7,17 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use mcm_edge::bench;
 use mcm_edge::config::EdgeConfig;
 use mcm_edge::contract::Maps;
-use mcm_edge::demo::{self, DemoOptions};
 use mcm_edge::diffusion::{GenerationParams, ImageGenerator, Pipeline};
-use mcm_edge::eval::{EvalOptions, evaluate};
-use mcm_edge::framebuffer::StatusDisplay;
+use mcm_edge::display::StatusDisplay;
 use mcm_edge::frames::{FrameLimits, decode_frame};
 use mcm_edge::mqtt::Settings;
 use mcm_edge::runtime::{Backend, BackendKind};
 use mcm_edge::service;
+use mcm_edge::tools::bench;
+use mcm_edge::tools::demo::{self, DemoOptions};
+use mcm_edge::tools::eval::{EvalOptions, evaluate};
 
 #[derive(Parser)]
 #[command(name = "mcm-edge", version, about = "Sketch / segmentation frames -> images with an MCM-steered frozen diffusion model")]

@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use image::{Luma, Rgb, RgbImage};
-use mcm_edge::eval::{EvalOptions, evaluate};
 use mcm_edge::runtime::Backend;
+use mcm_edge::tools::eval::{EvalOptions, evaluate};
 
 #[test]
 fn eval_scores_every_variant_on_a_folder_dataset() {

@@ -1,11 +1,11 @@
 //! Broker and device faults against a real mosquitto started by the test (skipped, with a
 //! message, when mosquitto is not installed): nothing accepted is lost, nothing answered twice.
 
-mod common;
+mod support;
 
 use std::collections::BTreeMap;
 
-use common::*;
+use support::*;
 
 /// mosquitto that keeps sessions and queued messages across a restart (saved on SIGTERM).
 fn persistent_mosquitto() -> Option<Mosquitto> {

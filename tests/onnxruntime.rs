@@ -43,8 +43,7 @@ fn without_the_feature_onnxruntime_is_refused_with_a_clear_message() {
 }
 
 #[cfg(feature = "onnxruntime")]
-#[path = "support/vectors.rs"]
-mod vectors;
+mod support;
 
 #[cfg(feature = "onnxruntime")]
 mod with_the_feature {
@@ -58,7 +57,7 @@ mod with_the_feature {
     use mcm_edge::diffusion::Noise;
     use ndarray::Array2;
     use tract_onnx::prelude::{IntoTensor, Tensor};
-    use super::vectors::{max_abs_diff, model_dirs, replay};
+    use super::support::vectors::{max_abs_diff, model_dirs, replay};
 
     /// A fresh scratch folder under the temp dir.
     fn scratch(name: &str) -> PathBuf {

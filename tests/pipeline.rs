@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use image::{Rgb, RgbImage};
-use mcm_edge::broker;
 use mcm_edge::config::EdgeConfig;
 use mcm_edge::contract::{Maps, ModalityMap};
 use mcm_edge::diffusion::{GenerationParams, ImageGenerator, Pipeline};
 use mcm_edge::runtime::Backend;
 use mcm_edge::service;
+use mcm_edge::tools::broker;
 use ndarray::Array2;
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 
@@ -115,7 +115,7 @@ fn request_over_mqtt_is_answered_with_a_png_from_tract() {
 fn bench_reports_the_operator_profile_and_onnxruntime_ratios() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let frame = std::fs::read(root.join("config/samples/segmentation/tablet-0.png")).unwrap();
-    let mut report = mcm_edge::bench::bench(&root.join("models/tiny"), &frame, 2, 2, true, &[Backend::Tract]).unwrap().remove(0);
+    let mut report = mcm_edge::tools::bench::bench(&root.join("models/tiny"), &frame, 2, 2, true, &[Backend::Tract]).unwrap().remove(0);
     let profile = report.profile.as_ref().expect("asked for a profile");
     for ops in [&profile.base, &profile.mcm] {
         assert!(!ops.is_empty());

@@ -1,9 +1,9 @@
 //! End to end: the MQTT service with a fake generator against the in-process broker (and
 //! against mosquitto when it is installed).
 
-mod common;
+mod support;
 
-use common::*;
+use support::*;
 /// The core scenario, shared by rumqttd and mosquitto: request -> image/<id>, retained status,
 /// stream frames -> image, clean shutdown -> offline status.
 fn core_scenario(port: u16, protocol: MqttProtocol) {

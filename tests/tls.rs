@@ -2,9 +2,9 @@
 //! test with openssl (skipped, with a message, when mosquitto or openssl is missing). The device
 //! is the real binary on models/tiny; the test client uses a plain listener of the same broker.
 
-mod common;
+mod support;
 
-use common::*;
+use support::*;
 
 const PASSWORD: &str = "pw-Zq81-never-logged";
 

@@ -3,11 +3,10 @@
 //! tract, and each output must match within 1e-4 (max abs diff). (`tests/onnxruntime.rs` replays
 //! them through the onnxruntime backend.)
 
-#[path = "support/vectors.rs"]
-mod vectors;
+mod support;
 
 use mcm_edge::runtime::{Backend, Models, load_segmenter};
-use vectors::{model_dirs, replay};
+use support::vectors::{model_dirs, replay};
 
 #[test]
 fn tract_reproduces_pytorch_test_vectors() {

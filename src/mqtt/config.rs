@@ -164,8 +164,8 @@ impl MqttConfig {
     /// Broker `(host, port)` from `mqtt.url` when set, else `mqtt.host` and `mqtt.port`.
     ///
     /// # Errors
-    /// [`UrlError`] when `mqtt.url` is malformed (never after a successful
-    /// [`crate::config::EdgeConfig::validate`]).
+    /// [`UrlError`] when `mqtt.url` is malformed (never after the configuration was checked:
+    /// `EdgeConfig::validate`).
     pub fn broker_address(&self) -> Result<(String, u16), UrlError> {
         match &self.url {
             Some(url) => parse_url(url).map(|(host, port, _)| (host, port)),

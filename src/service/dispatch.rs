@@ -38,6 +38,8 @@ impl RecentIds {
     }
 }
 
+/// The dispatcher thread: handles the loop thread's events until the channel closes or, once
+/// stopping, until the events that already arrived are answered.
 pub(super) fn dispatch(ctx: Ctx, rx: Receiver<LoopEvent>) {
     let mut recent = RecentIds::new(ctx.config.limits.recent_ids);
     let frame_prefix = format!("{}frame/", ctx.prefix);

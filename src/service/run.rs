@@ -14,7 +14,7 @@ use super::worker::work;
 use crate::config::{ConfigError, EdgeConfig, MqttProtocol};
 use crate::diffusion::ImageGenerator;
 use crate::display::BrokerState;
-use crate::framebuffer::{DisplayError, StatusDisplay};
+use crate::display::{DisplayError, StatusDisplay};
 use crate::mqtt::{self, Backoff, LoopCtx, OFFLINE, Settings, TransportError};
 
 /// Errors that stop the service.

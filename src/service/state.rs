@@ -13,7 +13,7 @@ use super::outbox::Outbox;
 use super::request::Request;
 use crate::config::EdgeConfig;
 use crate::diffusion::ImageGenerator;
-use crate::framebuffer::StatusDisplay;
+use crate::display::StatusDisplay;
 use crate::frames::FrameLimits;
 use crate::mqtt::{Mqtt, ReplyTo, Ticket};
 

@@ -17,11 +17,13 @@ use crate::error_code::ErrorCode;
 use crate::frames::decode_frame;
 use crate::mqtt::Content;
 
+/// What the worker takes next: a request, or the stream frames that arrived meanwhile.
 enum Work {
     Request(Job),
     Frames(BTreeMap<String, Vec<u8>>),
 }
 
+/// The worker thread: requests and stream frames in turn, until stopping.
 pub(super) fn work(ctx: Ctx) {
     let mut latest = Maps::new();
     let mut prefer_frames = false;

@@ -1,95 +1,15 @@
-//! Pictures for people, drawn with embedded-graphics onto an RGB image: the demo's contact sheet
-//! and the device's status panel ([`draw_panel`]; [`crate::framebuffer`] puts it on a screen).
+//! The device's status panel ([`draw_panel`]): header with the device id and broker state, the
+//! last input and output, and the counters, laid out for any screen size ([`panel_layout`]).
+//! [`super::StatusDisplay`] puts it on a screen.
 
+use embedded_graphics::mono_font::MonoFont;
 use embedded_graphics::mono_font::ascii::{FONT_6X10, FONT_9X15};
-use embedded_graphics::mono_font::{MonoFont, MonoTextStyle};
 use embedded_graphics::pixelcolor::Rgb888;
 use embedded_graphics::prelude::*;
 use embedded_graphics::primitives::{PrimitiveStyle, Rectangle, RoundedRectangle};
-use embedded_graphics::text::{Baseline, Text};
-use image::{Rgb, RgbImage, imageops};
-use ndarray::Array2;
+use image::{RgbImage, imageops};
 
-use crate::contract::{ModalityInfo, ModalityMap};
-
-/// An `image::RgbImage` as an embedded-graphics draw target (pixels outside are clipped).
-pub struct ImageTarget<'a>(pub &'a mut RgbImage);
-
-impl OriginDimensions for ImageTarget<'_> {
-    fn size(&self) -> Size {
-        Size::new(self.0.width(), self.0.height())
-    }
-}
-
-impl DrawTarget for ImageTarget<'_> {
-    type Color = Rgb888;
-    type Error = core::convert::Infallible;
-
-    fn draw_iter<I: IntoIterator<Item = Pixel<Rgb888>>>(&mut self, pixels: I) -> Result<(), Self::Error> {
-        let (w, h) = (self.0.width() as i32, self.0.height() as i32);
-        for Pixel(p, c) in pixels {
-            if (0..w).contains(&p.x) && (0..h).contains(&p.y) {
-                self.0.put_pixel(p.x as u32, p.y as u32, rgb(c));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Draw `text` with its top-left corner at (x, y) in the 6x10 font.
-pub fn draw_text(img: &mut RgbImage, text: &str, x: i32, y: i32, color: [u8; 3]) {
-    draw_text_in(&mut ImageTarget(img), text, Point::new(x, y), Rgb888::new(color[0], color[1], color[2]), &FONT_6X10);
-}
-
-/// Draw `text` with its top-left corner at `at` in `font` on any RGB draw target.
-fn draw_text_in<D: DrawTarget<Color = Rgb888>>(target: &mut D, text: &str, at: Point, color: Rgb888, font: &MonoFont) {
-    let _ = Text::with_baseline(text, at, MonoTextStyle::new(font, color), Baseline::Top).draw(target);
-}
-
-/// A modality map as a picture: palette colours for a segmentation, dark strokes on white for a sketch.
-pub fn render_map(map: &ModalityMap, modality: &ModalityInfo) -> RgbImage {
-    let pixel = |ids: &Array2<u8>, y: usize, x: usize| {
-        modality.classes.get(ids[[y, x]] as usize).map_or([255, 0, 255], |c| c.color)
-    };
-    match map {
-        ModalityMap::Segmentation(ids) => {
-            let (h, w) = ids.dim();
-            RgbImage::from_fn(w as u32, h as u32, |x, y| Rgb(pixel(ids, y as usize, x as usize)))
-        }
-        ModalityMap::Sketch(s) => {
-            let (h, w) = s.dim();
-            RgbImage::from_fn(w as u32, h as u32, |x, y| {
-                let v = (255.0 * (1.0 - s[[y as usize, x as usize]].clamp(0.0, 1.0))) as u8;
-                Rgb([v, v, v])
-            })
-        }
-    }
-}
-
-/// A grid of images with a title row: `rows[r][c]` drawn at `scale`x (nearest), `titles[c]` above column c.
-pub fn contact_sheet(titles: &[&str], rows: &[Vec<RgbImage>], scale: u32) -> RgbImage {
-    const HEADER: u32 = 14;
-    const GAP: u32 = 4;
-    let cell = rows.iter().flatten().map(|i| i.width().max(i.height())).max().unwrap_or(16) * scale;
-    let cols = titles.len().max(rows.iter().map(Vec::len).max().unwrap_or(0)) as u32;
-    let width = cols * (cell + GAP) + GAP;
-    let height = HEADER + rows.len() as u32 * (cell + GAP) + GAP;
-    let mut sheet = RgbImage::from_pixel(width, height, Rgb([255, 255, 255]));
-    for (c, title) in titles.iter().enumerate() {
-        draw_text(&mut sheet, title, (GAP + c as u32 * (cell + GAP)) as i32, 2, [0, 0, 0]);
-    }
-    for (r, row) in rows.iter().enumerate() {
-        for (c, img) in row.iter().enumerate() {
-            let big = imageops::resize(img, img.width() * scale, img.height() * scale, imageops::FilterType::Nearest);
-            let (x, y) = (GAP + c as u32 * (cell + GAP), HEADER + r as u32 * (cell + GAP));
-            imageops::replace(&mut sheet, &big, x as i64, y as i64);
-        }
-    }
-    sheet
-}
-
-// ---------------------------------------------------------------------------------------------
-// Status panel
+use super::draw::{ImageTarget, draw_text_in, rgb};
 
 const BACKGROUND: Rgb888 = Rgb888::new(16, 18, 24);
 const HEADER_BG: Rgb888 = Rgb888::new(36, 40, 52);
@@ -136,14 +56,14 @@ impl BrokerState {
 }
 
 /// What the status panel shows; the service fills it in and hands it to [`draw_panel`] (or to
-/// [`crate::framebuffer::StatusDisplay::show`]).
+/// [`super::StatusDisplay::show`]).
 #[derive(Debug, Clone, Default)]
 pub struct PanelState {
     /// Device identifier (`mqtt.device_id`), shown at the left of the header (cut to fit).
     pub device_id: String,
     /// Broker connection state, shown as a badge at the right of the header.
     pub broker: BrokerState,
-    /// Picture of the last input map (e.g. from [`render_map`]), any size; `None` before the
+    /// Picture of the last input map (e.g. from [`super::render_map`]), any size; `None` before the
     /// first frame (drawn as a "no input" placeholder).
     pub last_input: Option<RgbImage>,
     /// The last generated image (e.g. 64x64), any size; `None` before the first generation.
@@ -219,10 +139,6 @@ fn rect(x: u32, y: u32, w: u32, h: u32) -> Rectangle {
     Rectangle::new(Point::new(x as i32, y as i32), Size::new(w, h))
 }
 
-fn rgb(c: Rgb888) -> Rgb<u8> {
-    Rgb([c.r(), c.g(), c.b()])
-}
-
 fn line_height(font: &MonoFont) -> u32 {
     font.character_size.height + 2
 }
@@ -292,22 +208,12 @@ fn draw_stats(img: &mut RgbImage, state: &PanelState, layout: &PanelLayout) {
     }
 }
 
+
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use image::Rgb;
 
-    #[test]
-    fn sheet_places_cells_and_titles() {
-        let red = RgbImage::from_pixel(8, 8, Rgb([255, 0, 0]));
-        let blue = RgbImage::from_pixel(8, 8, Rgb([0, 0, 255]));
-        let sheet = contact_sheet(&["map", "out"], &[vec![red, blue]], 2);
-        // Cell 0 starts at (4, 14), 16x16; cell 1 at (24, 14).
-        assert_eq!(sheet.get_pixel(4 + 8, 14 + 8), &Rgb([255, 0, 0]));
-        assert_eq!(sheet.get_pixel(24 + 8, 14 + 8), &Rgb([0, 0, 255]));
-        // Title text is drawn in black inside the header band.
-        let dark = (0..sheet.width()).flat_map(|x| (0..12).map(move |y| (x, y))).filter(|&(x, y)| sheet.get_pixel(x, y)[0] < 128).count();
-        assert!(dark > 10, "title pixels: {dark}");
-    }
+    use super::*;
 
     fn solid(color: [u8; 3]) -> Option<RgbImage> {
         Some(RgbImage::from_pixel(64, 64, Rgb(color)))
@@ -382,22 +288,5 @@ mod tests {
         for (w, h) in [(16, 16), (4096, 16), (16, 4096), (1, 1)] {
             assert_eq!(draw_panel(&PanelState::default(), w, h).dimensions(), (w, h));
         }
-    }
-
-    #[test]
-    fn segmentation_renders_in_palette_colours() {
-        let m = ModalityInfo {
-            name: "segmentation".into(),
-            kind: crate::contract::ModalityKind::Segmentation,
-            channels: 2,
-            classes: vec![
-                crate::contract::ClassInfo { name: "a".into(), color: [1, 2, 3] },
-                crate::contract::ClassInfo { name: "b".into(), color: [4, 5, 6] },
-            ],
-        };
-        let ids = Array2::from_shape_fn((2, 2), |(_, x)| x as u8);
-        let img = render_map(&ModalityMap::Segmentation(ids), &m);
-        assert_eq!(img.get_pixel(0, 0), &Rgb([1, 2, 3]));
-        assert_eq!(img.get_pixel(1, 1), &Rgb([4, 5, 6]));
     }
 }

@@ -18,8 +18,8 @@ use serde::Serialize;
 use tract_onnx::prelude::IntoTensor;
 
 use crate::contract::{Maps, ModalityKind, ModalityMap};
-use crate::frames::{FrameLimits, decode_frame};
 use crate::diffusion::{GenerateError, GenerationParams, ImageGenerator, LoadError, Pipeline, from_image};
+use crate::frames::{FrameLimits, decode_frame};
 use crate::runtime::{Backend, ModelError, Net, load_segmenter};
 
 /// Canny hysteresis thresholds on the Sobel magnitude of the 0-255 luma (imageproc scale, max ~1140).

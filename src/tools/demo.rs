@@ -15,12 +15,12 @@ use image::RgbImage;
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use serde_json::json;
 
-use crate::broker;
+use super::broker;
 use crate::config::{EdgeConfig, MqttProtocol};
+use crate::diffusion::{ImageGenerator, Pipeline};
 use crate::display::{contact_sheet, render_map};
 use crate::frames::{FrameLimits, decode_frame};
 use crate::runtime::Backend;
-use crate::diffusion::{ImageGenerator, Pipeline};
 use crate::service;
 
 /// Settings of the demo.

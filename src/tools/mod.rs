@@ -1,0 +1,7 @@
+//! Tools around the device pipeline: the demo ([`demo`]), evaluation ([`eval`]), timings
+//! ([`bench`](mod@bench)) and the in-process MQTT broker they and the tests use ([`broker`]).
+
+pub mod bench;
+pub mod broker;
+pub mod demo;
+pub mod eval;
