@@ -70,10 +70,17 @@ fn request_over_mqtt_is_answered_with_a_png_from_tract() {
     // A 200x120 tablet frame: palette colours of sky over grass (resized to 16x16 on the device).
     let seg = RgbImage::from_fn(200, 120, |_, y| if y < 60 { Rgb([135, 206, 235]) } else { Rgb([0, 200, 0]) });
     let sketch = RgbImage::from_fn(200, 120, |_, y| if y == 60 { Rgb([0, 0, 0]) } else { Rgb([255, 255, 255]) });
+    // A 16-bit depth map (dense modality): far at the top, near at the bottom.
+    let depth = {
+        let ramp = image::ImageBuffer::<image::Luma<u16>, _>::from_fn(200, 120, |_, y| image::Luma([(y * 540) as u16]));
+        let mut out = std::io::Cursor::new(Vec::new());
+        image::DynamicImage::ImageLuma16(ramp).write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    };
     let b64 = base64::engine::general_purpose::STANDARD;
     let request = serde_json::json!({
         "id": "req-1", "seed": 5, "steps": 3,
-        "frames": {"segmentation": b64.encode(png(&seg)), "sketch": b64.encode(png(&sketch))}
+        "frames": {"segmentation": b64.encode(png(&seg)), "sketch": b64.encode(png(&sketch)), "depth": b64.encode(&depth)}
     });
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut sent = false;
@@ -102,12 +109,15 @@ fn request_over_mqtt_is_answered_with_a_png_from_tract() {
     let g = tiny();
     let info = g.info().clone();
     let limits = mcm_edge::frames::FrameLimits::default();
-    let maps: Maps = [("segmentation", png(&seg)), ("sketch", png(&sketch))]
+    let maps: Maps = [("segmentation", png(&seg)), ("sketch", png(&sketch)), ("depth", depth)]
         .into_iter()
         .map(|(n, b)| (n.to_string(), mcm_edge::frames::decode_frame(&b, info.modality(n).unwrap(), 16, &limits).unwrap()))
         .collect();
     let direct = g.generate(&maps, &GenerationParams { seed: 5, steps: 3, strength: 1.0, eta: 0.0 }).unwrap();
     assert_eq!(img, direct);
+    let without_depth: Maps = maps.into_iter().filter(|(n, _)| n != "depth").collect();
+    let other = g.generate(&without_depth, &GenerationParams { seed: 5, steps: 3, strength: 1.0, eta: 0.0 }).unwrap();
+    assert_ne!(img, other, "the depth map reaches the MCM");
     service.join().unwrap().unwrap();
 }
 

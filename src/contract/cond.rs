@@ -1,12 +1,14 @@
 //! The conditioning tensor `cond` [1, K, H, W] fed to the MCM (README "Model contract").
 //!
 //! Per modality, in `model.toml` order: its map channels (one-hot classes for a segmentation, one
-//! stroke channel in [0, 1] for a sketch) followed by one presence channel, all ones when the
-//! modality is given and all zeros (maps included) when it is absent (Ham et al. 2023, Sec. 3.3).
+//! stroke channel in [0, 1] for a sketch, the values of a dense map) followed by one presence
+//! channel, all ones when the modality is given and all zeros (maps included) when it is absent
+//! (Ham et al. 2023, Sec. 3.3). The trainer builds the same layout (`contract.modalities.build_cond`);
+//! `tests/parity.rs` replays its vectors.
 
 use std::collections::BTreeMap;
 
-use ndarray::{Array2, Array4, s};
+use ndarray::{Array2, Array3, Array4, s};
 
 use super::model_toml::{ModalityKind, ModelInfo};
 
@@ -17,6 +19,8 @@ pub enum ModalityMap {
     Segmentation(Array2<u8>),
     /// Stroke strength `[H, W]` in `[0, 1]`, 1 on a stroke.
     Sketch(Array2<f32>),
+    /// Values `[C, H, W]` of a dense map, in its modality's value range.
+    Dense(Array3<f32>),
 }
 
 /// The given modalities of one generation, by modality name.
@@ -33,6 +37,8 @@ pub enum CondError {
     WrongSize { name: String, got: [usize; 2], size: usize },
     #[error("modality {name:?}: class id {id} but the model has {classes} classes")]
     ClassOutOfRange { name: String, id: u8, classes: usize },
+    #[error("modality {name:?}: map has {got} channels, the model needs {channels}")]
+    WrongChannels { name: String, got: usize, channels: usize },
 }
 
 /// Build `cond` f32 `[1, K, H, W]` for `maps` (any subset of the model's modalities).
@@ -62,10 +68,15 @@ pub fn build_cond(info: &ModelInfo, maps: &Maps) -> Result<Array4<f32>, CondErro
                     check_size(&m.name, strokes.dim(), size)?;
                     cond.slice_mut(s![0, offset, .., ..]).assign(strokes);
                 }
-                (ModalityKind::Segmentation, _) => {
-                    return Err(CondError::WrongKind { name: m.name.clone(), expected: "segmentation" });
+                (ModalityKind::Dense, ModalityMap::Dense(values)) => {
+                    let (c, h, w) = values.dim();
+                    check_size(&m.name, (h, w), size)?;
+                    if c != m.channels {
+                        return Err(CondError::WrongChannels { name: m.name.clone(), got: c, channels: m.channels });
+                    }
+                    cond.slice_mut(s![0, offset..offset + c, .., ..]).assign(values);
                 }
-                (ModalityKind::Sketch, _) => return Err(CondError::WrongKind { name: m.name.clone(), expected: "sketch" }),
+                (kind, _) => return Err(CondError::WrongKind { name: m.name.clone(), expected: kind.name() }),
             }
             cond.slice_mut(s![0, offset + m.channels, .., ..]).fill(1.0);
         }

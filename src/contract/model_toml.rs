@@ -3,6 +3,7 @@
 //! Parsed with serde; every check that can be made without loading the ONNX files is made here,
 //! so that a bad file is refused at start with a message naming the file and the key.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -42,6 +43,15 @@ pub enum ContractViolation {
     /// A sketch with more or fewer than one channel.
     #[error("modality {name:?}: a sketch has 1 channel, not {channels}")]
     SketchChannels { name: String, channels: usize },
+    /// A dense map with other than 1 to 4 channels.
+    #[error("modality {name:?}: a dense map has 1 to 4 channels, not {channels}")]
+    DenseChannels { name: String, channels: usize },
+    /// A dense map whose value_range is not increasing.
+    #[error("modality {name:?}: value_range {range:?} must be increasing")]
+    ModalityValueRange { name: String, range: [f32; 2] },
+    /// An `[estimators.NAME]` whose NAME is not a dense modality of the model.
+    #[error("[estimators.{0}]: the model has no dense modality {0:?}")]
+    EstimatorModality(String),
     /// `[mcm]` cond_channels differs from what the modalities need.
     #[error("[mcm] cond_channels = {declared} but the modalities need {needed} (channels + 1 presence each)")]
     CondChannels { declared: usize, needed: usize },
@@ -62,6 +72,10 @@ pub struct ModelInfo {
     pub modalities: Vec<ModalityInfo>,
     /// Reference segmenter used by `mcm-edge eval`.
     pub segmenter: Option<NetInfo>,
+    /// Reference estimators of dense modalities used by `mcm-edge eval`, by modality name
+    /// (`[estimators.depth]`: `image` [B, 3, H, W] in [-1, 1] -> `map` [B, C, H, W]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub estimators: BTreeMap<String, NetInfo>,
 }
 
 /// `[image]`: the generated image.
@@ -120,6 +134,19 @@ pub enum ModalityKind {
     Segmentation,
     /// Edge / stroke map: one channel in `[0, 1]`, 1 on a stroke.
     Sketch,
+    /// Continuous map (depth, normals, heatmaps): 1 to 4 channels with values in `value_range`.
+    Dense,
+}
+
+impl ModalityKind {
+    /// The kind's name in model.toml.
+    pub fn name(self) -> &'static str {
+        match self {
+            ModalityKind::Segmentation => "segmentation",
+            ModalityKind::Sketch => "sketch",
+            ModalityKind::Dense => "dense",
+        }
+    }
 }
 
 /// One `[[modalities]]` entry.
@@ -128,11 +155,16 @@ pub struct ModalityInfo {
     /// Name used in topics (`frame/<name>`) and in request `frames` keys.
     pub name: String,
     pub kind: ModalityKind,
-    /// Map channels (number of classes for a segmentation, 1 for a sketch); a presence channel follows.
+    /// Map channels (number of classes for a segmentation, 1 for a sketch, 1-4 for a dense map);
+    /// a presence channel follows.
     pub channels: usize,
     /// Class list of a segmentation (id = index).
     #[serde(default)]
     pub classes: Vec<ClassInfo>,
+    /// `[lo, hi]` of a dense map's values in `cond` (a frame's 0 maps to lo, its maximum, 255 or
+    /// 65535, to hi); [0, 1] when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_range: Option<[f32; 2]>,
 }
 
 /// A segmentation class and its palette colour.
@@ -173,6 +205,11 @@ impl ModelInfo {
             return Err(ContractViolation::PredictionType(self.schedule.prediction_type.clone()));
         }
         self.modalities.iter().try_for_each(ModalityInfo::check)?;
+        if let Some(name) =
+            self.estimators.keys().find(|n| self.modality(n).is_none_or(|m| m.kind != ModalityKind::Dense))
+        {
+            return Err(ContractViolation::EstimatorModality(name.clone()));
+        }
         if let Some(mcm) = &self.mcm
             && mcm.cond_channels != self.cond_channels()
         {
@@ -204,7 +241,18 @@ impl ModalityInfo {
             ModalityKind::Sketch if self.channels != 1 => {
                 Err(ContractViolation::SketchChannels { name: self.name.clone(), channels: self.channels })
             }
-            ModalityKind::Segmentation | ModalityKind::Sketch => Ok(()),
+            ModalityKind::Dense if !(1..=4).contains(&self.channels) => {
+                Err(ContractViolation::DenseChannels { name: self.name.clone(), channels: self.channels })
+            }
+            ModalityKind::Dense if self.value_range()[0].partial_cmp(&self.value_range()[1]) != Some(std::cmp::Ordering::Less) => {
+                Err(ContractViolation::ModalityValueRange { name: self.name.clone(), range: self.value_range() })
+            }
+            ModalityKind::Segmentation | ModalityKind::Sketch | ModalityKind::Dense => Ok(()),
         }
+    }
+
+    /// `[lo, hi]` of a dense map's values ([0, 1] unless model.toml says otherwise).
+    pub fn value_range(&self) -> [f32; 2] {
+        self.value_range.unwrap_or([0.0, 1.0])
     }
 }

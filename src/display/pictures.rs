@@ -23,6 +23,18 @@ pub fn render_map(map: &ModalityMap, modality: &ModalityInfo) -> RgbImage {
                 Rgb([v, v, v])
             })
         }
+        ModalityMap::Dense(d) => {
+            let (c, h, w) = d.dim();
+            let [lo, hi] = modality.value_range();
+            let level = |k: usize, y: u32, x: u32| {
+                (255.0 * ((d[[k.min(c - 1), y as usize, x as usize]] - lo) / (hi - lo)).clamp(0.0, 1.0)) as u8
+            };
+            // 3 or 4 channels as RGB, else the first channel as grey (depth: bright = near)
+            let rgb = c >= 3;
+            RgbImage::from_fn(w as u32, h as u32, |x, y| {
+                if rgb { Rgb([level(0, y, x), level(1, y, x), level(2, y, x)]) } else { Rgb([level(0, y, x); 3]) }
+            })
+        }
     }
 }
 
@@ -77,6 +89,7 @@ mod tests {
                 ClassInfo { name: "a".into(), color: [1, 2, 3] },
                 ClassInfo { name: "b".into(), color: [4, 5, 6] },
             ],
+            value_range: None,
         };
         let ids = Array2::from_shape_fn((2, 2), |(_, x)| x as u8);
         let img = render_map(&ModalityMap::Segmentation(ids), &m);

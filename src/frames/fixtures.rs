@@ -26,12 +26,13 @@ pub(super) fn seg() -> ModalityInfo {
         kind: ModalityKind::Segmentation,
         channels: PALETTE.len(),
         classes: PALETTE.iter().map(|(n, c)| ClassInfo { name: n.to_string(), color: *c }).collect(),
+        value_range: None,
     }
 }
 
 /// A sketch modality.
 pub(super) fn sketch() -> ModalityInfo {
-    ModalityInfo { name: "sketch".into(), kind: ModalityKind::Sketch, channels: 1, classes: vec![] }
+    ModalityInfo { name: "sketch".into(), kind: ModalityKind::Sketch, channels: 1, classes: vec![], value_range: None }
 }
 
 /// The default limits.

@@ -14,13 +14,17 @@
 //! - label maps are resized with nearest neighbour only (bilinear would invent classes).
 //!
 //! Parts: `decode` (bytes -> oriented image, within the limits), one module per modality kind
-//! (`segmentation`, `sketch`: image -> map at the model's size), `limits` and `error`.
+//! (`segmentation`, `sketch`, `dense`: image -> map at the model's size, sharing `pixels`),
+//! `limits` and `error`. The trainer reads dataset maps with the same rules
+//! (`train/mcm_train/data/preprocess.py`); `tests/parity.rs` replays the fixture frames it writes.
 
 mod decode;
+mod dense;
 mod error;
 #[cfg(test)]
 mod fixtures;
 mod limits;
+mod pixels;
 mod segmentation;
 mod sketch;
 #[cfg(test)]
@@ -54,6 +58,10 @@ pub const MAX_OUTPUT_SIZE: usize = 1 << 16;
 ///   background (`B >= 0.5`) give `(B - L) / B`, light strokes on a dark background give
 ///   `(L - B) / (1 - B)`, each times alpha and clamped to `[0, 1]`. A blank frame gives all zeros.
 ///   The map is resized with a triangle (bilinear, area-aware when shrinking) filter.
+/// - Dense: returns [`ModalityMap::Dense`] `[channels, size, size]`: 1 channel is the luminance
+///   (grey value, or Rec. 709 luma of a colour frame), 2 luminance and alpha, 3 RGB, 4 RGBA; 8-
+///   and 16-bit values are scaled to [0, 1] by their bit depth (255, 65535), mapped linearly onto
+///   the modality's `value_range`, and resized with the triangle filter.
 ///
 /// # Errors
 /// [`FrameError`]: empty or oversized input, more than `limits.max_pixels` pixels (checked on the
@@ -73,5 +81,6 @@ pub fn decode_frame(
     match modality.kind {
         ModalityKind::Segmentation => segmentation::decode(&decoded, modality, size),
         ModalityKind::Sketch => Ok(sketch::decode(&decoded, size)),
+        ModalityKind::Dense => Ok(dense::decode(&decoded, modality, size)),
     }
 }

@@ -1,11 +1,11 @@
 //! Sketch frames: stroke strength in [0, 1] from dark-on-light or light-on-dark strokes
 //! (detected) or from alpha over a transparent background, resized with a triangle filter.
 
-use image::imageops::FilterType;
-use image::{DynamicImage, ImageBuffer, Luma};
+use image::DynamicImage;
 use ndarray::Array2;
 
 use super::decode::Decoded;
+use super::pixels::{clamp_unit, luma_alpha, resize_plane};
 use crate::contract::ModalityMap;
 
 /// Pixels with alpha below this (alpha in [0, 1]) are transparent.
@@ -19,49 +19,6 @@ pub(super) fn decode(decoded: &Decoded, size: usize) -> ModalityMap {
     let (w, h) = (decoded.image.width(), decoded.image.height());
     let strokes = stroke_strength(&decoded.image);
     ModalityMap::Sketch(resize_smooth(strokes, w, h, size))
-}
-
-/// (luminance, alpha) of every pixel, both in [0, 1], row-major.
-fn luma_alpha(img: &DynamicImage) -> Box<dyn Iterator<Item = (f32, f32)> + '_> {
-    const K8: f32 = 1.0 / 255.0;
-    const K16: f32 = 1.0 / 65535.0;
-    match img {
-        DynamicImage::ImageLuma8(b) => pixels(b.as_raw(), 1, K8),
-        DynamicImage::ImageLumaA8(b) => pixels(b.as_raw(), 2, K8),
-        DynamicImage::ImageRgb8(b) => pixels(b.as_raw(), 3, K8),
-        DynamicImage::ImageRgba8(b) => pixels(b.as_raw(), 4, K8),
-        DynamicImage::ImageLuma16(b) => pixels(b.as_raw(), 1, K16),
-        DynamicImage::ImageLumaA16(b) => pixels(b.as_raw(), 2, K16),
-        DynamicImage::ImageRgb16(b) => pixels(b.as_raw(), 3, K16),
-        DynamicImage::ImageRgba16(b) => pixels(b.as_raw(), 4, K16),
-        DynamicImage::ImageRgb32F(b) => pixels(b.as_raw(), 3, 1.0),
-        DynamicImage::ImageRgba32F(b) => pixels(b.as_raw(), 4, 1.0),
-        other => {
-            let raw = other.to_rgba32f().into_raw();
-            Box::new((0..raw.len() / 4).map(move |i| {
-                let p = &raw[4 * i..4 * i + 4];
-                (rgb_luma(p[0], p[1], p[2]), p[3])
-            }))
-        }
-    }
-}
-
-/// (luminance, alpha) of `stride`-channel pixels (grey, grey + alpha, RGB, RGBA) scaled by `k`.
-fn pixels<T: Copy + Into<f32>>(raw: &[T], stride: usize, k: f32) -> Box<dyn Iterator<Item = (f32, f32)> + '_> {
-    Box::new(raw.chunks_exact(stride).map(move |p| {
-        let c = |i: usize| p[i].into() * k;
-        match stride {
-            1 => (c(0), 1.0),
-            2 => (c(0), c(1)),
-            3 => (rgb_luma(c(0), c(1), c(2)), 1.0),
-            _ => (rgb_luma(c(0), c(1), c(2)), c(3)),
-        }
-    }))
-}
-
-/// Rec. 709 luma (the coefficients `image` uses).
-fn rgb_luma(r: f32, g: f32, b: f32) -> f32 {
-    0.2126 * r + 0.7152 * g + 0.0722 * b
 }
 
 fn luma_bin(l: f32) -> usize {
@@ -87,7 +44,7 @@ fn stroke_strength(img: &DynamicImage) -> Vec<f32> {
         }
     }
     let opaque = total - transparent;
-    let clamp = |v: f32| if v.is_nan() { 0.0 } else { v.clamp(0.0, 1.0) };
+    let clamp = clamp_unit;
     if transparent * 2 > total || opaque == 0 {
         // Strokes over a transparent background: coverage is the stroke, whatever the RGB.
         return luma_alpha(img).map(|(_, a)| clamp(a)).collect();
@@ -115,17 +72,9 @@ fn stroke_strength(img: &DynamicImage) -> Vec<f32> {
 
 /// Resize a `[h, w]` stroke map to `[size, size]` with a triangle filter, clamped to [0, 1].
 fn resize_smooth(strokes: Vec<f32>, w: u32, h: u32, size: usize) -> Array2<f32> {
-    let side = size as u32; // size <= MAX_OUTPUT_SIZE
-    let resized = if (w as usize, h as usize) == (size, size) {
-        strokes
-    } else {
-        match ImageBuffer::<Luma<f32>, Vec<f32>>::from_raw(w, h, strokes) {
-            Some(buf) => image::imageops::resize(&buf, side, side, FilterType::Triangle).into_raw(),
-            None => vec![0.0; size * size],
-        }
-    };
-    let mut map = Array2::from_shape_vec((size, size), resized).unwrap_or_else(|_| Array2::zeros((size, size)));
-    map.mapv_inplace(|v| if v.is_nan() { 0.0 } else { v.clamp(0.0, 1.0) });
+    let mut map = Array2::from_shape_vec((size, size), resize_plane(strokes, w, h, size))
+        .unwrap_or_else(|_| Array2::zeros((size, size)));
+    map.mapv_inplace(clamp_unit);
     map
 }
 

@@ -92,7 +92,7 @@ mod tests {
 
     #[test]
     fn cond_channel_mismatch_is_refused() {
-        let dir = tiny_copy("cond", |t| t.replace("cond_channels = 11", "cond_channels = 12"));
+        let dir = tiny_copy("cond", |t| t.replace("cond_channels = 13", "cond_channels = 12"));
         let err = Models::load(&dir, &Backend::Tract).err().expect("must refuse").to_string();
         assert!(err.contains("model.toml") && err.contains("cond_channels"), "{err}");
     }

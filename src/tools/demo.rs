@@ -17,6 +17,7 @@ use serde_json::json;
 
 use super::broker;
 use crate::config::{EdgeConfig, MqttProtocol};
+use crate::contract::ModelInfo;
 use crate::diffusion::{ImageGenerator, Pipeline};
 use crate::display::{contact_sheet, render_map};
 use crate::frames::{FrameLimits, decode_frame};
@@ -140,12 +141,7 @@ fn drive(
 
     let info = generator.info();
     let s = opts.strength;
-    let variants: [(&str, &[&str], f32); 4] = [
-        ("base only", &["segmentation", "sketch"], 0.0),
-        ("MCM: segmentation", &["segmentation"], s),
-        ("MCM: sketch", &["sketch"], s),
-        ("MCM: both", &["segmentation", "sketch"], s),
-    ];
+    let variants = demo_variants(info, s);
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut latencies = Vec::new();
     let mut rows = Vec::new();
@@ -157,9 +153,10 @@ fn drive(
             row.push(render_map(&map, m));
         }
         for (v, (label, use_maps, strength)) in variants.iter().enumerate() {
+            let strength = *strength;
             let id = format!("{name}-{v}");
             let chosen: serde_json::Map<String, serde_json::Value> =
-                use_maps.iter().filter_map(|m| frames.get(*m).map(|b| (m.to_string(), json!(b64.encode(b))))).collect();
+                use_maps.iter().filter_map(|m| frames.get(m).map(|b| (m.clone(), json!(b64.encode(b))))).collect();
             let request = json!({"id": id, "frames": chosen, "seed": opts.seed, "steps": opts.steps, "strength": strength});
             let start = Instant::now();
             client.publish(format!("{prefix}request"), QoS::AtLeastOnce, false, serde_json::to_vec(&request)?)?;
@@ -175,12 +172,36 @@ fn drive(
     closing.store(true, Ordering::SeqCst);
     let _ = client.disconnect();
     let mut titles: Vec<&str> = info.modalities.iter().map(|m| m.name.as_str()).collect();
-    titles.extend(variants.iter().map(|v| v.0));
+    titles.extend(variants.iter().map(|v| v.0.as_str()));
     let sheet = contact_sheet(&titles, &rows, 3);
     let sheet_path = opts.out.join("sheet.png");
     sheet.save(&sheet_path).with_context(|| format!("writing {}", sheet_path.display()))?;
     println!("wrote {} images and {}", latencies.len(), sheet_path.display());
     Ok(latencies)
+}
+
+/// The sheet's columns after the input maps: the base alone (every map, strength 0), the MCM with
+/// each modality alone, and with all of them (label, modalities, strength).
+fn demo_variants(info: &ModelInfo, strength: f32) -> Vec<(String, Vec<String>, f32)> {
+    let all: Vec<String> = info.modalities.iter().map(|m| m.name.clone()).collect();
+    let mut variants = vec![("base only".to_string(), all.clone(), 0.0)];
+    variants.extend(all.iter().map(|m| (format!("MCM: {m}"), vec![m.clone()], strength)));
+    if all.len() > 1 {
+        variants.push((if all.len() == 2 { "MCM: both" } else { "MCM: all" }.to_string(), all, strength));
+    }
+    variants
+}
+
+/// The modality folders of the samples directory (`segmentation/`, `sketch/`, `depth/`, ...).
+fn sample_modalities(dir: &Path) -> Result<Vec<String>> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    Ok(names)
 }
 
 fn wait_for(answers: &mpsc::Receiver<(String, Answer)>, id: &str) -> Result<Vec<u8>> {
@@ -212,8 +233,8 @@ fn load_samples(dir: &Path) -> Result<Vec<Sample>> {
         .into_iter()
         .map(|file| {
             let mut frames = BTreeMap::new();
-            for modality in ["segmentation", "sketch"] {
-                let p = dir.join(modality).join(&file);
+            for modality in sample_modalities(dir)? {
+                let p = dir.join(&modality).join(&file);
                 if p.exists() {
                     frames.insert(modality.to_string(), std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?);
                 }
