@@ -141,7 +141,8 @@ def base_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return model, run
 
 
-def test_controlnet_command_exports_a_device_model(scenes: Path, tmp_path: Path, base_model: tuple[Path, Path]) -> None:
+def test_controlnet_command_exports_a_device_model(scenes: Path, tmp_path: Path, base_model: tuple[Path, Path],
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
     model, run = base_model
     out = tmp_path / "cn"
     main(["controlnet", "--base", str(model), "--base-run", str(run), "--data", str(scenes), "--out", str(out),
@@ -155,8 +156,9 @@ def test_controlnet_command_exports_a_device_model(scenes: Path, tmp_path: Path,
     # It carries the other nets of --base too: `mcm-edge eval` needs the segmenter.
     assert doc["segmenter"]["file"] == "segmenter.onnx" and (out / "segmenter.onnx").read_bytes() == b"stand-in"
     assert np.all(np.load(out / "test_vectors" / "mcm.gamma.npy") == 0)
-    with pytest.raises(SystemExit, match="--out must differ"):
+    with pytest.raises(SystemExit) as e:
         main(["controlnet", "--base", str(model), "--base-run", str(run), "--data", str(scenes), "--out", str(model)])
+    assert e.value.code == 2 and "mcm-train: error: --out must differ" in capsys.readouterr().err
 
 
 def test_budget_final_exports_when_the_budget_ends_training(scenes: Path, tmp_path: Path,
