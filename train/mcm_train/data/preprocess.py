@@ -138,20 +138,16 @@ def dense_from_image(img: Image.Image, spec: ModalitySpec, path: Path | str) -> 
         DataError: the modality has no 1-4 channels.
     """
     c = spec.channels
-    if img.mode in _16_BIT_MODES:
-        grey = np.asarray(img).astype(np.float32) / 65535.0
-        chans = [grey, np.ones_like(grey)] if c in (2, 4) else [grey]
-    else:
-        luma, alpha = luma_alpha(img)
-        rgba = np.asarray(img.convert("RGBA"), np.float32) / 255.0
-        chans = {1: [luma], 2: [luma, alpha], 3: [rgba[..., i] for i in range(3)],
-                 4: [rgba[..., i] for i in range(4)]}.get(c, [])
-    if not chans or c not in (1, 2, 3, 4):
+    if c not in (1, 2, 3, 4):
         raise DataError(f"{path}: modality {spec.name!r} has {c} channels; a dense map has 1 to 4")
-    if len(chans) < c:  # 16-bit grey for an RGB(A) modality: the grey value in every colour channel
-        chans = [chans[0]] * 3 + chans[1:] if c == 4 else [chans[0]] * c
+    if c <= 2 or img.mode in _16_BIT_MODES:  # grey frames give their value in every colour channel
+        luma, alpha = luma_alpha(img)
+        chans = {1: [luma], 2: [luma, alpha], 3: [luma] * 3, 4: [luma] * 3 + [alpha]}[c]
+    else:
+        rgba = np.asarray(img.convert("RGBA"), np.float32) / 255.0
+        chans = [rgba[..., i] for i in range(c)]
     lo, hi = spec.value_range
-    return (lo + (hi - lo) * np.stack(chans[:c])).astype(np.float32)
+    return (lo + (hi - lo) * np.stack(chans)).astype(np.float32)
 
 
 def map_from_image(img: Image.Image, spec: ModalitySpec, path: Path | str) -> np.ndarray:
