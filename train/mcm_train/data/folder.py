@@ -29,7 +29,7 @@ from PIL import Image
 
 from ..contract.modalities import ClassInfo, ModalitySpec
 from .classes import DataError, load_classes
-from .preprocess import map_from_image, open_map
+from .preprocess import image_channels, map_from_image, open_map
 
 #: Image file suffixes a dataset folder may hold.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -125,9 +125,6 @@ def _dataset_classes(root: Path, manifest: dict) -> list[ClassInfo]:
         raise DataError(f"{root / 'manifest.json'}: `classes` needs name and color = [r, g, b] per class: {e}") from e
 
 
-_MODE_CHANNELS = {"1": 1, "L": 1, "I": 1, "I;16": 1, "I;16B": 1, "I;16L": 1, "LA": 2, "RGB": 3, "RGBA": 4,
-                  "P": 3, "PA": 4}
-
 
 def dataset_modalities(root: Path, classes: list[ClassInfo], manifest: dict | None = None) -> list[ModalitySpec]:
     """The modalities of a dataset folder (rules in the module doc): those the manifest declares, in
@@ -160,7 +157,7 @@ def dataset_modalities(root: Path, classes: list[ClassInfo], manifest: dict | No
             first = next((p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES), None)
             if first is None:
                 continue
-            spec = ModalitySpec(name, "dense", _MODE_CHANNELS.get(open_map(first).mode, 3))
+            spec = ModalitySpec(name, "dense", image_channels(open_map(first)))
         if spec.kind == "segmentation" and not spec.classes:
             spec.classes = [{"name": c.name, "color": list(c.color)} for c in classes]
         specs.append(spec)

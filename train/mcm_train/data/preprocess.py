@@ -54,6 +54,14 @@ def open_map(path: Path) -> Image.Image:
         raise DataError(f"{path}: not a readable image: {e}") from e
 
 
+def image_channels(img: Image.Image) -> int:
+    """Channels of an image as a dense map would read them: grey 1 (any bit depth), grey + alpha 2,
+    RGB, palette and any other mode 3, RGBA and palette + alpha 4."""
+    if img.mode in _GREY_MODES:
+        return 2 if img.mode == "LA" else 1
+    return 4 if img.mode in ("RGBA", "PA") else 3
+
+
 def palette_array(classes: list[ClassInfo]) -> np.ndarray:
     """Palette as uint8 [K, 3] in class-id order."""
     return np.array([c.color for c in classes], np.uint8)
