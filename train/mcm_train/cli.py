@@ -183,6 +183,19 @@ def _carry_base(a: argparse.Namespace, doc: dict) -> None:
     update_model_toml(a.out, **{k: v for k, v in doc.items() if k not in ("mcm", "modalities")})
 
 
+def _warm_start(a: argparse.Namespace, mcm: MCM, modalities: list[ModalitySpec]) -> dict:
+    """Apply `--init-from` to a new MCM (see `training.warm_start`); returns `{"init_from": DIR}` for
+    the run identity and model.toml, or {} without the option."""
+    if a.init_from is None:
+        return {}
+    from .training.warm_start import warm_start
+
+    kept, added = warm_start(mcm, modalities, a.init_from)
+    print(f"MCM initialised from {a.init_from}/mcm.onnx: weights of {', '.join(kept) or 'x_t and eps only'} "
+          f"copied{', ' + ', '.join(added) + ' starting at zero' if added else ''}")
+    return {"init_from": str(a.init_from.resolve())}
+
+
 def cmd_mcm(a: argparse.Namespace) -> None:
     from .training.frozen import load_base_run, onnx_eps_fn, torch_eps_fn
 
@@ -195,8 +208,10 @@ def cmd_mcm(a: argparse.Namespace) -> None:
     mcm = MCM(doc["image"]["channels"], k, cfg)
     print(f"MCM: {count_parameters(mcm):,} parameters, cond channels {k}, base from "
           f"{'PyTorch ' + str(a.base_run) if a.base_run else 'onnxruntime ' + str(a.base / 'base.onnx')}")
+    init_from = _warm_start(a, mcm, modalities)
     sched = ScheduleConfig(**doc["schedule"])
-    identity = _identity(a, base=str(a.base.resolve()), mcm=cfg.to_dict(), modalities=[m.to_toml() for m in modalities])
+    identity = _identity(a, base=str(a.base.resolve()), mcm=cfg.to_dict(), modalities=[m.to_toml() for m in modalities],
+                         **init_from)
     result = train_mcm(ds, mcm, eps_fn, modalities, sched, _train_config(a, identity), _run_dir(a),
                        drop_prob=a.drop_prob, l1_weight=a.l1_weight)
     if not result.done and not a.budget_final:
@@ -205,7 +220,8 @@ def cmd_mcm(a: argparse.Namespace) -> None:
     export_mcm(result.model, k, a.out)
     update_model_toml(a.out, modalities=[m.to_toml() for m in modalities],
                       mcm={"file": "mcm.onnx", "method": "mcm", "cond_channels": k, "architecture": cfg.to_dict(),
-                           "drop_prob": a.drop_prob, "l1_weight": a.l1_weight, **_provenance(a, result, result.model)})
+                           "drop_prob": a.drop_prob, "l1_weight": a.l1_weight, **init_from,
+                           **_provenance(a, result, result.model)})
     write_parity_vectors(a.out)
     print(f"exported {a.out}/mcm.onnx after {result.steps} steps, loss {result.final_loss:.4f}")
 
@@ -348,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(README \"Speed\"); 1 = full resolution")
     m.add_argument("--drop-prob", type=float, default=0.3, help="probability of dropping each modality")
     m.add_argument("--l1-weight", type=float, default=1e-4, help="L1 penalty on gamma and beta")
+    m.add_argument("--init-from", type=Path,
+                   help="model dir whose MCM (same architecture) starts this one: its modalities keep their "
+                        "weights, new ones start at zero (README \"A new modality\")")
     _add_budget_final(m)
     m.set_defaults(func=cmd_mcm)
 
