@@ -145,7 +145,7 @@ enum Command {
     Eval {
         #[arg(long, default_value = "models/default")]
         model: PathBuf,
-        /// Held-out dataset folder (images/, segmentation/, sketch/).
+        /// Held-out dataset folder (images/, segmentation/, sketch/, and depth/ etc. for each dense modality with an estimator).
         #[arg(long)]
         data: PathBuf,
         #[arg(long)]

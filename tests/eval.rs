@@ -1,5 +1,6 @@
 //! `mcm-edge eval` end to end on the committed `models/tiny` fixture and a two-scene dataset
 //! folder written here (random weights: only the plumbing and the value ranges are checked).
+//! The fixture has segmentation, sketch and depth with a depth estimator, so every variant runs.
 
 use std::path::Path;
 
@@ -10,7 +11,7 @@ use mcm_edge::tools::eval::{EvalOptions, evaluate};
 #[test]
 fn eval_scores_every_variant_on_a_folder_dataset() {
     let data = std::env::temp_dir().join(format!("mcm-edge-eval-{}", std::process::id()));
-    for sub in ["images", "segmentation", "sketch"] {
+    for sub in ["images", "segmentation", "sketch", "depth"] {
         std::fs::create_dir_all(data.join(sub)).unwrap();
     }
     for (i, horizon) in [(0, 10u32), (1, 20)] {
@@ -21,6 +22,10 @@ fn eval_scores_every_variant_on_a_folder_dataset() {
             .save(data.join("images").join(&name))
             .unwrap();
         image::GrayImage::from_fn(32, 32, |_, y| Luma([if y == horizon { 0 } else { 255 }])).save(data.join("sketch").join(&name)).unwrap();
+        // 16-bit inverse depth: sky 0, the ground nearer towards the bottom
+        image::ImageBuffer::<Luma<u16>, Vec<u16>>::from_fn(32, 32, |_, y| Luma([if y < horizon { 0 } else { (y * 2000) as u16 }]))
+            .save(data.join("depth").join(&name))
+            .unwrap();
     }
     let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny");
     let report = evaluate(&model, &data, &EvalOptions { limit: 10, steps: 3, strength: 1.0, seed: 0 }, &Backend::Tract).unwrap();
@@ -31,7 +36,18 @@ fn eval_scores_every_variant_on_a_folder_dataset() {
     for v in [report.edge_f1_mcm, report.edge_f1_mcm_both, report.edge_f1_base, report.edge_f1_ceiling] {
         assert!((0.0..=1.0).contains(&v), "{report:?}");
     }
+    for v in [report.miou_mcm_all, report.edge_f1_mcm_all] {
+        assert!(v.is_some_and(|v| (0.0..=1.0).contains(&v)), "{report:?}");
+    }
+    let depth = &report.dense["depth"];
+    for v in [depth.rmse_mcm, depth.rmse_mcm_all, depth.rmse_base, depth.rmse_ceiling] {
+        assert!(v.is_finite() && v >= 0.0, "{depth:?}");
+    }
+    for v in [depth.corr_mcm, depth.corr_mcm_all, depth.corr_base, depth.corr_ceiling] {
+        assert!((-1.0..=1.0).contains(&v), "{depth:?}");
+    }
     let json = serde_json::to_value(&report).unwrap();
+    assert!(json["dense"]["depth"].get("corr_ceiling").is_some(), "{json}");
     for key in ["miou_mcm", "miou_base", "miou_ceiling", "edge_f1_mcm", "edge_f1_base", "n", "steps"] {
         assert!(json.get(key).is_some(), "{key} missing from {json}");
     }

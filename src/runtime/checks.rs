@@ -19,6 +19,9 @@ pub enum ContractMismatch {
     /// `model.toml` has no `[segmenter]` section.
     #[error("no [segmenter] section: train one with `mcm-train segmenter`")]
     NoSegmenter,
+    /// `model.toml` has no `[estimators.NAME]` section for the dense modality `name`.
+    #[error("no [estimators.{name}] section: train one with `mcm-train estimator --modality {name}`")]
+    NoEstimator { name: String },
 }
 
 /// `D1, D2, ...`: the dims of `shape` after the batch axis.

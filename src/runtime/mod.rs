@@ -14,5 +14,5 @@ mod tract;
 pub use backend::{Backend, BackendKind, NO_ONNXRUNTIME, ONNXRUNTIME_BUILT_IN, RuntimeConfig};
 pub use checks::ContractMismatch;
 pub use error::ModelError;
-pub use models::{Models, load_segmenter};
+pub use models::{Models, load_estimator, load_segmenter};
 pub use net::{Net, OpTime, timestep_tensor};

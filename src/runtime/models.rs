@@ -1,5 +1,6 @@
 //! [`Models`]: the nets of a model directory (`base.onnx`, `mcm.onnx`), loaded once and checked
-//! against `model.toml`; and the reference segmenter ([`load_segmenter`]).
+//! against `model.toml`; and the reference nets of `mcm-edge eval` ([`load_segmenter`],
+//! [`load_estimator`]).
 
 use std::path::{Path, PathBuf};
 
@@ -57,6 +58,22 @@ pub fn load_segmenter(dir: &Path, info: &ModelInfo, backend: &Backend) -> Result
         .ok_or_else(|| ModelError::Contract { path: dir.join("model.toml"), source: ContractMismatch::NoSegmenter })?;
     let s = info.image.size;
     Net::load(&dir.join(&seg.file), &[("image", vec![1, 3, s, s])], &["logits"], backend)
+}
+
+/// Load the reference estimator of the dense modality `name` (`[estimators.NAME]` in
+/// model.toml) with `backend`: image [1, 3, H, W] in the model's value range -> map [1, C, H, W]
+/// in the modality's value range.
+///
+/// # Errors
+/// No `[estimators.NAME]` section, any [`ModelError`] of the file, and [`ModelError::Backend`]
+/// when the backend cannot be used.
+pub fn load_estimator(dir: &Path, info: &ModelInfo, name: &str, backend: &Backend) -> Result<Net, ModelError> {
+    let est = info.estimators.get(name).ok_or_else(|| ModelError::Contract {
+        path: dir.join("model.toml"),
+        source: ContractMismatch::NoEstimator { name: name.to_string() },
+    })?;
+    let s = info.image.size;
+    Net::load(&dir.join(&est.file), &[("image", vec![1, 3, s, s])], &["map"], backend)
 }
 
 #[cfg(test)]

@@ -6,21 +6,28 @@
 //!   (intersection and union summed), averaged over the classes that occur.
 //! - edge F1: Canny edges of the generated image vs the input sketch, a pixel matching when the
 //!   other map has one within 2 pixels (Chebyshev distance); counts summed over the set.
+//! - dense alignment (each dense modality with a reference estimator, `[estimators.NAME]`, e.g.
+//!   depth): the estimator reads the generated image back into a map, compared with the input
+//!   map by RMSE (pooled over all pixels, in the modality's value-range units: how far the
+//!   image's implied depth is from the asked one) and by Pearson correlation per image, averaged
+//!   (whether near and far are ordered as asked, whatever the offset and scale). Both, because
+//!   an image can put every layer in the right order at the wrong distances, or the reverse.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use image::{GrayImage, Luma, RgbImage};
 use imageproc::distance_transform::{Norm, distance_transform};
 use imageproc::edges::canny;
-use ndarray::{Array2, Axis};
+use ndarray::{Array2, Array3, ArrayView3, Axis};
 use serde::Serialize;
 use tract_onnx::prelude::IntoTensor;
 
 use crate::contract::{Maps, ModalityKind, ModalityMap};
 use crate::diffusion::{GenerateError, GenerationParams, ImageGenerator, LoadError, Pipeline, from_image};
 use crate::frames::{FrameLimits, decode_frame};
-use crate::runtime::{Backend, ModelError, Net, load_segmenter};
+use crate::runtime::{Backend, ModelError, Net, load_estimator, load_segmenter};
 
 /// Canny hysteresis thresholds on the Sobel magnitude of the 0-255 luma (imageproc scale, max ~1140).
 pub const CANNY_LOW: f32 = 40.0;
@@ -72,7 +79,35 @@ pub struct EvalReport {
     pub edge_f1_base: f64,
     /// Edge F1 of the real images against their own sketches.
     pub edge_f1_ceiling: f64,
+    /// mIoU conditioned on every modality scored (segmentation, sketch and each dense modality
+    /// with an estimator); present when there is more than segmentation and sketch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub miou_mcm_all: Option<f64>,
+    /// Edge F1 conditioned on every modality scored (see `miou_mcm_all`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edge_f1_mcm_all: Option<f64>,
+    /// Alignment with each dense modality that has a reference estimator, by modality name.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub dense: BTreeMap<String, DenseScores>,
     pub seconds: f64,
+}
+
+/// Alignment of generated images with one dense modality (module doc): RMSE in the modality's
+/// value-range units (lower is better) and mean per-image Pearson correlation in [-1, 1].
+#[derive(Debug, Clone, Serialize)]
+pub struct DenseScores {
+    /// Conditioned on this modality alone.
+    pub rmse_mcm: f64,
+    /// Conditioned on every modality scored.
+    pub rmse_mcm_all: f64,
+    /// The base alone (strength 0), same seeds.
+    pub rmse_base: f64,
+    /// The estimator on the real held-out images.
+    pub rmse_ceiling: f64,
+    pub corr_mcm: f64,
+    pub corr_mcm_all: f64,
+    pub corr_base: f64,
+    pub corr_ceiling: f64,
 }
 
 /// Per-class intersection / union counts.
@@ -144,6 +179,45 @@ impl EdgeCounts {
     }
 }
 
+/// Squared errors and per-image correlations of estimated vs input dense maps.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DenseCounts {
+    sq_err: f64,
+    values: u64,
+    corr_sum: f64,
+    images: u64,
+}
+
+impl DenseCounts {
+    /// Add one estimate / input pair of maps `[C, H, W]`, same shape. An image where either map
+    /// is constant has no defined correlation and counts as 0.
+    pub fn add(&mut self, pred: ArrayView3<f32>, truth: ArrayView3<f32>) {
+        let n = truth.len() as f64;
+        let (mp, mt) = (pred.iter().map(|&v| f64::from(v)).sum::<f64>() / n, truth.iter().map(|&v| f64::from(v)).sum::<f64>() / n);
+        let (mut cov, mut vp, mut vt) = (0.0, 0.0, 0.0);
+        for (&p, &t) in pred.iter().zip(truth.iter()) {
+            let (dp, dt) = (f64::from(p) - mp, f64::from(t) - mt);
+            cov += dp * dt;
+            vp += dp * dp;
+            vt += dt * dt;
+            self.sq_err += (f64::from(p) - f64::from(t)).powi(2);
+        }
+        self.values += truth.len() as u64;
+        self.corr_sum += if vp > 0.0 && vt > 0.0 { cov / (vp * vt).sqrt() } else { 0.0 };
+        self.images += 1;
+    }
+
+    /// Root mean squared error over every value added (0 when none).
+    pub fn rmse(&self) -> f64 {
+        if self.values > 0 { (self.sq_err / self.values as f64).sqrt() } else { 0.0 }
+    }
+
+    /// Mean per-image Pearson correlation (0 when none).
+    pub fn corr(&self) -> f64 {
+        if self.images > 0 { self.corr_sum / self.images as f64 } else { 0.0 }
+    }
+}
+
 /// Canny edges (imageproc, thresholds [`CANNY_LOW`], [`CANNY_HIGH`]) of an RGB image's luma.
 pub fn edges_of(img: &RgbImage) -> GrayImage {
     canny(&image::DynamicImage::ImageRgb8(img.clone()).to_luma8(), CANNY_LOW, CANNY_HIGH)
@@ -169,26 +243,59 @@ pub fn segment(segmenter: &Net, img: &RgbImage, range: [f32; 2]) -> Result<Array
     }))
 }
 
+/// A map `[C, H, W]` estimated from an RGB image by a dense modality's reference estimator.
+///
+/// # Errors
+/// Inference failure.
+pub fn estimate(estimator: &Net, img: &RgbImage, range: [f32; 2]) -> Result<Array3<f32>, EvalError> {
+    Ok(estimator.run(vec![from_image(img, range).into_tensor()])?.remove(0).index_axis_move(Axis(0), 0))
+}
+
 /// One held-out example: the real image and its maps, decoded through the device's frame decoder.
 struct Example {
     image: RgbImage,
     segmentation: Array2<u8>,
     sketch: Array2<f32>,
+    /// One map `[C, H, W]` per scored dense modality, in [`Scored::dense`] order.
+    dense: Vec<Array3<f32>>,
 }
 
-fn load_examples(data: &Path, generator: &Pipeline, limit: usize) -> Result<Vec<Example>, EvalError> {
-    let info = generator.info();
-    let size = info.image.size;
-    let by_kind = |kind| info.modalities.iter().find(|m| m.kind == kind);
-    let (seg, sk) = match (by_kind(ModalityKind::Segmentation), by_kind(ModalityKind::Sketch)) {
-        (Some(a), Some(b)) => (a, b),
-        _ => {
+/// The modalities an evaluation scores: the segmentation, the sketch and each dense modality
+/// with a reference estimator (name, estimator).
+struct Scored {
+    segmentation: String,
+    sketch: String,
+    dense: Vec<(String, Net)>,
+}
+
+impl Scored {
+    /// # Errors
+    /// The model lacks a segmentation or a sketch modality; an estimator fails to load.
+    fn of(generator: &Pipeline, backend: &Backend) -> Result<Self, EvalError> {
+        let (info, dir) = (generator.info(), &generator.models().dir);
+        let by_kind = |kind| info.modalities.iter().find(|m| m.kind == kind).map(|m| m.name.clone());
+        let (Some(segmentation), Some(sketch)) = (by_kind(ModalityKind::Segmentation), by_kind(ModalityKind::Sketch)) else {
             return Err(EvalError::Data {
-                path: generator.models().dir.join("model.toml"),
+                path: dir.join("model.toml"),
                 message: "eval needs a model with a segmentation and a sketch modality".into(),
             });
+        };
+        let mut dense = Vec::new();
+        for m in info.modalities.iter().filter(|m| m.kind == ModalityKind::Dense) {
+            if info.estimators.contains_key(&m.name) {
+                dense.push((m.name.clone(), load_estimator(dir, info, &m.name, backend)?));
+            } else {
+                log::warn!("{}: no [estimators.{}]: the {} alignment is not scored", dir.display(), m.name, m.name);
+            }
         }
-    };
+        Ok(Self { segmentation, sketch, dense })
+    }
+}
+
+fn load_examples(data: &Path, generator: &Pipeline, scored: &Scored, limit: usize) -> Result<Vec<Example>, EvalError> {
+    let info = generator.info();
+    let size = info.image.size;
+    let modality = |name: &str| info.modality(name).expect("Scored names the model's modalities");
     let images = data.join("images");
     let mut names: Vec<PathBuf> = std::fs::read_dir(&images)
         .map_err(|e| EvalError::Data { path: images.clone(), message: e.to_string() })?
@@ -199,9 +306,9 @@ fn load_examples(data: &Path, generator: &Pipeline, limit: usize) -> Result<Vec<
     names.truncate(limit);
     let limits = FrameLimits::default();
     let read = |p: PathBuf| std::fs::read(&p).map_err(|e| EvalError::Data { path: p.clone(), message: e.to_string() });
-    let decode = |dir: &str, name: &Path, m| -> Result<ModalityMap, EvalError> {
+    let decode = |dir: &str, name: &Path| -> Result<ModalityMap, EvalError> {
         let p = data.join(dir).join(name.file_name().unwrap_or_default());
-        decode_frame(&read(p.clone())?, m, size, &limits).map_err(|e| EvalError::Data { path: p, message: e.to_string() })
+        decode_frame(&read(p.clone())?, modality(dir), size, &limits).map_err(|e| EvalError::Data { path: p, message: e.to_string() })
     };
     names
         .iter()
@@ -211,17 +318,26 @@ fn load_examples(data: &Path, generator: &Pipeline, limit: usize) -> Result<Vec<
                 .resize_exact(size as u32, size as u32, image::imageops::FilterType::Triangle)
                 .to_rgb8();
             let (ModalityMap::Segmentation(segmentation), ModalityMap::Sketch(sketch)) =
-                (decode("segmentation", p, seg)?, decode("sketch", p, sk)?)
+                (decode(&scored.segmentation, p)?, decode(&scored.sketch, p)?)
             else {
                 unreachable!("decode_frame returns the modality's kind")
             };
-            Ok(Example { image, segmentation, sketch })
+            let dense = scored
+                .dense
+                .iter()
+                .map(|(name, _)| match decode(name, p)? {
+                    ModalityMap::Dense(map) => Ok(map),
+                    _ => unreachable!("decode_frame returns the modality's kind"),
+                })
+                .collect::<Result<_, EvalError>>()?;
+            Ok(Example { image, segmentation, sketch, dense })
         })
         .collect()
 }
 
-/// Run the evaluation of `model_dir` on the dataset folder `data` (images/, segmentation/, sketch/)
-/// with the nets (base, MCM, segmenter) run by `backend`.
+/// Run the evaluation of `model_dir` on the dataset folder `data` (images/ and one folder per
+/// scored modality: segmentation/, sketch/, and e.g. depth/ when the model has `[estimators.depth]`)
+/// with the nets (base, MCM, segmenter, estimators) run by `backend`.
 ///
 /// # Errors
 /// Missing files, a model without segmenter or modalities, inference failures, and
@@ -231,42 +347,78 @@ pub fn evaluate(model_dir: &Path, data: &Path, opts: &EvalOptions, backend: &Bac
     let generator = Pipeline::load(model_dir, backend)?;
     let info = generator.info().clone();
     let segmenter = load_segmenter(model_dir, &info, backend)?;
-    let examples = load_examples(data, &generator, opts.limit)?;
+    let scored = Scored::of(&generator, backend)?;
+    let examples = load_examples(data, &generator, &scored, opts.limit)?;
     if examples.is_empty() {
         return Err(EvalError::Data { path: data.join("images"), message: "no PNG images".into() });
     }
-    let classes = info.modalities.iter().find(|m| m.kind == ModalityKind::Segmentation).map_or(0, |m| m.channels);
-    let seg_name = info.modalities.iter().find(|m| m.kind == ModalityKind::Segmentation).map(|m| m.name.clone()).unwrap_or_default();
-    let sk_name = info.modalities.iter().find(|m| m.kind == ModalityKind::Sketch).map(|m| m.name.clone()).unwrap_or_default();
+    let classes = info.modality(&scored.segmentation).map_or(0, |m| m.channels);
     let range = info.image.value_range;
     // Scored images per example, in this order: base alone, MCM with the segmentation, with the
-    // sketch, with both, and the real image (the ceilings).
+    // sketch, with both, the real image (the ceilings), then with everything scored (when there is
+    // more than segmentation and sketch) and with each dense modality alone.
     const BASE: usize = 0;
     const SEG: usize = 1;
     const SKETCH: usize = 2;
     const BOTH: usize = 3;
     const REAL: usize = 4;
-    let mut ious = vec![IouCounts::new(classes); 5];
-    let mut edges = [EdgeCounts::default(); 5];
+    const ALL: usize = 5;
+    let has_all = !scored.dense.is_empty();
+    let dense_alone = |j: usize| ALL + usize::from(has_all) + j;
+    let variants = dense_alone(scored.dense.len());
+    let mut ious = vec![IouCounts::new(classes); variants];
+    let mut edges = vec![EdgeCounts::default(); variants];
+    let mut dense = vec![vec![DenseCounts::default(); variants]; scored.dense.len()];
     for (i, ex) in examples.iter().enumerate() {
         let params = |strength| GenerationParams { seed: opts.seed + i as u64, steps: opts.steps, strength, eta: 0.0 };
-        let seg_map = (seg_name.clone(), ModalityMap::Segmentation(ex.segmentation.clone()));
-        let sk_map = (sk_name.clone(), ModalityMap::Sketch(ex.sketch.clone()));
+        let seg_map = (scored.segmentation.clone(), ModalityMap::Segmentation(ex.segmentation.clone()));
+        let sk_map = (scored.sketch.clone(), ModalityMap::Sketch(ex.sketch.clone()));
+        let dense_maps: Vec<_> =
+            scored.dense.iter().zip(&ex.dense).map(|((name, _), map)| (name.clone(), ModalityMap::Dense(map.clone()))).collect();
         let both: Maps = [seg_map.clone(), sk_map.clone()].into();
-        let images = [
-            generator.generate(&both, &params(0.0))?,
+        let all: Maps = both.clone().into_iter().chain(dense_maps.iter().cloned()).collect();
+        let mut images = vec![
+            generator.generate(&all, &params(0.0))?,
             generator.generate(&[seg_map].into(), &params(opts.strength))?,
             generator.generate(&[sk_map].into(), &params(opts.strength))?,
             generator.generate(&both, &params(opts.strength))?,
             ex.image.clone(),
         ];
+        if has_all {
+            images.push(generator.generate(&all, &params(opts.strength))?);
+        }
+        for map in &dense_maps {
+            images.push(generator.generate(&[map.clone()].into(), &params(opts.strength))?);
+        }
         let truth_edges = strokes_to_edges(&ex.sketch);
         for (k, img) in images.iter().enumerate() {
             ious[k].add(&segment(&segmenter, img, range)?, &ex.segmentation);
             edges[k].add(&edges_of(img), &truth_edges);
+            for (j, (_, estimator)) in scored.dense.iter().enumerate() {
+                dense[j][k].add(estimate(estimator, img, range)?.view(), ex.dense[j].view());
+            }
         }
         log::info!("eval {}/{}", i + 1, examples.len());
     }
+    let dense = scored
+        .dense
+        .iter()
+        .zip(&dense)
+        .enumerate()
+        .map(|(j, ((name, _), c))| {
+            let scores = DenseScores {
+                rmse_mcm: c[dense_alone(j)].rmse(),
+                rmse_mcm_all: c[ALL].rmse(),
+                rmse_base: c[BASE].rmse(),
+                rmse_ceiling: c[REAL].rmse(),
+                corr_mcm: c[dense_alone(j)].corr(),
+                corr_mcm_all: c[ALL].corr(),
+                corr_base: c[BASE].corr(),
+                corr_ceiling: c[REAL].corr(),
+            };
+            (name.clone(), scores)
+        })
+        .collect();
     Ok(EvalReport {
         n: examples.len(),
         steps: opts.steps,
@@ -279,6 +431,9 @@ pub fn evaluate(model_dir: &Path, data: &Path, opts: &EvalOptions, backend: &Bac
         edge_f1_mcm_both: edges[BOTH].f1(),
         edge_f1_base: edges[BASE].f1(),
         edge_f1_ceiling: edges[REAL].f1(),
+        miou_mcm_all: has_all.then(|| ious[ALL].miou()),
+        edge_f1_mcm_all: has_all.then(|| edges[ALL].f1()),
+        dense,
         seconds: start.elapsed().as_secs_f64(),
     })
 }
@@ -312,6 +467,26 @@ mod tests {
         let mut none = EdgeCounts::default();
         none.add(&GrayImage::new(16, 16), &line(5));
         assert_eq!(none.f1(), 0.0);
+    }
+
+    #[test]
+    fn dense_rmse_and_correlation() {
+        let truth = Array3::from_shape_fn((1, 4, 4), |(_, y, _)| y as f32 / 3.0);
+        let mut same = DenseCounts::default();
+        same.add(truth.view(), truth.view());
+        assert_eq!((same.rmse(), same.corr()), (0.0, 1.0));
+        // Half the values, reversed order: correlation -1 whatever the scale; RMSE of the difference.
+        let reversed = truth.mapv(|v| 0.5 * (1.0 - v));
+        let mut c = DenseCounts::default();
+        c.add(reversed.view(), truth.view());
+        assert!((c.corr() + 1.0).abs() < 1e-9, "{c:?}");
+        let want = (truth.iter().zip(reversed.iter()).map(|(t, r)| f64::from(t - r).powi(2)).sum::<f64>() / 16.0).sqrt();
+        assert!((c.rmse() - want).abs() < 1e-6);
+        // A flat estimate has no correlation: counted as 0, averaged with the perfect image.
+        c = DenseCounts::default();
+        c.add(Array3::zeros((1, 4, 4)).view(), truth.view());
+        c.add(truth.view(), truth.view());
+        assert!((c.corr() - 0.5).abs() < 1e-12);
     }
 
     #[test]

@@ -12,7 +12,7 @@ from ..contract.model_toml import update_model_toml
 from ..contract.schedule import ScheduleConfig
 from ..nets.mcm import MCM
 from ..nets.unet import UNet, UNetConfig
-from .onnx import export_base, export_mcm, export_segmenter
+from .onnx import export_base, export_estimator, export_mcm, export_segmenter
 from .parity import write_parity_vectors
 
 #: Random-weight model sets. `tiny`: the 16x16 RGB fixture committed as models/tiny; `tiny-s2d`:
@@ -26,7 +26,7 @@ PRESETS: dict[str, dict] = {
         "channels": 3,
         "base": {"channels": (8, 16), "num_res_blocks": 1, "attention_resolutions": (8,), "groups": 4},
         "mcm": {"channels": (8, 16), "num_res_blocks": 1, "attention_resolutions": (8,), "groups": 4},
-        "segmenter": True,
+        "eval_nets": True,  # segmenter + depth estimator (`mcm-edge eval`)
     },
     "paper": {
         "size": 32,
@@ -34,7 +34,7 @@ PRESETS: dict[str, dict] = {
         "base": {"channels": (128, 256, 512), "num_res_blocks": 2, "attention_resolutions": (16, 8), "groups": 32},
         # the shipped default's MCM architecture (full resolution), here 1.0 % of the base's parameters
         "mcm": {"channels": (16, 32, 64), "num_res_blocks": 1, "attention_resolutions": (16,), "groups": 8},
-        "segmenter": False,
+        "eval_nets": False,
     },
 }
 
@@ -42,13 +42,14 @@ PRESETS: dict[str, dict] = {
 PRESETS["tiny-s2d"] = {
     **PRESETS["tiny"],
     "mcm": {**PRESETS["tiny"]["mcm"], "attention_resolutions": (), "space_to_depth": 2},
-    "segmenter": False,
+    "eval_nets": False,
 }
 
 
 def write_random_model(out_dir: Path, classes: list[dict], preset: str = "tiny", seed: int = 0) -> dict:
     """A random-weight model directory of a [`PRESETS`] entry: base, segmentation + sketch + depth MCM
-    (output layer made non-zero so that the test vectors exercise the MCM path), optional segmenter,
+    (output layer made non-zero so that the test vectors exercise the MCM path), optional segmenter
+    and depth estimator (`[estimators.depth]`),
     test vectors, parity vectors (`export.parity`) and `model.toml`. The images are noise; only
     shapes, numerics and speed are meaningful.
 
@@ -76,10 +77,13 @@ def write_random_model(out_dir: Path, classes: list[dict], preset: str = "tiny",
         "base": {"file": "base.onnx", "parameters": sum(q.numel() for q in base.parameters()), **provenance},
         "mcm": {"file": "mcm.onnx", "cond_channels": k, "parameters": sum(q.numel() for q in mcm.parameters()), **provenance},
     }
-    if p["segmenter"]:
+    if p["eval_nets"]:
         seg = UNet(UNetConfig(in_channels=3, out_channels=len(classes), timestep_embedding=False, image_size=size, **p["base"]))
         export_segmenter(seg.eval(), out_dir)
         nets["segmenter"] = {"file": "segmenter.onnx", "parameters": sum(q.numel() for q in seg.parameters()), **provenance}
+        est = UNet(UNetConfig(in_channels=3, out_channels=1, timestep_embedding=False, image_size=size, **p["base"]))
+        nets["estimators"] = {"depth": {"file": export_estimator(est.eval(), "depth", out_dir),
+                                        "parameters": sum(q.numel() for q in est.parameters()), **provenance}}
     doc = update_model_toml(
         out_dir,
         image={"size": size, "channels": c, "value_range": [-1.0, 1.0]},
