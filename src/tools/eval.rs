@@ -59,33 +59,42 @@ pub struct EvalOptions {
     pub seed: u64,
 }
 
-/// The JSON written by `mcm-edge eval`.
+/// The JSON written by `mcm-edge eval`. A figure is absent (`None`, left out of the JSON) when
+/// the model has no such modality or no reference net to judge it, and `*_both` / `*_all` when the
+/// model has no such combination (`both`: segmentation and sketch; `all`: every scored modality,
+/// when that is more than one modality and not just the two of `both`).
 #[derive(Debug, Clone, Serialize)]
 pub struct EvalReport {
     pub n: usize,
     pub steps: usize,
     pub strength: f32,
     /// mIoU of the segmenter on generated images, conditioned on the segmentation alone.
-    pub miou_mcm: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub miou_mcm: Option<f64>,
     /// ... conditioned on segmentation and sketch together.
-    pub miou_mcm_both: f64,
-    /// ... from the base alone (strength 0), same seeds.
-    pub miou_base: f64,
-    /// The segmenter's own mIoU on the real held-out images.
-    pub miou_ceiling: f64,
-    /// Edge F1 of generated images conditioned on the sketch alone.
-    pub edge_f1_mcm: f64,
-    pub edge_f1_mcm_both: f64,
-    pub edge_f1_base: f64,
-    /// Edge F1 of the real images against their own sketches.
-    pub edge_f1_ceiling: f64,
-    /// mIoU conditioned on every modality scored (segmentation, sketch and each dense modality
-    /// with an estimator); present when there is more than segmentation and sketch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub miou_mcm_both: Option<f64>,
+    /// ... conditioned on every scored modality.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub miou_mcm_all: Option<f64>,
-    /// Edge F1 conditioned on every modality scored (see `miou_mcm_all`).
+    /// ... from the base alone (strength 0), same seeds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub miou_base: Option<f64>,
+    /// The segmenter's own mIoU on the real held-out images.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub miou_ceiling: Option<f64>,
+    /// Edge F1 of generated images conditioned on the sketch alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edge_f1_mcm: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edge_f1_mcm_both: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub edge_f1_mcm_all: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edge_f1_base: Option<f64>,
+    /// Edge F1 of the real images against their own sketches.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edge_f1_ceiling: Option<f64>,
     /// Alignment with each dense modality that has a reference estimator, by modality name.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub dense: BTreeMap<String, DenseScores>,
@@ -98,14 +107,16 @@ pub struct EvalReport {
 pub struct DenseScores {
     /// Conditioned on this modality alone.
     pub rmse_mcm: f64,
-    /// Conditioned on every modality scored.
-    pub rmse_mcm_all: f64,
+    /// Conditioned on every scored modality (see [`EvalReport`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rmse_mcm_all: Option<f64>,
     /// The base alone (strength 0), same seeds.
     pub rmse_base: f64,
     /// The estimator on the real held-out images.
     pub rmse_ceiling: f64,
     pub corr_mcm: f64,
-    pub corr_mcm_all: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub corr_mcm_all: Option<f64>,
     pub corr_base: f64,
     pub corr_ceiling: f64,
 }
@@ -251,51 +262,150 @@ pub fn estimate(estimator: &Net, img: &RgbImage, range: [f32; 2]) -> Result<Arra
     Ok(estimator.run(vec![from_image(img, range).into_tensor()])?.remove(0).index_axis_move(Axis(0), 0))
 }
 
-/// One held-out example: the real image and its maps, decoded through the device's frame decoder.
-struct Example {
-    image: RgbImage,
-    segmentation: Array2<u8>,
-    sketch: Array2<f32>,
-    /// One map `[C, H, W]` per scored dense modality, in [`Scored::dense`] order.
-    dense: Vec<Array3<f32>>,
+/// How a scored modality judges an image against its input map.
+enum Judge {
+    /// The reference segmenter's class map against the input (mIoU over `classes`).
+    Segmenter { net: Net, classes: usize },
+    /// Canny edges against the input strokes (edge F1).
+    Edges,
+    /// The modality's reference estimator against the input map (RMSE, correlation).
+    Estimator(Net),
 }
 
-/// The modalities an evaluation scores: the segmentation, the sketch and each dense modality
-/// with a reference estimator (name, estimator).
+/// One modality an evaluation scores, in model order.
 struct Scored {
-    segmentation: String,
-    sketch: String,
-    dense: Vec<(String, Net)>,
+    name: String,
+    judge: Judge,
 }
 
-impl Scored {
-    /// # Errors
-    /// The model lacks a segmentation or a sketch modality; an estimator fails to load.
-    fn of(generator: &Pipeline, backend: &Backend) -> Result<Self, EvalError> {
-        let (info, dir) = (generator.info(), &generator.models().dir);
-        let by_kind = |kind| info.modalities.iter().find(|m| m.kind == kind).map(|m| m.name.clone());
-        let (Some(segmentation), Some(sketch)) = (by_kind(ModalityKind::Segmentation), by_kind(ModalityKind::Sketch)) else {
-            return Err(EvalError::Data {
-                path: dir.join("model.toml"),
-                message: "eval needs a model with a segmentation and a sketch modality".into(),
-            });
-        };
-        let mut dense = Vec::new();
-        for m in info.modalities.iter().filter(|m| m.kind == ModalityKind::Dense) {
-            if info.estimators.contains_key(&m.name) {
-                dense.push((m.name.clone(), load_estimator(dir, info, &m.name, backend)?));
-            } else {
-                log::warn!("{}: no [estimators.{}]: the {} alignment is not scored", dir.display(), m.name, m.name);
-            }
+/// What one modality's judge accumulated over the examples for one variant.
+#[derive(Debug, Clone)]
+enum Counts {
+    Iou(IouCounts),
+    Edges(EdgeCounts),
+    Dense(DenseCounts),
+}
+
+impl Counts {
+    /// mIoU or edge F1; None for dense counts (two figures, see [`Self::dense`]).
+    fn value(&self) -> Option<f64> {
+        match self {
+            Self::Iou(c) => Some(c.miou()),
+            Self::Edges(c) => Some(c.f1()),
+            Self::Dense(_) => None,
         }
-        Ok(Self { segmentation, sketch, dense })
+    }
+
+    fn dense(&self) -> Option<DenseCounts> {
+        if let Self::Dense(c) = self { Some(*c) } else { None }
     }
 }
 
-fn load_examples(data: &Path, generator: &Pipeline, scored: &Scored, limit: usize) -> Result<Vec<Example>, EvalError> {
+impl Scored {
+    /// The modalities of the model that have a judge: a segmentation with `[segmenter]`, a sketch,
+    /// a dense modality with `[estimators.NAME]`; the others are left out with a warning.
+    ///
+    /// # Errors
+    /// Nothing can be scored; a reference net fails to load.
+    fn of_model(generator: &Pipeline, backend: &Backend) -> Result<Vec<Self>, EvalError> {
+        let (info, dir) = (generator.info(), &generator.models().dir);
+        let mut scored = Vec::new();
+        for m in &info.modalities {
+            let judge = match m.kind {
+                ModalityKind::Segmentation if info.segmenter.is_some() => {
+                    Judge::Segmenter { net: load_segmenter(dir, info, backend)?, classes: m.channels }
+                }
+                ModalityKind::Sketch => Judge::Edges,
+                ModalityKind::Dense if info.estimators.contains_key(&m.name) => {
+                    Judge::Estimator(load_estimator(dir, info, &m.name, backend)?)
+                }
+                ModalityKind::Segmentation => {
+                    log::warn!("{}: no [segmenter]: {} is not scored (mcm-train segmenter)", dir.display(), m.name);
+                    continue;
+                }
+                ModalityKind::Dense => {
+                    log::warn!("{}: no [estimators.{}]: {} is not scored (mcm-train estimator)", dir.display(), m.name, m.name);
+                    continue;
+                }
+            };
+            scored.push(Self { name: m.name.clone(), judge });
+        }
+        if scored.is_empty() {
+            return Err(EvalError::Data {
+                path: dir.join("model.toml"),
+                message: "nothing to score: eval needs a sketch, a segmentation with [segmenter] or a dense modality with \
+                          [estimators.NAME]"
+                    .into(),
+            });
+        }
+        Ok(scored)
+    }
+
+    fn counts(&self) -> Counts {
+        match &self.judge {
+            Judge::Segmenter { classes, .. } => Counts::Iou(IouCounts::new(*classes)),
+            Judge::Edges => Counts::Edges(EdgeCounts::default()),
+            Judge::Estimator(_) => Counts::Dense(DenseCounts::default()),
+        }
+    }
+
+    /// Judge `img` against this modality's input `map` into `counts` (made by [`Self::counts`]).
+    fn score(&self, counts: &mut Counts, img: &RgbImage, map: &ModalityMap, range: [f32; 2]) -> Result<(), EvalError> {
+        match (&self.judge, counts, map) {
+            (Judge::Segmenter { net, .. }, Counts::Iou(c), ModalityMap::Segmentation(truth)) => c.add(&segment(net, img, range)?, truth),
+            (Judge::Edges, Counts::Edges(c), ModalityMap::Sketch(strokes)) => c.add(&edges_of(img), &strokes_to_edges(strokes)),
+            (Judge::Estimator(net), Counts::Dense(c), ModalityMap::Dense(truth)) => c.add(estimate(net, img, range)?.view(), truth.view()),
+            _ => unreachable!("counts come from Scored::counts and maps from decode_frame of the same modality"),
+        }
+        Ok(())
+    }
+}
+
+/// One way of generating per example, all with the example's seed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Variant {
+    /// The base alone (strength 0).
+    Base,
+    /// The real image (the ceilings).
+    Real,
+    /// The MCM with scored modality `j` alone.
+    Alone(usize),
+    /// The MCM with the segmentation and the sketch (scored indices).
+    Both(usize, usize),
+    /// The MCM with every scored modality.
+    All,
+}
+
+impl Variant {
+    /// The variants for these scored modalities (see [`EvalReport`]).
+    fn list(scored: &[Scored]) -> Vec<Self> {
+        let index = |pick: fn(&Judge) -> bool| scored.iter().position(|s| pick(&s.judge));
+        let (seg, sketch) = (index(|j| matches!(j, Judge::Segmenter { .. })), index(|j| matches!(j, Judge::Edges)));
+        Self::list_for(scored.len(), seg.zip(sketch))
+    }
+
+    /// The variants for `count` scored modalities, `both` the (segmentation, sketch) indices.
+    fn list_for(count: usize, both: Option<(usize, usize)>) -> Vec<Self> {
+        let mut list = vec![Self::Base, Self::Real];
+        list.extend((0..count).map(Self::Alone));
+        list.extend(both.map(|(a, b)| Self::Both(a, b)));
+        if count > 2 || (count == 2 && both.is_none()) {
+            list.push(Self::All);
+        }
+        list
+    }
+}
+
+/// One held-out example: the real image and one map per scored modality, decoded through the
+/// device's frame decoder.
+struct Example {
+    image: RgbImage,
+    maps: Vec<ModalityMap>,
+}
+
+fn load_examples(data: &Path, generator: &Pipeline, scored: &[Scored], limit: usize) -> Result<Vec<Example>, EvalError> {
     let info = generator.info();
     let size = info.image.size;
-    let modality = |name: &str| info.modality(name).expect("Scored names the model's modalities");
     let images = data.join("images");
     let mut names: Vec<PathBuf> = std::fs::read_dir(&images)
         .map_err(|e| EvalError::Data { path: images.clone(), message: e.to_string() })?
@@ -306,9 +416,10 @@ fn load_examples(data: &Path, generator: &Pipeline, scored: &Scored, limit: usiz
     names.truncate(limit);
     let limits = FrameLimits::default();
     let read = |p: PathBuf| std::fs::read(&p).map_err(|e| EvalError::Data { path: p.clone(), message: e.to_string() });
-    let decode = |dir: &str, name: &Path| -> Result<ModalityMap, EvalError> {
-        let p = data.join(dir).join(name.file_name().unwrap_or_default());
-        decode_frame(&read(p.clone())?, modality(dir), size, &limits).map_err(|e| EvalError::Data { path: p, message: e.to_string() })
+    let decode = |name: &str, file: &Path| -> Result<ModalityMap, EvalError> {
+        let p = data.join(name).join(file.file_name().unwrap_or_default());
+        let modality = info.modality(name).expect("scored modalities are the model's");
+        decode_frame(&read(p.clone())?, modality, size, &limits).map_err(|e| EvalError::Data { path: p, message: e.to_string() })
     };
     names
         .iter()
@@ -317,125 +428,102 @@ fn load_examples(data: &Path, generator: &Pipeline, scored: &Scored, limit: usiz
                 .map_err(|e| EvalError::Data { path: p.clone(), message: e.to_string() })?
                 .resize_exact(size as u32, size as u32, image::imageops::FilterType::Triangle)
                 .to_rgb8();
-            let (ModalityMap::Segmentation(segmentation), ModalityMap::Sketch(sketch)) =
-                (decode(&scored.segmentation, p)?, decode(&scored.sketch, p)?)
-            else {
-                unreachable!("decode_frame returns the modality's kind")
-            };
-            let dense = scored
-                .dense
-                .iter()
-                .map(|(name, _)| match decode(name, p)? {
-                    ModalityMap::Dense(map) => Ok(map),
-                    _ => unreachable!("decode_frame returns the modality's kind"),
-                })
-                .collect::<Result<_, EvalError>>()?;
-            Ok(Example { image, segmentation, sketch, dense })
+            let maps = scored.iter().map(|s| decode(&s.name, p)).collect::<Result<_, _>>()?;
+            Ok(Example { image, maps })
         })
         .collect()
 }
 
 /// Run the evaluation of `model_dir` on the dataset folder `data` (images/ and one folder per
-/// scored modality: segmentation/, sketch/, and e.g. depth/ when the model has `[estimators.depth]`)
-/// with the nets (base, MCM, segmenter, estimators) run by `backend`.
+/// scored modality, named after it: segmentation/, sketch/, depth/ ...) with the nets (base, MCM,
+/// segmenter, estimators) run by `backend`.
 ///
 /// # Errors
-/// Missing files, a model without segmenter or modalities, inference failures, and
+/// Missing files, a model with nothing to score, inference failures, and
 /// [`ModelError::Backend`] when the backend cannot be used.
 pub fn evaluate(model_dir: &Path, data: &Path, opts: &EvalOptions, backend: &Backend) -> Result<EvalReport, EvalError> {
     let start = Instant::now();
     let generator = Pipeline::load(model_dir, backend)?;
-    let info = generator.info().clone();
-    let segmenter = load_segmenter(model_dir, &info, backend)?;
-    let scored = Scored::of(&generator, backend)?;
+    let range = generator.info().image.value_range;
+    let scored = Scored::of_model(&generator, backend)?;
     let examples = load_examples(data, &generator, &scored, opts.limit)?;
     if examples.is_empty() {
         return Err(EvalError::Data { path: data.join("images"), message: "no PNG images".into() });
     }
-    let classes = info.modality(&scored.segmentation).map_or(0, |m| m.channels);
-    let range = info.image.value_range;
-    // Scored images per example, in this order: base alone, MCM with the segmentation, with the
-    // sketch, with both, the real image (the ceilings), then with everything scored (when there is
-    // more than segmentation and sketch) and with each dense modality alone.
-    const BASE: usize = 0;
-    const SEG: usize = 1;
-    const SKETCH: usize = 2;
-    const BOTH: usize = 3;
-    const REAL: usize = 4;
-    const ALL: usize = 5;
-    let has_all = !scored.dense.is_empty();
-    let dense_alone = |j: usize| ALL + usize::from(has_all) + j;
-    let variants = dense_alone(scored.dense.len());
-    let mut ious = vec![IouCounts::new(classes); variants];
-    let mut edges = vec![EdgeCounts::default(); variants];
-    let mut dense = vec![vec![DenseCounts::default(); variants]; scored.dense.len()];
+    let variants = Variant::list(&scored);
+    // counts[j][v]: scored modality j judged on the images of variant v
+    let mut counts: Vec<Vec<Counts>> = scored.iter().map(|s| vec![s.counts(); variants.len()]).collect();
     for (i, ex) in examples.iter().enumerate() {
         let params = |strength| GenerationParams { seed: opts.seed + i as u64, steps: opts.steps, strength, eta: 0.0 };
-        let seg_map = (scored.segmentation.clone(), ModalityMap::Segmentation(ex.segmentation.clone()));
-        let sk_map = (scored.sketch.clone(), ModalityMap::Sketch(ex.sketch.clone()));
-        let dense_maps: Vec<_> =
-            scored.dense.iter().zip(&ex.dense).map(|((name, _), map)| (name.clone(), ModalityMap::Dense(map.clone()))).collect();
-        let both: Maps = [seg_map.clone(), sk_map.clone()].into();
-        let all: Maps = both.clone().into_iter().chain(dense_maps.iter().cloned()).collect();
-        let mut images = vec![
-            generator.generate(&all, &params(0.0))?,
-            generator.generate(&[seg_map].into(), &params(opts.strength))?,
-            generator.generate(&[sk_map].into(), &params(opts.strength))?,
-            generator.generate(&both, &params(opts.strength))?,
-            ex.image.clone(),
-        ];
-        if has_all {
-            images.push(generator.generate(&all, &params(opts.strength))?);
-        }
-        for map in &dense_maps {
-            images.push(generator.generate(&[map.clone()].into(), &params(opts.strength))?);
-        }
-        let truth_edges = strokes_to_edges(&ex.sketch);
-        for (k, img) in images.iter().enumerate() {
-            ious[k].add(&segment(&segmenter, img, range)?, &ex.segmentation);
-            edges[k].add(&edges_of(img), &truth_edges);
-            for (j, (_, estimator)) in scored.dense.iter().enumerate() {
-                dense[j][k].add(estimate(estimator, img, range)?.view(), ex.dense[j].view());
+        let given = |js: &[usize]| -> Maps { js.iter().map(|&j| (scored[j].name.clone(), ex.maps[j].clone())).collect() };
+        let every: Vec<usize> = (0..scored.len()).collect();
+        for (v, variant) in variants.iter().enumerate() {
+            let img = match *variant {
+                Variant::Base => generator.generate(&given(&every), &params(0.0))?,
+                Variant::Real => ex.image.clone(),
+                Variant::Alone(j) => generator.generate(&given(&[j]), &params(opts.strength))?,
+                Variant::Both(a, b) => generator.generate(&given(&[a, b]), &params(opts.strength))?,
+                Variant::All => generator.generate(&given(&every), &params(opts.strength))?,
+            };
+            for (j, s) in scored.iter().enumerate() {
+                s.score(&mut counts[j][v], &img, &ex.maps[j], range)?;
             }
         }
         log::info!("eval {}/{}", i + 1, examples.len());
     }
+    Ok(report(&scored, &variants, &counts, examples.len(), opts, start))
+}
+
+/// The [`EvalReport`] of accumulated `counts[modality][variant]`.
+fn report(scored: &[Scored], variants: &[Variant], counts: &[Vec<Counts>], n: usize, opts: &EvalOptions, start: Instant) -> EvalReport {
+    let pos = |want: Variant| variants.iter().position(|v| *v == want);
+    let both = variants.iter().position(|v| matches!(v, Variant::Both(..)));
+    // the variants a modality's figures come from: [alone, both, all, base, real]
+    let slots = |j: usize| [pos(Variant::Alone(j)), both, pos(Variant::All), pos(Variant::Base), pos(Variant::Real)];
+    let figures = |pick: fn(&Judge) -> bool| -> [Option<f64>; 5] {
+        match scored.iter().position(|s| pick(&s.judge)) {
+            Some(j) => slots(j).map(|v| v.and_then(|v| counts[j][v].value())),
+            None => [None; 5],
+        }
+    };
+    let [miou_mcm, miou_mcm_both, miou_mcm_all, miou_base, miou_ceiling] = figures(|j| matches!(j, Judge::Segmenter { .. }));
+    let [edge_f1_mcm, edge_f1_mcm_both, edge_f1_mcm_all, edge_f1_base, edge_f1_ceiling] = figures(|j| matches!(j, Judge::Edges));
     let dense = scored
-        .dense
         .iter()
-        .zip(&dense)
         .enumerate()
-        .map(|(j, ((name, _), c))| {
+        .filter_map(|(j, s)| {
+            let [mcm, _, all, base, real] = slots(j).map(|v| v.and_then(|v| counts[j][v].dense()));
+            let (mcm, base, real) = (mcm?, base?, real?);
             let scores = DenseScores {
-                rmse_mcm: c[dense_alone(j)].rmse(),
-                rmse_mcm_all: c[ALL].rmse(),
-                rmse_base: c[BASE].rmse(),
-                rmse_ceiling: c[REAL].rmse(),
-                corr_mcm: c[dense_alone(j)].corr(),
-                corr_mcm_all: c[ALL].corr(),
-                corr_base: c[BASE].corr(),
-                corr_ceiling: c[REAL].corr(),
+                rmse_mcm: mcm.rmse(),
+                rmse_mcm_all: all.map(|c| c.rmse()),
+                rmse_base: base.rmse(),
+                rmse_ceiling: real.rmse(),
+                corr_mcm: mcm.corr(),
+                corr_mcm_all: all.map(|c| c.corr()),
+                corr_base: base.corr(),
+                corr_ceiling: real.corr(),
             };
-            (name.clone(), scores)
+            Some((s.name.clone(), scores))
         })
         .collect();
-    Ok(EvalReport {
-        n: examples.len(),
+    EvalReport {
+        n,
         steps: opts.steps,
         strength: opts.strength,
-        miou_mcm: ious[SEG].miou(),
-        miou_mcm_both: ious[BOTH].miou(),
-        miou_base: ious[BASE].miou(),
-        miou_ceiling: ious[REAL].miou(),
-        edge_f1_mcm: edges[SKETCH].f1(),
-        edge_f1_mcm_both: edges[BOTH].f1(),
-        edge_f1_base: edges[BASE].f1(),
-        edge_f1_ceiling: edges[REAL].f1(),
-        miou_mcm_all: has_all.then(|| ious[ALL].miou()),
-        edge_f1_mcm_all: has_all.then(|| edges[ALL].f1()),
+        miou_mcm,
+        miou_mcm_both,
+        miou_mcm_all,
+        miou_base,
+        miou_ceiling,
+        edge_f1_mcm,
+        edge_f1_mcm_both,
+        edge_f1_mcm_all,
+        edge_f1_base,
+        edge_f1_ceiling,
         dense,
         seconds: start.elapsed().as_secs_f64(),
-    })
+    }
 }
 
 #[cfg(test)]
@@ -487,6 +575,16 @@ mod tests {
         c.add(Array3::zeros((1, 4, 4)).view(), truth.view());
         c.add(truth.view(), truth.view());
         assert!((c.corr() - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn variants_for_any_subset_of_modalities() {
+        use Variant::*;
+        // depth alone; segmentation + depth; segmentation + sketch; segmentation + sketch + depth
+        assert_eq!(Variant::list_for(1, None), [Base, Real, Alone(0)]);
+        assert_eq!(Variant::list_for(2, None), [Base, Real, Alone(0), Alone(1), All]);
+        assert_eq!(Variant::list_for(2, Some((0, 1))), [Base, Real, Alone(0), Alone(1), Both(0, 1)]);
+        assert_eq!(Variant::list_for(3, Some((0, 1))), [Base, Real, Alone(0), Alone(1), Alone(2), Both(0, 1), All]);
     }
 
     #[test]

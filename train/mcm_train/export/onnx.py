@@ -117,20 +117,6 @@ def export_estimator(net: UNet, modality: str, out_dir: Path) -> str:
     return f"{modality}_estimator.onnx"
 
 
-# --------------------------------------------------------------------------------------------
-# model.toml
-# --------------------------------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
-
 def export_controlnet(net: ControlNet, out_dir: Path) -> None:
     """Write `out_dir/mcm.onnx` (the `ControlNetMCM` wrapper, through `export.export_mcm`) and its
     `mcm.*` test vectors (B = 2, random 0/1 `cond`)."""
