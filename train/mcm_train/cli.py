@@ -167,20 +167,24 @@ def _conditioning_inputs(a: argparse.Namespace) -> tuple[dict, Dataset, list[Mod
     return doc, ds, _modalities(a.modalities or ",".join(m.name for m in ds.modalities), ds)
 
 
-def _carry_base(a: argparse.Namespace, doc: dict) -> None:
+def _carry_base(a: argparse.Namespace, doc: dict, modalities: list[ModalitySpec]) -> None:
     """A conditioning model written to a new directory carries the base it was trained on and the
-    other nets of `--base` (the segmenter that `mcm-edge eval` needs): files, test vectors, sections."""
+    other nets of `--base` (the segmenter and the estimators that `mcm-edge eval` needs): files,
+    test vectors, sections; an estimator only when the new model has its modality."""
     if a.out.resolve() == a.base.resolve():
         return
+    names = {m.name for m in modalities}
+    estimators = {k: v for k, v in doc.get("estimators", {}).items() if k in names}
+    nets = {name: section for name, section in doc.items()
+            if name != "mcm" and isinstance(section, dict) and "file" in section}
     (a.out / "test_vectors").mkdir(parents=True, exist_ok=True)
-    for name, section in doc.items():
-        if name == "mcm" or not isinstance(section, dict) or "file" not in section:
-            continue
+    for section in [*nets.values(), *estimators.values()]:
         if (a.base / section["file"]).exists():
             shutil.copy2(a.base / section["file"], a.out / section["file"])
-        for vec in (a.base / "test_vectors").glob(f"{name}.*.npy"):
+        for vec in (a.base / "test_vectors").glob(f"{Path(section['file']).stem}.*.npy"):
             shutil.copy2(vec, a.out / "test_vectors" / vec.name)
-    update_model_toml(a.out, **{k: v for k, v in doc.items() if k not in ("mcm", "modalities")})
+    carried = {k: v for k, v in doc.items() if k not in ("mcm", "modalities", "estimators")}
+    update_model_toml(a.out, **carried, **({"estimators": estimators} if estimators else {}))
 
 
 def _warm_start(a: argparse.Namespace, mcm: MCM, modalities: list[ModalitySpec]) -> dict:
@@ -216,7 +220,7 @@ def cmd_mcm(a: argparse.Namespace) -> None:
                        drop_prob=a.drop_prob, l1_weight=a.l1_weight)
     if not result.done and not a.budget_final:
         return
-    _carry_base(a, doc)
+    _carry_base(a, doc, modalities)
     export_mcm(result.model, k, a.out)
     update_model_toml(a.out, modalities=[m.to_toml() for m in modalities],
                       mcm={"file": "mcm.onnx", "method": "mcm", "cond_channels": k, "architecture": cfg.to_dict(),
@@ -248,7 +252,7 @@ def cmd_controlnet(a: argparse.Namespace) -> None:
                               _run_dir(a), drop_prob=a.drop_prob)
     if not result.done and not a.budget_final:
         return
-    _carry_base(a, doc)
+    _carry_base(a, doc, modalities)
     export_controlnet(result.model, a.out)
     update_model_toml(a.out, modalities=[m.to_toml() for m in modalities],
                       mcm={"file": "mcm.onnx", "method": "controlnet", "cond_channels": k,

@@ -78,9 +78,15 @@ def test_cli_adds_depth_to_a_trained_mcm(scenes: Path, tmp_path: Path, capsys: p
     base = _model(tmp_path / "base", "tiny")
     small = ["--data", str(scenes), "--channels", "8,16", "--attention", "8", "--steps", "2", "--batch-size", "2"]
     main(["mcm", "--base", str(base), "--modalities", "segmentation,sketch", "--out", str(tmp_path / "a"), *small])
-    main(["mcm", "--base", str(tmp_path / "a"), "--modalities", "segmentation,sketch,depth", "--out",
+    # the base's depth estimator is not carried into a model without depth ...
+    assert "estimators" not in read_model_toml(tmp_path / "a")
+    main(["mcm", "--base", str(base), "--modalities", "segmentation,sketch,depth", "--out",
           str(tmp_path / "b"), "--init-from", str(tmp_path / "a"), *small])
     assert "weights of segmentation, sketch copied, depth starting at zero" in capsys.readouterr().out
     doc = read_model_toml(tmp_path / "b")
     assert doc["mcm"]["init_from"] == str((tmp_path / "a").resolve())
     assert [m["name"] for m in doc["modalities"]] == ["segmentation", "sketch", "depth"]
+    # ... and is carried, with its test vectors, into one with depth
+    assert doc["estimators"]["depth"]["file"] == "depth_estimator.onnx"
+    assert (tmp_path / "b" / "depth_estimator.onnx").exists()
+    assert (tmp_path / "b" / "test_vectors" / "depth_estimator.map.npy").exists()
