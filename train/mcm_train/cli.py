@@ -188,8 +188,8 @@ def _carry_base(a: argparse.Namespace, doc: dict, modalities: list[ModalitySpec]
 
 
 def _warm_start(a: argparse.Namespace, mcm: MCM, modalities: list[ModalitySpec]) -> dict:
-    """Apply `--init-from` to a new MCM (see `training.warm_start`); returns `{"init_from": DIR}` for
-    the run identity and model.toml, or {} without the option."""
+    """Apply `--init-from` to a new MCM (see `training.warm_start`); returns `{"init_from": DIR}`
+    (resolved) for the run identity, or {} without the option."""
     if a.init_from is None:
         return {}
     from .training.warm_start import warm_start
@@ -224,7 +224,8 @@ def cmd_mcm(a: argparse.Namespace) -> None:
     export_mcm(result.model, k, a.out)
     update_model_toml(a.out, modalities=[m.to_toml() for m in modalities],
                       mcm={"file": "mcm.onnx", "method": "mcm", "cond_channels": k, "architecture": cfg.to_dict(),
-                           "drop_prob": a.drop_prob, "l1_weight": a.l1_weight, **init_from,
+                           "drop_prob": a.drop_prob, "l1_weight": a.l1_weight,
+                           **({"init_from": str(a.init_from)} if init_from else {}),
                            **_provenance(a, result, result.model)})
     write_parity_vectors(a.out)
     print(f"exported {a.out}/mcm.onnx after {result.steps} steps, loss {result.final_loss:.4f}")
