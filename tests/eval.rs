@@ -49,6 +49,10 @@ fn eval_scores_every_variant_on_a_folder_dataset() {
     for key in ["miou_mcm", "miou_base", "miou_ceiling", "edge_f1_mcm", "edge_f1_base", "n", "steps"] {
         assert!(json.get(key).is_some(), "{key} missing from {json}");
     }
+    // A scored modality without its folder is a clear error naming the folder.
+    std::fs::rename(data.join("depth"), data.join("depth.off")).unwrap();
+    let err = evaluate(&model, &data, &EvalOptions { limit: 10, steps: 3, strength: 1.0, seed: 0 }, &Backend::Tract).unwrap_err().to_string();
+    assert!(err.contains("depth: no such folder") && err.contains("\"depth\" is scored"), "{err}");
     // A folder without images is a clear error naming it.
     let empty = data.join("nothing");
     std::fs::create_dir_all(empty.join("images")).unwrap();

@@ -414,6 +414,12 @@ fn load_examples(data: &Path, generator: &Pipeline, scored: &[Scored], limit: us
         .collect();
     names.sort();
     names.truncate(limit);
+    if let Some(s) = scored.iter().find(|s| !names.is_empty() && !data.join(&s.name).is_dir()) {
+        return Err(EvalError::Data {
+            path: data.join(&s.name),
+            message: format!("no such folder: the model's modality {:?} is scored and needs a map per image", s.name),
+        });
+    }
     let limits = FrameLimits::default();
     let read = |p: PathBuf| std::fs::read(&p).map_err(|e| EvalError::Data { path: p.clone(), message: e.to_string() });
     let decode = |name: &str, file: &Path| -> Result<ModalityMap, EvalError> {
