@@ -20,7 +20,7 @@ from .export.parity import write_parity_vectors
 from .export.random_models import PRESETS
 from .nets.mcm import MCM
 from .nets.unet import UNet, UNetConfig, count_parameters
-from .training.loop import TrainConfig, TrainResult
+from .training.loop import TrainConfig, TrainResult, resolve_device
 from .training.step_timer import StepTimer
 from .training.trainers import pretrain_base, train_estimator, train_mcm, train_segmenter
 
@@ -56,6 +56,9 @@ def _add_train_args(p: argparse.ArgumentParser, steps: int, batch: int, lr: floa
     p.add_argument("--minutes", type=float, help="wall-clock budget for this invocation (resume later)")
     p.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
     p.add_argument("--threads", type=int, default=2, help="torch (and onnxruntime) threads")
+    p.add_argument("--device", choices=["cpu", "cuda"],
+                   help="where the net trains (default: cuda when PyTorch sees a GPU, else cpu); the frozen "
+                        "base through onnxruntime stays on the CPU")
     p.add_argument("--limit", type=int, help="use only the first N examples of the dataset")
 
 
@@ -105,6 +108,7 @@ def _add_budget_final(p: argparse.ArgumentParser) -> None:
 def _train_config(a: argparse.Namespace, identity: dict) -> TrainConfig:
     return TrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, ema_decay=a.ema_decay, seed=a.seed,
                        minutes=a.minutes, checkpoint_every=a.checkpoint_every, threads=a.threads,
+                       device=resolve_device(a.device),
                        budget_final=getattr(a, "budget_final", False), identity=identity)
 
 
@@ -205,7 +209,8 @@ def cmd_mcm(a: argparse.Namespace) -> None:
 
     doc, ds, modalities = _conditioning_inputs(a)
     _refuse_other_base(a, a.base)
-    eps_fn = torch_eps_fn(load_base_run(a.base_run)) if a.base_run else onnx_eps_fn(a.base / "base.onnx", a.threads)
+    eps_fn = (torch_eps_fn(load_base_run(a.base_run), resolve_device(a.device)) if a.base_run
+              else onnx_eps_fn(a.base / "base.onnx", a.threads))
     k = cond_channels(modalities)
     cfg = UNetConfig(channels=_ints(a.channels), num_res_blocks=a.res_blocks,
                      attention_resolutions=_ints(a.attention), image_size=ds.size, space_to_depth=a.space_to_depth)

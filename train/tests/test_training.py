@@ -2,16 +2,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
+from mcm_train.cli import main
 from mcm_train.contract.modalities import ModalitySpec, build_cond, cond_channels
 from mcm_train.contract.schedule import ScheduleConfig
 from mcm_train.data.folder import load_dataset
 from mcm_train.export.onnx import export_base
 from mcm_train.nets.mcm import MCM
 from mcm_train.nets.unet import UNet, UNetConfig
+from mcm_train.training.batches import Batches, conditioned_batch
 from mcm_train.training.frozen import onnx_eps_fn, torch_eps_fn
-from mcm_train.training.loop import TrainConfig
+from mcm_train.training.loop import TrainConfig, resolve_device
 from mcm_train.training.trainers import pretrain_base, train_mcm
 
 SMALL = UNetConfig(channels=(8, 16), num_res_blocks=1, attention_resolutions=(8,), image_size=16, groups=4)
@@ -63,3 +66,35 @@ def test_cond_layout_and_dropout() -> None:
     assert cond[0, 3, 0, 2] == 1 and cond[0, 0, 0, 0] == 1 and cond[0, 8].min() == 1  # one-hot + presence
     assert cond[1, :9].abs().sum() == 0  # dropped segmentation: maps and presence zero
     assert cond[1, 9].min() == 1 and cond[1, 10].min() == 1  # sketch present
+
+
+def test_device_defaults_to_cuda_only_where_pytorch_sees_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device(None) == "cpu" and resolve_device("cpu") == "cpu"
+    with pytest.raises(ValueError, match="--device cuda: PyTorch sees no CUDA device"):
+        resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device(None) == "cuda" and resolve_device("cpu") == "cpu"
+
+
+def test_cli_refuses_cuda_without_a_gpu(scenes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as stop:
+        main(["pretrain-base", "--data", str(scenes), "--out", str(tmp_path / "m"), "--steps", "1", "--device", "cuda"])
+    assert stop.value.code == 2
+    assert "mcm-train: error: --device cuda: PyTorch sees no CUDA device" in capsys.readouterr().err
+
+
+def test_batches_are_drawn_on_the_cpu_and_moved_to_the_device(scenes: Path) -> None:
+    """The step's CPU generator decides the batch (same values for a seed everywhere); only the
+    result moves (`meta` stands in for a GPU here)."""
+    ds = load_dataset(scenes)
+
+    def draw(device: str) -> tuple[torch.Tensor, ...]:
+        gen = torch.Generator().manual_seed(5)
+        return conditioned_batch(Batches(ds), torch.linspace(0.99, 0.01, 1000), 1000, ds.modalities, 4, 0.3, gen, device)
+
+    for a, again, moved in zip(draw("cpu"), draw("cpu"), draw("meta"), strict=True):
+        assert torch.equal(a, again)
+        assert moved.device.type == "meta" and moved.shape == a.shape and moved.dtype == a.dtype

@@ -35,18 +35,26 @@ class Batches:
         return take(self.images), {name: take(t) for name, t in self.maps.items()}
 
 
+def to_device(device: str, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """`tensors` on `device`: batches are drawn on the CPU from a CPU generator (the same batches for
+    a seed on every device) and moved to the training device afterwards."""
+    return tuple(t.to(device) for t in tensors)
+
+
 def conditioned_batch(batches: Batches, ab: torch.Tensor, num_timesteps: int, modalities: list[ModalitySpec],
-                      batch_size: int, drop_prob: float, gen: torch.Generator
+                      batch_size: int, drop_prob: float, gen: torch.Generator, device: str = "cpu"
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One training batch of a conditioning trainer (MCM or ControlNet baseline), drawn from `gen`
     in a fixed order (batch, timesteps, noise, modality dropout) so that both trainers see identical
     batches for one seed: `(x_t [B, C, H, W], timestep int64 [B] in [0, T), noise [B, C, H, W],
-    cond [B, K, H, W])`, each modality dropped with probability `drop_prob` (Ham et al. 2023, Sec. 3.2)."""
+    cond [B, K, H, W])` on `device`, each modality dropped with probability `drop_prob` (Ham et al.
+    2023, Sec. 3.2)."""
     x_0, maps = batches.sample(gen, batch_size)
     b = x_0.shape[0]
     t = torch.randint(0, num_timesteps, (b,), generator=gen)
     noise = torch.randn(x_0.shape, generator=gen)
     present = torch.rand(b, len(modalities), generator=gen) >= drop_prob
-    return add_noise(x_0, noise, t, ab), t, noise, build_cond(modalities, maps, present)
+    x_t, t, noise, cond = to_device(device, add_noise(x_0, noise, t, ab), t, noise, build_cond(modalities, maps, present))
+    return x_t, t, noise, cond
 
 

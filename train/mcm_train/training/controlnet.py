@@ -38,14 +38,14 @@ def check_base_matches(net: UNet, model_dir: Path, atol: float = 1e-3) -> None:
 
 
 def controlnet_loss(data: Dataset, modalities: list[ModalitySpec], sched: ScheduleConfig, batch_size: int,
-                    drop_prob: float = 0.3) -> Callable[[nn.Module, torch.Generator], torch.Tensor]:
+                    drop_prob: float = 0.3, device: str = "cpu") -> Callable[[nn.Module, torch.Generator], torch.Tensor]:
     """The plain DDPM loss `||eps_controlnet(x_t, cond, t) - eps_true||^2` with each modality dropped
     with probability `drop_prob`, on `training.conditioned_batch` (the MCM trainer's batches)."""
     batches, ab = Batches(data), alpha_bar(sched)
     T = sched.num_train_timesteps
 
     def loss_fn(net: nn.Module, gen: torch.Generator) -> torch.Tensor:
-        x_t, t, noise, cond = conditioned_batch(batches, ab, T, modalities, batch_size, drop_prob, gen)
+        x_t, t, noise, cond = conditioned_batch(batches, ab, T, modalities, batch_size, drop_prob, gen, device)
         return F.mse_loss(net(x_t, cond, t.float()), noise)
 
     return loss_fn
@@ -55,6 +55,7 @@ def train_controlnet(data: Dataset, net: ControlNet, modalities: list[ModalitySp
                      tc: TrainConfig, run_dir: Path, drop_prob: float = 0.3) -> TrainResult:
     """Train the ControlNet's copy, hint block and zero convs (the base stays frozen) with
     `controlnet_loss` in `training.train_loop` (AdamW, EMA, checkpoints `run_dir/controlnet.pt`, budget)."""
-    return train_loop("controlnet", net, controlnet_loss(data, modalities, sched, tc.batch_size, drop_prob), tc, run_dir)
+    loss_fn = controlnet_loss(data, modalities, sched, tc.batch_size, drop_prob, tc.device)
+    return train_loop("controlnet", net, loss_fn, tc, run_dir)
 
 

@@ -14,7 +14,8 @@ from .trainers import EpsFn
 
 
 def onnx_eps_fn(path: Path, threads: int = 2) -> EpsFn:
-    """eps from `base.onnx` (inputs `sample` [B, C, H, W], `timestep` [B]; output `eps`) via onnxruntime.
+    """eps from `base.onnx` (inputs `sample` [B, C, H, W], `timestep` [B]; output `eps`) via
+    onnxruntime on the CPU, returned on the device of `sample`.
 
     Raises:
         FileNotFoundError: `path` does not exist.
@@ -27,8 +28,8 @@ def onnx_eps_fn(path: Path, threads: int = 2) -> EpsFn:
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
     def eps_fn(x_t: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-        out = session.run(["eps"], {"sample": x_t.numpy(), "timestep": timestep.numpy()})[0]
-        return torch.from_numpy(out)
+        out = session.run(["eps"], {"sample": x_t.cpu().numpy(), "timestep": timestep.cpu().numpy()})[0]
+        return torch.from_numpy(out).to(x_t.device)
 
     return eps_fn
 
@@ -48,6 +49,7 @@ def load_base_run(run_dir: Path) -> UNet:
     return net
 
 
-def torch_eps_fn(net: UNet) -> EpsFn:
-    """eps from a frozen PyTorch base (run under `torch.no_grad()` by the trainer)."""
+def torch_eps_fn(net: UNet, device: str = "cpu") -> EpsFn:
+    """eps from a frozen PyTorch base, moved to `device` (run under `torch.no_grad()` by the trainer)."""
+    net.to(device)
     return lambda x_t, timestep: net(x_t, timestep)

@@ -31,6 +31,8 @@ class TrainConfig:
         minutes: optional wall-clock budget for this invocation; the run checkpoints and stops when spent.
         checkpoint_every: steps between checkpoints.
         threads: torch intra-op threads.
+        device: where the net trains, `cpu` or `cuda` (`resolve_device`). Batches and noise are
+            drawn on the CPU from the step's generator, so a seed gives the same batches on both.
         budget_final: the `minutes` budget ends training (the caller exports what is there)
             instead of pausing it for a later resume; only changes what the loop reports.
         identity: what the run is (command, output directory, dataset, architecture, modalities):
@@ -45,8 +47,25 @@ class TrainConfig:
     minutes: float | None = None
     checkpoint_every: int = 200
     threads: int = 2
+    device: str = "cpu"
     budget_final: bool = False
     identity: dict = field(default_factory=dict)
+
+
+def resolve_device(name: str | None) -> str:
+    """The training device: `name` (`cpu` or `cuda`), or `cuda` when PyTorch sees a GPU, else `cpu`.
+
+    Raises:
+        ValueError: `cuda` asked for where PyTorch sees no CUDA device, or an unknown name.
+    """
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name}: choose cpu or cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: PyTorch sees no CUDA device here (torch.cuda.is_available() is False); "
+                         "use --device cpu")
+    return name
 
 
 class CheckpointError(ValueError):
@@ -72,7 +91,7 @@ def _check_identity(ckpt_path: Path, stored: dict | None, wanted: dict) -> None:
 class TrainResult:
     """What a finished (or paused) run reports; goes into model.toml provenance."""
 
-    model: nn.Module  # the EMA weights, in eval mode
+    model: nn.Module  # the EMA weights, in eval mode, on the CPU
     steps: int
     wall_time_s: float
     final_loss: float
@@ -90,6 +109,7 @@ def train_loop(name: str, model: nn.Module, loss_fn: Callable[[nn.Module, torch.
         CheckpointError: the checkpoint in `run_dir` belongs to another run.
     """
     torch.set_num_threads(tc.threads)
+    model.to(tc.device)
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path, log_path = run_dir / f"{name}.pt", run_dir / f"{name}_loss.csv"
     params = [p for p in model.parameters() if p.requires_grad]
@@ -142,7 +162,7 @@ def train_loop(name: str, model: nn.Module, loss_fn: Callable[[nn.Module, torch.
                 print(f"{name}: time budget of {tc.minutes} min spent at step {step}; {then}")
                 break
     plot_loss(log_path, run_dir / f"{name}_loss.png", name)
-    result = ema.module.eval()
+    result = ema.module.cpu().eval()  # exported and compared on the CPU
     return TrainResult(result, step, wall, float(smooth if smooth is not None else float("nan")),
                        wall / step if step else float("nan"), step >= tc.steps)
 
@@ -170,21 +190,3 @@ def plot_loss(csv_path: Path, png_path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
-
-
-# --------------------------------------------------------------------------------------------
-# Batches
-# --------------------------------------------------------------------------------------------
-
-
-
-
-
-# --------------------------------------------------------------------------------------------
-# Trainers
-# --------------------------------------------------------------------------------------------
-
-
-
-
-

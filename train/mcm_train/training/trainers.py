@@ -14,10 +14,10 @@ from ..contract.schedule import ScheduleConfig, add_noise, alpha_bar
 from ..data.folder import Dataset
 from ..nets.mcm import MCM, modulate
 from ..nets.unet import UNet
-from .batches import Batches, conditioned_batch
+from .batches import Batches, conditioned_batch, to_device
 from .loop import TrainConfig, TrainResult, train_loop
 
-#: A frozen noise predictor: (x_t [B, C, H, W], timestep f32 [B]) -> eps [B, C, H, W].
+#: A frozen noise predictor: (x_t [B, C, H, W], timestep f32 [B]) -> eps [B, C, H, W], on x_t's device.
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -30,7 +30,8 @@ def pretrain_base(data: Dataset, model: UNet, sched: ScheduleConfig, tc: TrainCo
         x_0, _ = batches.sample(gen, tc.batch_size)
         t = torch.randint(0, T, (x_0.shape[0],), generator=gen)
         eps = torch.randn(x_0.shape, generator=gen)
-        return F.mse_loss(net(add_noise(x_0, eps, t, ab), t.float()), eps)
+        x_t, t, eps = to_device(tc.device, add_noise(x_0, eps, t, ab), t, eps)
+        return F.mse_loss(net(x_t, t.float()), eps)
 
     return train_loop("base", model, loss_fn, tc, run_dir)
 
@@ -44,7 +45,7 @@ def train_mcm(data: Dataset, mcm: MCM, eps_fn: EpsFn, modalities: list[ModalityS
     T = sched.num_train_timesteps
 
     def loss_fn(net: nn.Module, gen: torch.Generator) -> torch.Tensor:
-        x_t, t, noise, cond = conditioned_batch(batches, ab, T, modalities, tc.batch_size, drop_prob, gen)
+        x_t, t, noise, cond = conditioned_batch(batches, ab, T, modalities, tc.batch_size, drop_prob, gen, tc.device)
         with torch.no_grad():
             eps = eps_fn(x_t, t.float())
         gamma, beta = net(x_t, eps, cond, t.float())
@@ -64,7 +65,8 @@ def train_segmenter(data: Dataset, model: UNet, tc: TrainConfig, run_dir: Path) 
 
     def loss_fn(net: nn.Module, gen: torch.Generator) -> torch.Tensor:
         x, maps = batches.sample(gen, tc.batch_size)
-        return F.cross_entropy(net(_augment(x, gen)), maps[seg])
+        x, truth = to_device(tc.device, _augment(x, gen), maps[seg])
+        return F.cross_entropy(net(x), truth)
 
     return train_loop("segmenter", model, loss_fn, tc, run_dir)
 
@@ -85,7 +87,8 @@ def train_estimator(data: Dataset, model: UNet, modality: str, tc: TrainConfig, 
 
     def loss_fn(net: nn.Module, gen: torch.Generator) -> torch.Tensor:
         x, maps = batches.sample(gen, tc.batch_size)
-        return F.l1_loss(net(_augment(x, gen)), maps[modality])
+        x, truth = to_device(tc.device, _augment(x, gen), maps[modality])
+        return F.l1_loss(net(x), truth)
 
     return train_loop(f"{modality}_estimator", model, loss_fn, tc, run_dir)
 
