@@ -64,7 +64,7 @@ def test_another_architecture_or_a_controlnet_is_refused(tmp_path: Path) -> None
     model = _model(tmp_path, "tiny")
     mods = modalities_from_toml(read_model_toml(model))
     wider = MCM(3, cond_channels(mods), UNetConfig(image_size=16, **{**PRESETS["tiny"]["mcm"], "channels": (8, 32)}))
-    with pytest.raises(WarmStartError, match=r"mcm.onnx: net\..* is \[.*\], this MCM's is \[.*\]"):
+    with pytest.raises(WarmStartError, match=r"mcm.onnx: net\..* is \[.*\], this net's is \[.*\]"):
         warm_start(wider, mods, model)
     toml = (model / "model.toml").read_text().replace('[mcm]\n', '[mcm]\nmethod = "controlnet"\n')
     (model / "model.toml").write_text(toml)

@@ -19,7 +19,9 @@ class ScheduleConfig:
         beta_schedule: "linear", "scaled_linear" (linear in sqrt(beta)) or "squaredcos_cap_v2" (cosine).
         beta_start / beta_end: first and last beta for the linear kinds.
         num_train_timesteps: T; timesteps are 0..T-1.
-        prediction_type: what the base predicts; only "epsilon" is supported.
+        prediction_type: what the base predicts (`PREDICTION_TYPES`, diffusers' names):
+            "epsilon" (the noise), "v_prediction" (v = alpha eps - sigma x_0, Salimans & Ho 2022,
+            Sec. 4) or "sample" (x_0).
     """
 
     beta_schedule: str = "linear"
@@ -32,14 +34,21 @@ class ScheduleConfig:
         return asdict(self)
 
 
+#: What a base can predict (`[schedule] prediction_type`).
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+#: Spacings of a timestep grid (`timestep_grid`).
+TIMESTEP_SPACINGS = ("trailing", "quadratic")
+
+
 def betas(cfg: ScheduleConfig) -> torch.Tensor:
     """beta_t, f64 [T].
 
     Raises:
         ValueError: unknown beta_schedule or prediction_type.
     """
-    if cfg.prediction_type != "epsilon":
-        raise ValueError(f"prediction_type {cfg.prediction_type!r}: only 'epsilon' is supported")
+    if cfg.prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type {cfg.prediction_type!r}: expected one of {', '.join(PREDICTION_TYPES)}")
     T = cfg.num_train_timesteps
     if cfg.beta_schedule == "linear":
         return torch.linspace(cfg.beta_start, cfg.beta_end, T, dtype=torch.float64)
@@ -68,3 +77,64 @@ def add_noise(x_0: torch.Tensor, eps: torch.Tensor, timestep: torch.Tensor, alph
     ab = alpha_bar_t[timestep].view(-1, 1, 1, 1)
     return ab.sqrt().to(x_0.dtype) * x_0 + (1 - ab).sqrt().to(x_0.dtype) * eps
 
+
+
+def timestep_grid(steps: int, num_train_timesteps: int, spacing: str = "quadratic") -> list[int]:
+    """The `steps` timesteps of a sampler, noisiest first; the step after the last goes to x_0
+    (alpha_bar = 1), as on the device (`src/diffusion/schedule.rs`).
+
+    `trailing` (Lin et al. 2024, Table 2): `t_i = round(T - i T / steps) - 1`; `quadratic` (Song et
+    al. 2021, DDIM, Sec. D.2 "quad"): `t_i = round(T ((steps - i) / steps)^2) - 1`, clamped at 0:
+    more steps where the signal-to-noise ratio is high. Both start at T - 1, and the grid of `n`
+    steps is every other timestep of the grid of `2n` (what progressive distillation needs). With
+    the default linear schedule and 4 steps, trailing leaves three steps at SNR < 0.1 (999, 749,
+    499) and quadratic one (999, 561, 249, 61).
+
+    Raises:
+        ValueError: `steps` not in 1..T, or an unknown spacing.
+    """
+    T = num_train_timesteps
+    if not 1 <= steps <= T:
+        raise ValueError(f"steps {steps}: expected 1 to {T}")
+    if spacing == "trailing":
+        return [max(round(T - i * T / steps) - 1, 0) for i in range(steps)]
+    if spacing == "quadratic":
+        return [max(round(T * ((steps - i) / steps) ** 2) - 1, 0) for i in range(steps)]
+    raise ValueError(f"timestep spacing {spacing!r}: expected one of {', '.join(TIMESTEP_SPACINGS)}")
+
+
+def alpha_sigma(alpha_bar_t: torch.Tensor, timestep: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(alpha, sigma)` = (sqrt(ab_t), sqrt(1 - ab_t)) for int64 `timestep` [B] (-1: x_0, ab = 1),
+    shaped [B, 1, 1, 1] in the dtype and device of `like`."""
+    ab = torch.where(timestep < 0, torch.ones_like(alpha_bar_t[0]), alpha_bar_t[timestep.clamp(min=0)])
+    view = ab.view(-1, 1, 1, 1)
+    return view.sqrt().to(like), (1 - view).sqrt().to(like)
+
+
+def to_x0_eps(prediction: torch.Tensor, x_t: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor,
+              prediction_type: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(x_0, eps)` implied by a net's `prediction` of `prediction_type` for `x_t = alpha x_0 + sigma eps`
+    (all [B, C, H, W]; alpha, sigma broadcast): epsilon -> x_0 = (x_t - sigma eps) / alpha;
+    v_prediction -> x_0 = alpha x_t - sigma v, eps = sigma x_t + alpha v (Salimans & Ho 2022, Sec. 4,
+    with alpha^2 + sigma^2 = 1); sample -> eps = (x_t - alpha x_0) / sigma.
+
+    Raises:
+        ValueError: unknown prediction type.
+    """
+    if prediction_type == "epsilon":
+        return (x_t - sigma * prediction) / alpha, prediction
+    if prediction_type == "v_prediction":
+        return alpha * x_t - sigma * prediction, sigma * x_t + alpha * prediction
+    if prediction_type == "sample":
+        return prediction, (x_t - alpha * prediction) / sigma
+    raise ValueError(f"prediction_type {prediction_type!r}: expected one of {', '.join(PREDICTION_TYPES)}")
+
+
+def ddim_step(x_t: torch.Tensor, x_0: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor,
+              alpha_prev: torch.Tensor, sigma_prev: torch.Tensor, clip: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
+    """Deterministic DDIM update (Song et al. 2021, Eq. 12, eta = 0) from `x_t` to the previous
+    timestep given the predicted `x_0`, as the device does it (`src/diffusion/ddim.rs`): x_0 is
+    clipped to `clip`, eps re-derived from it, then `x_prev = alpha_prev x_0 + sigma_prev eps`."""
+    x_0 = x_0.clamp(*clip)
+    eps = (x_t - alpha * x_0) / sigma
+    return alpha_prev * x_0 + sigma_prev * eps
