@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .contract.modalities import ModalitySpec, cond_channels
 from .contract.model_toml import read_model_toml, update_model_toml
-from .contract.schedule import ScheduleConfig
+from .contract.schedule import TIMESTEP_SPACINGS, ScheduleConfig
 from .data.classes import DEFAULT_CLASSES, DataError, load_classes
 from .data.folder import Dataset, load_dataset
 from .data.scenes import write_scenes
@@ -20,6 +20,7 @@ from .export.parity import write_parity_vectors
 from .export.random_models import PRESETS
 from .nets.mcm import MCM
 from .nets.unet import UNet, UNetConfig, count_parameters
+from .training.distill import Teacher
 from .training.loop import TrainConfig, TrainResult, resolve_device
 from .training.step_timer import StepTimer
 from .training.trainers import pretrain_base, train_estimator, train_mcm, train_segmenter
@@ -175,20 +176,24 @@ def _carry_base(a: argparse.Namespace, doc: dict, modalities: list[ModalitySpec]
     """A conditioning model written to a new directory carries the base it was trained on and the
     other nets of `--base` (the segmenter and the estimators that `mcm-edge eval` needs): files,
     test vectors, sections; an estimator only when the new model has its modality."""
-    if a.out.resolve() == a.base.resolve():
-        return
-    names = {m.name for m in modalities}
-    estimators = {k: v for k, v in doc.get("estimators", {}).items() if k in names}
+    if a.out.resolve() != a.base.resolve():
+        _carry_nets(a.base, a.out, doc, skip=("mcm", "modalities"), modalities={m.name for m in modalities})
+
+
+def _carry_nets(src: Path, out: Path, doc: dict, skip: tuple[str, ...], modalities: set[str]) -> None:
+    """Copy the nets of the model directory `src` (model.toml `doc`) to `out` with their test
+    vectors and sections, except the sections in `skip`; estimators only of `modalities`."""
+    estimators = {k: v for k, v in doc.get("estimators", {}).items() if k in modalities}
     nets = {name: section for name, section in doc.items()
-            if name != "mcm" and isinstance(section, dict) and "file" in section}
-    (a.out / "test_vectors").mkdir(parents=True, exist_ok=True)
+            if name not in skip and isinstance(section, dict) and "file" in section}
+    (out / "test_vectors").mkdir(parents=True, exist_ok=True)
     for section in [*nets.values(), *estimators.values()]:
-        if (a.base / section["file"]).exists():
-            shutil.copy2(a.base / section["file"], a.out / section["file"])
-        for vec in (a.base / "test_vectors").glob(f"{Path(section['file']).stem}.*.npy"):
-            shutil.copy2(vec, a.out / "test_vectors" / vec.name)
-    carried = {k: v for k, v in doc.items() if k not in ("mcm", "modalities", "estimators")}
-    update_model_toml(a.out, **carried, **({"estimators": estimators} if estimators else {}))
+        if (src / section["file"]).exists():
+            shutil.copy2(src / section["file"], out / section["file"])
+        for vec in (src / "test_vectors").glob(f"{Path(section['file']).stem}.*.npy"):
+            shutil.copy2(vec, out / "test_vectors" / vec.name)
+    carried = {k: v for k, v in doc.items() if k not in (*skip, "estimators")}
+    update_model_toml(out, **carried, **({"estimators": estimators} if estimators else {}))
 
 
 def _warm_start(a: argparse.Namespace, mcm: MCM, modalities: list[ModalitySpec]) -> dict:
@@ -218,7 +223,7 @@ def cmd_mcm(a: argparse.Namespace) -> None:
     print(f"MCM: {count_parameters(mcm):,} parameters, cond channels {k}, base from "
           f"{'PyTorch ' + str(a.base_run) if a.base_run else 'onnxruntime ' + str(a.base / 'base.onnx')}")
     init_from = _warm_start(a, mcm, modalities)
-    sched = ScheduleConfig(**doc["schedule"])
+    sched = ScheduleConfig.from_toml(doc["schedule"])
     identity = _identity(a, base=str(a.base.resolve()), mcm=cfg.to_dict(), modalities=[m.to_toml() for m in modalities],
                          **init_from)
     result = train_mcm(ds, mcm, eps_fn, modalities, sched, _train_config(a, identity), _run_dir(a),
@@ -254,7 +259,7 @@ def cmd_controlnet(a: argparse.Namespace) -> None:
           f"{sum(p.numel() for p in base.parameters()):,}), cond channels {k}")
     identity = _identity(a, base=str(a.base.resolve()), hint_channels=list(_ints(a.hint_channels)),
                          modalities=[m.to_toml() for m in modalities])
-    result = train_controlnet(ds, net, modalities, ScheduleConfig(**doc["schedule"]), _train_config(a, identity),
+    result = train_controlnet(ds, net, modalities, ScheduleConfig.from_toml(doc["schedule"]), _train_config(a, identity),
                               _run_dir(a), drop_prob=a.drop_prob)
     if not result.done and not a.budget_final:
         return
@@ -267,6 +272,84 @@ def cmd_controlnet(a: argparse.Namespace) -> None:
     write_parity_vectors(a.out)
     print(f"exported the ControlNet baseline as {a.out}/mcm.onnx (gamma = 0, beta = eps_controlnet - eps) after "
           f"{result.steps} steps, loss {result.final_loss:.4f}")
+
+
+def _load_teacher(a: argparse.Namespace) -> tuple[Teacher, dict]:
+    """The teacher of `mcm-train distill` and its model.toml: the U-Net of `--teacher`'s base.onnx
+    read back into PyTorch (checked against its test vectors), or `--teacher-run`'s weights.
+
+    Raises:
+        CliError: `--teacher` has no base made by mcm-train (no `[base.architecture]`).
+        WeightsError: the read-back base differs from base.onnx.
+    """
+    from .training.frozen import load_base_run
+    from .training.onnx_weights import check_readback, load_onnx_weights, load_vectors
+
+    doc = read_model_toml(a.teacher)
+    if "schedule" not in doc or "architecture" not in doc.get("base", {}):
+        raise CliError(f"{a.teacher}/model.toml: needs [schedule] and [base.architecture] (a base made by "
+                       "`mcm-train pretrain-base`; a diffusers teacher is not supported yet)")
+    if a.teacher_run:
+        net = load_base_run(a.teacher_run)
+    else:
+        net = UNet(UNetConfig.from_dict(doc["base"]["architecture"]))
+        path = a.teacher / doc["base"].get("file", "base.onnx")
+        load_onnx_weights(net, path, prefix="net.")
+        check_readback(net, path, load_vectors(a.teacher, "base", ("sample", "timestep")))
+    return Teacher(net.eval(), doc["schedule"]["prediction_type"]), doc
+
+
+def _student_dir(a: argparse.Namespace, steps: int) -> Path:
+    """Where the student of `steps` steps goes: `--out` for `--sample-steps`, `OUT-Nsteps` for later stages."""
+    return a.out if steps == a.sample_steps else a.out.with_name(f"{a.out.name}-{steps}steps")
+
+
+def _export_student(a: argparse.Namespace, doc: dict, result: TrainResult, distillation: dict, steps: int) -> None:
+    """Write the `steps`-step student as a model directory (`_student_dir`): its base.onnx, the
+    teacher's other nets (MCM, segmenter, estimators) and model.toml with the prediction type, the
+    timestep grid and `[base.distillation]`."""
+    from .contract.schedule import PREDICTION_OUTPUTS, timestep_grid
+
+    out = _student_dir(a, steps)
+    _carry_nets(a.teacher, out, doc, skip=("base", "schedule"), modalities={m["name"] for m in doc.get("modalities", [])})
+    export_base(result.model, out, PREDICTION_OUTPUTS[a.prediction_type])
+    grid = timestep_grid(steps, doc["schedule"]["num_train_timesteps"], a.spacing)
+    schedule = {**doc["schedule"], "prediction_type": a.prediction_type, "timestep_spacing": a.spacing,
+                "distilled_steps": [steps]}
+    distillation = {**{k: v for k, v in distillation.items() if v is not None}, "timesteps": grid}
+    base = {"file": "base.onnx", "architecture": doc["base"]["architecture"], "distillation": distillation,
+            **_provenance(a, result, result.model)}
+    update_model_toml(out, schedule=schedule, base=base)
+    write_parity_vectors(out)
+    print(f"exported the {steps}-step student to {out}/base.onnx ({a.prediction_type}), loss {result.final_loss:.4f}")
+
+
+def cmd_distill(a: argparse.Namespace) -> None:
+    import time
+
+    from .training.distill import distill_stage, stage_steps
+
+    teacher, doc = _load_teacher(a)
+    ds = load_dataset(a.data, limit=a.limit)
+    if ds.size != doc["image"]["size"]:
+        raise CliError(f"{a.data}: images are {ds.size}px, the teacher in {a.teacher} expects {doc['image']['size']}px")
+    counts = stage_steps(a.from_steps, a.sample_steps, _ints(a.then))
+    sched = ScheduleConfig.from_toml(doc["schedule"])
+    config = {"teacher": str(a.teacher), "teacher_run": str(a.teacher_run) if a.teacher_run else None,
+              "from_steps": a.from_steps, "spacing": a.spacing, "prediction_type": a.prediction_type}
+    print(f"distilling {a.teacher} ({teacher.prediction_type}, {a.from_steps} DDIM steps) into "
+          f"{' -> '.join(str(n) for n in counts)} steps, {a.prediction_type}, {a.spacing} grid")
+    start = time.monotonic()
+    for n in counts:
+        tc = _train_config(a, _identity(a, stage=n, **config, teacher_dir=str(a.teacher.resolve())))
+        if a.minutes is not None:
+            tc.minutes = max(a.minutes - (time.monotonic() - start) / 60, 0.0)
+        result = distill_stage(ds, teacher, n, a.prediction_type, sched, tc, _run_dir(a), a.spacing)
+        if not result.done:
+            return
+        if n <= a.sample_steps:
+            _export_student(a, doc, result, {**config, "stages": counts[:counts.index(n) + 1]}, n)
+        teacher = Teacher(result.model, a.prediction_type)
 
 
 def cmd_cost(a: argparse.Namespace) -> None:
@@ -391,6 +474,24 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--drop-prob", type=float, default=0.3, help="probability of dropping each modality")
     _add_budget_final(c)
     c.set_defaults(func=cmd_controlnet)
+
+    d = sub.add_parser("distill", help="progressive distillation of a base into a few-step student (Salimans & Ho "
+                                       "2022); the teacher's MCM and reference nets are carried along")
+    _add_train_args(d, steps=1500, batch=16, lr=1e-4, ema=0.999)
+    d.set_defaults(func=cmd_distill)
+    d.add_argument("--teacher", type=Path, required=True,
+                   help="model dir of the teacher (base.onnx + model.toml made by mcm-train pretrain-base)")
+    d.add_argument("--teacher-run", type=Path, help="use the PyTorch weights of this pretrain-base run dir")
+    d.add_argument("--sample-steps", type=int, default=4, help="DDIM steps of the student written to --out "
+                                                                 "(--steps counts optimiser steps per stage)")
+    d.add_argument("--from-steps", type=int, default=32,
+                   help="the teacher's DDIM steps in the first stage; halved each stage down to --sample-steps")
+    d.add_argument("--then", default="", help="later stages after --sample-steps, each half the one before, "
+                                              "e.g. 2,1; written to OUT-2steps, OUT-1steps")
+    d.add_argument("--spacing", choices=TIMESTEP_SPACINGS, default="quadratic",
+                   help="timestep grid shared by training and the device")
+    d.add_argument("--prediction-type", choices=["v_prediction", "sample"], default="v_prediction",
+                   help="what the student predicts")
 
     t = sub.add_parser("cost", help="training cost, MCM vs ControlNet baseline: s/step, peak memory, parameters")
     t.add_argument("--base", type=Path, required=True, help="model dir with base.onnx + model.toml")

@@ -71,13 +71,14 @@ def _vector_inputs(channels: int, size: int, seed: int) -> tuple[torch.Tensor, t
     return torch.randn(2, channels, size, size, generator=gen), torch.tensor([17.0, 733.0])
 
 
-def export_base(net: UNet, out_dir: Path) -> None:
-    """Write `base.onnx` and its test vectors (`base.sample`, `base.timestep`, `base.eps`)."""
+def export_base(net: UNet, out_dir: Path, output: str = "eps") -> None:
+    """Write `base.onnx` and its test vectors (`base.sample`, `base.timestep`, `base.OUTPUT`);
+    `output` names what the net predicts (`contract.schedule.PREDICTION_OUTPUTS`: eps, v or x_0)."""
     sample, timestep = _vector_inputs(net.cfg.in_channels, net.cfg.image_size, 1)
-    export_onnx(_Base(net), {"sample": sample, "timestep": timestep}, ["eps"], out_dir / "base.onnx")
+    export_onnx(_Base(net), {"sample": sample, "timestep": timestep}, [output], out_dir / "base.onnx")
     with torch.no_grad():
-        eps = net(sample, timestep)
-    _save_vectors(out_dir, "base", {"sample": sample, "timestep": timestep, "eps": eps})
+        prediction = net(sample, timestep)
+    _save_vectors(out_dir, "base", {"sample": sample, "timestep": timestep, output: prediction})
 
 
 def export_mcm(mcm: MCM, cond_channels: int, out_dir: Path) -> None:

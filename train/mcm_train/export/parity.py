@@ -155,7 +155,7 @@ def write_parity_vectors(model_dir: Path) -> list[dict]:
     size = int(doc["image"]["size"])
     vec = model_dir / "test_vectors"
     (vec / "frames").mkdir(parents=True, exist_ok=True)
-    np.save(vec / "schedule.alpha_bar.npy", alpha_bar(ScheduleConfig(**doc["schedule"])).numpy())
+    np.save(vec / "schedule.alpha_bar.npy", alpha_bar(ScheduleConfig.from_toml(doc["schedule"])).numpy())
     modalities = modalities_from_toml(doc)
     index, first = [], {}
     for spec in modalities:
@@ -169,6 +169,8 @@ def write_parity_vectors(model_dir: Path) -> list[dict]:
                           "map": f"{stem}.npy", "tolerance": TOLERANCE[spec.kind]})
             first.setdefault(spec.name, m)
     (vec / "frames" / "index.json").write_text(json.dumps(index, indent=1) + "\n")
+    if not modalities:  # a bare base: the schedule only
+        return index
     maps = {s.name: _cond_input(s, first[s.name]) for s in modalities}
     for name, present in (("all", [True] * len(modalities)), ("first", [j == 0 for j in range(len(modalities))])):
         cond = build_cond(modalities, maps, torch.tensor([present]))

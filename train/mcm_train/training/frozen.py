@@ -10,10 +10,10 @@ import onnxruntime as ort
 import torch
 
 from ..nets.unet import UNet, UNetConfig
-from .trainers import EpsFn
+from .trainers import BaseFn
 
 
-def onnx_eps_fn(path: Path, threads: int = 2) -> EpsFn:
+def onnx_eps_fn(path: Path, threads: int = 2) -> BaseFn:
     """eps from `base.onnx` (inputs `sample` [B, C, H, W], `timestep` [B]; output `eps`) via
     onnxruntime on the CPU, returned on the device of `sample`.
 
@@ -49,7 +49,7 @@ def load_base_run(run_dir: Path) -> UNet:
     return net
 
 
-def torch_eps_fn(net: UNet, device: str = "cpu") -> EpsFn:
+def torch_eps_fn(net: UNet, device: str = "cpu") -> BaseFn:
     """eps from a frozen PyTorch base, moved to `device` (run under `torch.no_grad()` by the trainer)."""
     net.to(device)
     return lambda x_t, timestep: net(x_t, timestep)

@@ -1,0 +1,89 @@
+"""`mcm-train distill`: progressive distillation stages, the two-step target, a whole tiny run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from mcm_train.cli import main
+from mcm_train.contract.model_toml import read_model_toml
+from mcm_train.contract.schedule import ScheduleConfig, alpha_bar, timestep_grid
+from mcm_train.training.distill import Teacher, stage_steps, two_step_target
+
+
+def test_stages_halve_down_to_the_target_then_on() -> None:
+    assert stage_steps(32, 4, (2, 1)) == [16, 8, 4, 2, 1]
+    assert stage_steps(8, 4) == [4]
+    with pytest.raises(ValueError, match="does not halve"):
+        stage_steps(24, 4)
+    with pytest.raises(ValueError, match="each later stage halves"):
+        stage_steps(16, 4, (1,))
+
+
+def test_grids_are_nested_and_quadratic_keeps_snr_up() -> None:
+    for n in (1, 2, 4, 8, 16):
+        assert timestep_grid(n, 1000) == timestep_grid(2 * n, 1000)[::2]
+    assert timestep_grid(4, 1000, "trailing") == [999, 749, 499, 249]
+    ab = alpha_bar(ScheduleConfig())
+    snr = lambda t: float(ab[t] / (1 - ab[t]))  # noqa: E731
+    assert sum(snr(t) < 0.1 for t in timestep_grid(4, 1000, "trailing")) == 3
+    assert sum(snr(t) < 0.1 for t in timestep_grid(4, 1000, "quadratic")) == 2  # 999 and 561
+
+
+class _Knows(nn.Module):
+    """A teacher that predicts the true x_0 whatever it is given."""
+
+    def __init__(self, x_0: torch.Tensor) -> None:
+        super().__init__()
+        self.x_0 = x_0
+
+    def forward(self, x_t: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        return self.x_0
+
+
+def test_two_step_target_of_an_exact_teacher_is_x0() -> None:
+    """Two exact DDIM steps land where one exact step lands: the target is the true x_0 at every
+    student step, the last one (to x_0 itself) included."""
+    gen = torch.Generator().manual_seed(0)
+    x_0 = torch.rand(4, 3, 8, 8, generator=gen) * 1.8 - 0.9
+    ab = alpha_bar(ScheduleConfig())
+    grid = torch.tensor([*timestep_grid(8, 1000), -1])
+    i = torch.tensor([0, 1, 2, 3])
+    t, t_mid, t_next = grid[2 * i], grid[2 * i + 1], grid[2 * i + 2]
+    a = ab[t].sqrt().view(-1, 1, 1, 1).float()
+    x_t = a * x_0 + (1 - a**2).sqrt() * torch.randn(x_0.shape, generator=gen)
+    target = two_step_target(Teacher(_Knows(x_0), "sample"), x_t, t, t_mid, t_next, ab)
+    assert torch.allclose(target, x_0, atol=2e-4), float((target - x_0).abs().max())
+
+
+def test_cli_distills_a_tiny_base_into_4_and_2_steps(scenes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    teacher = tmp_path / "teacher"
+    main(["pretrain-base", "--data", str(scenes), "--out", str(teacher), "--steps", "2", "--batch-size", "2",
+          "--channels", "8,16", "--attention", "8"])
+    out = tmp_path / "student"
+    args = ["distill", "--teacher", str(teacher), "--data", str(scenes), "--out", str(out), "--from-steps", "8",
+            "--sample-steps", "4", "--then", "2", "--steps", "2", "--batch-size", "2", "--checkpoint-every", "1"]
+    main(args)
+    doc = read_model_toml(out)
+    assert doc["schedule"]["prediction_type"] == "v_prediction" and doc["schedule"]["distilled_steps"] == [4]
+    assert doc["schedule"]["timestep_spacing"] == "quadratic"
+    assert doc["base"]["distillation"]["timesteps"] == [999, 561, 249, 61]
+    assert doc["base"]["distillation"]["stages"] == [4] and doc["base"]["distillation"]["teacher"] == str(teacher)
+    assert read_model_toml(tmp_path / "student-2steps")["base"]["distillation"]["stages"] == [4, 2]
+    # base.onnx names its output after the prediction and reproduces its test vectors
+    assert [o.name for o in onnx.load(str(out / "base.onnx")).graph.output] == ["v"]
+    vec = {n: np.load(out / "test_vectors" / f"base.{n}.npy") for n in ("sample", "timestep", "v")}
+    got = ort.InferenceSession(str(out / "base.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"sample": vec["sample"], "timestep": vec["timestep"]})[0]
+    np.testing.assert_allclose(got, vec["v"], atol=1e-4)
+    # the student differs from the teacher (it trained), and a second run resumes every stage
+    assert not np.allclose(vec["sample"], vec["v"])
+    assert len(list((tmp_path / "runs").glob("*student/distill/student2.pt"))) == 1
+    main(args)
