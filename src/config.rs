@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::display::DisplayConfig;
 pub use crate::mqtt::{MqttConfig, MqttProtocol, Secret, TlsConfig};
+use crate::contract::ModelInfo;
 use crate::mqtt::{parse_url, topic_text_ok, valid_filter};
 pub use crate::runtime::RuntimeConfig;
 use crate::runtime::{BackendKind, NO_ONNXRUNTIME, ONNXRUNTIME_BUILT_IN};
@@ -97,6 +98,14 @@ pub struct GenerationConfig {
     pub seed_policy: SeedPolicy,
     /// The seed of the `fixed` policy and the first seed of the `counter` policy.
     pub fixed_seed: u64,
+}
+
+impl GenerationConfig {
+    /// Steps of a generation that does not ask for a count: a distilled model's own count
+    /// (`[schedule] timesteps` of its model.toml), else `steps`.
+    pub fn steps_for(&self, info: &ModelInfo) -> usize {
+        info.schedule.timesteps.as_ref().map_or(self.steps, Vec::len)
+    }
 }
 
 impl Default for GenerationConfig {

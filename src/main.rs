@@ -7,8 +7,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use mcm_edge::config::EdgeConfig;
-use mcm_edge::contract::Maps;
+use mcm_edge::config::{EdgeConfig, GenerationConfig};
+use mcm_edge::contract::{Maps, ModelInfo};
 use mcm_edge::diffusion::{GenerationParams, ImageGenerator, Pipeline};
 use mcm_edge::display::StatusDisplay;
 use mcm_edge::frames::{FrameLimits, decode_frame};
@@ -43,6 +43,31 @@ struct BackendArgs {
 impl BackendArgs {
     fn backend(&self) -> Backend {
         Backend::new(self.backend, self.ort_library.clone(), self.threads.into())
+    }
+}
+
+/// Steps and strength of demo, generate, bench and eval; what is not given comes from the model
+/// (a distilled base's own step count, `[schedule] timesteps`) and then from `[generation]` of
+/// the edge config, as for the service.
+#[derive(Args)]
+struct GenerationArgs {
+    /// DDIM steps [default: the model's distilled count, else `[generation] steps` of --config]
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Conditioning strength [default: `[generation] strength` of --config]
+    #[arg(long)]
+    strength: Option<f32>,
+    /// Edge config whose `[generation]` gives the defaults (built-in defaults when the file is absent)
+    #[arg(long, default_value = "config/edge.toml")]
+    config: PathBuf,
+}
+
+impl GenerationArgs {
+    /// `(steps, strength, eta)` for the model in `model_dir`.
+    fn resolve(&self, model_dir: &Path) -> Result<(usize, f32, f32)> {
+        let generation = if self.config.exists() { EdgeConfig::load(&self.config)?.generation } else { GenerationConfig::default() };
+        let info = ModelInfo::load(model_dir)?;
+        Ok((self.steps.unwrap_or_else(|| generation.steps_for(&info)), self.strength.unwrap_or(generation.strength), generation.eta))
     }
 }
 
@@ -81,13 +106,10 @@ enum Command {
         /// HOST:PORT of an MQTT broker to use instead of the in-process one.
         #[arg(long)]
         broker: Option<String>,
-        #[arg(long, default_value_t = 20)]
-        steps: usize,
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        /// Conditioning strength of the MCM cells (1.5 scores best on models/default).
-        #[arg(long, default_value_t = 1.5)]
-        strength: f32,
+        #[command(flatten)]
+        generation: GenerationArgs,
         #[command(flatten)]
         backend: BackendArgs,
     },
@@ -102,12 +124,11 @@ enum Command {
         out: PathBuf,
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        #[arg(long, default_value_t = 20)]
-        steps: usize,
-        #[arg(long, default_value_t = 1.5)]
-        strength: f32,
-        #[arg(long, default_value_t = 0.0)]
-        eta: f32,
+        #[command(flatten)]
+        generation: GenerationArgs,
+        /// DDIM eta [default: `[generation] eta` of --config]
+        #[arg(long)]
+        eta: Option<f32>,
         #[command(flatten)]
         backend: BackendArgs,
     },
@@ -119,8 +140,8 @@ enum Command {
         /// Input frame of the model's first modality.
         #[arg(long, default_value = "config/samples/segmentation/tablet-0.png")]
         frame: PathBuf,
-        #[arg(long, default_value_t = 20)]
-        steps: usize,
+        #[command(flatten)]
+        generation: GenerationArgs,
         #[arg(long, default_value_t = 20)]
         runs: usize,
         #[arg(long)]
@@ -152,10 +173,8 @@ enum Command {
         json: PathBuf,
         #[arg(long, default_value_t = 64)]
         limit: usize,
-        #[arg(long, default_value_t = 20)]
-        steps: usize,
-        #[arg(long, default_value_t = 1.5)]
-        strength: f32,
+        #[command(flatten)]
+        generation: GenerationArgs,
         #[arg(long, default_value_t = 1000)]
         seed: u64,
         #[command(flatten)]
@@ -235,12 +254,15 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
         }
-        Command::Demo { model, samples, out, broker, steps, seed, strength, backend } => {
+        Command::Demo { model, samples, out, broker, seed, generation, backend } => {
+            let (steps, strength, _) = generation.resolve(&model)?;
             let latencies = demo::run(&DemoOptions { model, samples, out, broker, steps, seed, strength, backend: backend.backend() })?;
             let mean = latencies.iter().sum::<f64>() / latencies.len().max(1) as f64;
             println!("{} images, mean latency {mean:.0} ms per image ({steps} DDIM steps)", latencies.len());
         }
-        Command::Generate { model, maps, out, seed, steps, strength, eta, backend } => {
+        Command::Generate { model, maps, out, seed, generation, eta, backend } => {
+            let (steps, strength, default_eta) = generation.resolve(&model)?;
+            let eta = eta.unwrap_or(default_eta);
             let generator = Pipeline::load(&model, &backend.backend())?;
             let info = generator.info();
             let mut decoded = Maps::new();
@@ -259,7 +281,8 @@ fn run(cli: Cli) -> Result<()> {
             img.save(&out).with_context(|| format!("writing {}", out.display()))?;
             println!("wrote {} in {:.0} ms", out.display(), start.elapsed().as_secs_f64() * 1e3);
         }
-        Command::Bench { model, frame, steps, runs, json, ort, profile, backend, ort_library, threads } => {
+        Command::Bench { model, frame, generation, runs, json, ort, profile, backend, ort_library, threads } => {
+            let (steps, _, _) = generation.resolve(&model)?;
             let bytes = std::fs::read(&frame).with_context(|| format!("reading {}", frame.display()))?;
             let onnxruntime = threads.iter().map(|&t| Backend::Onnxruntime { library: ort_library.clone(), threads: t.into() });
             let backends: Vec<Backend> = match backend {
@@ -285,7 +308,8 @@ fn run(cli: Cli) -> Result<()> {
             }
             println!("{text}");
         }
-        Command::Eval { model, data, json, limit, steps, strength, seed, backend } => {
+        Command::Eval { model, data, json, limit, generation, seed, backend } => {
+            let (steps, strength, _) = generation.resolve(&model)?;
             let report = evaluate(&model, &data, &EvalOptions { limit, steps, strength, seed }, &backend.backend())?;
             let text = serde_json::to_string_pretty(&report)?;
             std::fs::write(&json, &text).with_context(|| format!("writing {}", json.display()))?;

@@ -141,7 +141,7 @@ mod with_the_feature {
     fn onnxruntime_reproduces_pytorch_test_vectors() {
         for dir in model_dirs() {
             let models = Models::load(&dir, &ort(1)).unwrap();
-            replay("onnxruntime", &dir, "base", &models.base, &["sample", "timestep"], &["eps"]);
+            replay("onnxruntime", &dir, "base", &models.base, &["sample", "timestep"], &[models.info.schedule.prediction().output()]);
             if let Some(mcm) = &models.mcm {
                 replay("onnxruntime", &dir, "mcm", mcm, &["sample", "eps", "cond", "timestep"], &["gamma", "beta"]);
             }

@@ -47,6 +47,18 @@ fn generation_is_seeded_and_strength_matters() {
 }
 
 #[test]
+fn a_distilled_v_prediction_base_samples_its_own_grid_only() {
+    // models/tiny-v: the tiny base's weights, read as v_prediction, with a 4-step grid
+    let g = Pipeline::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny-v"), &Backend::Tract).unwrap();
+    let maps: Maps = [("sketch".to_string(), ModalityMap::Sketch(Array2::zeros((16, 16))))].into();
+    let p = GenerationParams { seed: 3, steps: 4, strength: 1.0, eta: 0.0 };
+    let img = g.generate(&maps, &p).unwrap();
+    assert_ne!(img, tiny().generate(&maps, &p).unwrap(), "the same weights read as v give another image");
+    let err = g.generate(&maps, &GenerationParams { steps: 20, ..p }).unwrap_err().to_string();
+    assert!(err.contains("distilled for 4 steps only"), "{err}");
+}
+
+#[test]
 fn request_over_mqtt_is_answered_with_a_png_from_tract() {
     let broker = broker::start_local().unwrap();
     let mut config = EdgeConfig::default();

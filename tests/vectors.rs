@@ -12,7 +12,7 @@ use support::vectors::{model_dirs, replay};
 fn tract_reproduces_pytorch_test_vectors() {
     for dir in model_dirs() {
         let models = Models::load(&dir, &Backend::Tract).unwrap();
-        replay("tract", &dir, "base", &models.base, &["sample", "timestep"], &["eps"]);
+        replay("tract", &dir, "base", &models.base, &["sample", "timestep"], &[models.info.schedule.prediction().output()]);
         if let Some(mcm) = &models.mcm {
             replay("tract", &dir, "mcm", mcm, &["sample", "eps", "cond", "timestep"], &["gamma", "beta"]);
         }

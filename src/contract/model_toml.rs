@@ -34,9 +34,12 @@ pub enum ContractViolation {
     /// `[image]` value_range is not increasing.
     #[error("[image] value_range {0:?} must be increasing")]
     ValueRange([f32; 2]),
-    /// `[schedule]` prediction_type is not `epsilon`.
-    #[error("[schedule] prediction_type {0:?}: only \"epsilon\" is supported")]
+    /// `[schedule]` prediction_type is none of the three the device converts to eps.
+    #[error("[schedule] prediction_type {0:?}: expected \"epsilon\", \"v_prediction\" or \"sample\"")]
     PredictionType(String),
+    /// `[schedule]` timesteps (a distilled base's grid) is empty, not strictly decreasing or not below T.
+    #[error("[schedule] timesteps {0:?}: expected a strictly decreasing list of timesteps below num_train_timesteps")]
+    Timesteps(Vec<usize>),
     /// A segmentation whose channel count differs from its class count.
     #[error("modality {name:?}: {channels} channels but {classes} classes")]
     ClassCount { name: String, channels: usize, classes: usize },
@@ -98,8 +101,54 @@ pub struct ScheduleInfo {
     pub beta_end: f64,
     /// T: timesteps are `0..T`.
     pub num_train_timesteps: usize,
-    /// Only `epsilon` is supported.
+    /// What the base predicts: `epsilon`, `v_prediction` (v = alpha eps - sigma x_0) or `sample`
+    /// (x_0); the sampler converts it to eps ([`Prediction`]). `base.onnx`'s output is named
+    /// after it ([`Prediction::output`]).
     pub prediction_type: String,
+    /// The timestep grid a distilled base was trained for, noisiest first (`mcm-train distill`):
+    /// the sampler uses exactly these, and only their count of steps. Absent: any step count, on
+    /// the trailing grid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timesteps: Option<Vec<usize>>,
+}
+
+/// What a base predicts, from `[schedule] prediction_type` (diffusers' names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prediction {
+    /// The noise eps.
+    Epsilon,
+    /// v = alpha eps - sigma x_0 (Salimans & Ho 2022, Sec. 4).
+    VPrediction,
+    /// x_0 itself.
+    Sample,
+}
+
+impl Prediction {
+    /// The prediction type named `name`, if the device knows it.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "epsilon" => Some(Self::Epsilon),
+            "v_prediction" => Some(Self::VPrediction),
+            "sample" => Some(Self::Sample),
+            _ => None,
+        }
+    }
+
+    /// The name of `base.onnx`'s output for this prediction (the trainer's `PREDICTION_OUTPUTS`).
+    pub fn output(self) -> &'static str {
+        match self {
+            Self::Epsilon => "eps",
+            Self::VPrediction => "v",
+            Self::Sample => "x_0",
+        }
+    }
+}
+
+impl ScheduleInfo {
+    /// The checked prediction type (`ModelInfo::load` refuses unknown ones).
+    pub fn prediction(&self) -> Prediction {
+        Prediction::from_name(&self.prediction_type).unwrap_or(Prediction::Epsilon)
+    }
 }
 
 /// `[base]` or `[segmenter]`: an ONNX file and its provenance.
@@ -201,8 +250,13 @@ impl ModelInfo {
         if self.image.value_range[0] >= self.image.value_range[1] {
             return Err(ContractViolation::ValueRange(self.image.value_range));
         }
-        if self.schedule.prediction_type != "epsilon" {
+        if Prediction::from_name(&self.schedule.prediction_type).is_none() {
             return Err(ContractViolation::PredictionType(self.schedule.prediction_type.clone()));
+        }
+        if let Some(ts) = &self.schedule.timesteps
+            && (ts.is_empty() || ts.windows(2).any(|w| w[1] >= w[0]) || ts[0] >= self.schedule.num_train_timesteps)
+        {
+            return Err(ContractViolation::Timesteps(ts.clone()));
         }
         self.modalities.iter().try_for_each(ModalityInfo::check)?;
         if let Some(name) =

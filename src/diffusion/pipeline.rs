@@ -10,7 +10,7 @@ use super::ddim::ddim_step;
 use super::guidance::apply_strength;
 use super::noise::Noise;
 use super::schedule::{Schedule, ScheduleError};
-use crate::contract::{CondError, Maps, ModelInfo, build_cond};
+use crate::contract::{CondError, Maps, ModelInfo, Prediction, build_cond};
 use crate::runtime::{Backend, ModelError, Models, timestep_tensor};
 
 /// Settings of one generation.
@@ -91,15 +91,17 @@ impl Pipeline {
         &self.models
     }
 
-    /// The guided noise prediction at one step: `eps_base`, and when `strength != 0` the MCM's
-    /// `eps_hat = eps * (1 + gamma) + beta` (Ham et al. 2023, Eq. 2) mixed in by `strength`.
-    /// `x_t` `[1, C, H, W]`, `cond` `[1, K, H, W]`.
+    /// The guided noise prediction at one step: `eps_base` (the base's prediction converted to
+    /// eps first, whatever its `prediction_type`, so that the MCM formula and `strength` keep
+    /// their meaning), and when `strength != 0` the MCM's `eps_hat = eps * (1 + gamma) + beta`
+    /// (Ham et al. 2023, Eq. 2) mixed in by `strength`. `x_t` `[1, C, H, W]`, `cond` `[1, K, H, W]`.
     ///
     /// # Errors
     /// [`GenerateError::Param`] when strength != 0 and the model has no MCM; inference failures.
     pub fn eps(&self, x_t: &Array4<f32>, timestep: usize, cond: &Array4<f32>, strength: f32) -> Result<Array4<f32>, GenerateError> {
         let t = timestep_tensor(timestep as f32, 1);
-        let eps_base = self.models.base.run(vec![x_t.clone().into_tensor(), t.clone()])?.remove(0);
+        let prediction = self.models.base.run(vec![x_t.clone().into_tensor(), t.clone()])?.remove(0);
+        let eps_base = to_eps(prediction, x_t, self.schedule.alpha_bar[timestep], self.models.info.schedule.prediction());
         if strength == 0.0 {
             return Ok(eps_base);
         }
@@ -131,7 +133,7 @@ impl ImageGenerator for Pipeline {
     fn generate(&self, maps: &Maps, params: &GenerationParams) -> Result<RgbImage, GenerateError> {
         self.check_params(params)?;
         let info = &self.models.info;
-        let timesteps = self.schedule.ddim_timesteps(params.steps)?;
+        let timesteps = self.schedule.timesteps(params.steps)?;
         let cond = build_cond(info, maps)?;
         let (c, s) = (info.image.channels, info.image.size);
         let mut noise = Noise::new(params.seed);
@@ -141,6 +143,18 @@ impl ImageGenerator for Pipeline {
             ddim_step(&mut x, &eps, ab_t, ab_prev, params.eta, info.image.value_range, &mut noise);
         }
         Ok(to_image(&x, info.image.value_range))
+    }
+}
+
+/// eps implied by a base's `prediction` at `x_t = alpha x_0 + sigma eps` (alpha^2 = `alpha_bar`):
+/// v -> `eps = sigma x_t + alpha v` (Salimans & Ho 2022, Sec. 4, alpha^2 + sigma^2 = 1); x_0 ->
+/// `eps = (x_t - alpha x_0) / sigma`; eps as it is. All `[B, C, H, W]`.
+pub fn to_eps(prediction: Array4<f32>, x_t: &Array4<f32>, alpha_bar: f64, kind: Prediction) -> Array4<f32> {
+    let (alpha, sigma) = (alpha_bar.sqrt() as f32, (1.0 - alpha_bar).sqrt() as f32);
+    match kind {
+        Prediction::Epsilon => prediction,
+        Prediction::VPrediction => prediction * alpha + &(x_t * sigma),
+        Prediction::Sample => (x_t - &(prediction * alpha)) / sigma,
     }
 }
 
@@ -162,4 +176,26 @@ pub fn from_image(img: &RgbImage, range: [f32; 2]) -> Array4<f32> {
     Array4::from_shape_fn([1, 3, h as usize, w as usize], |(_, ch, y, x)| {
         range[0] + (range[1] - range[0]) * img.get_pixel(x as u32, y as u32)[ch] as f32 / 255.0
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_prediction_type_gives_back_the_same_eps() {
+        let x_0 = Array4::from_shape_fn([1, 2, 2, 2], |(_, c, y, x)| 0.3 * c as f32 - 0.2 * y as f32 + 0.1 * x as f32);
+        let eps = Array4::from_shape_fn([1, 2, 2, 2], |(_, c, y, x)| (c + 2 * y + 3 * x) as f32 * 0.4 - 1.0);
+        for alpha_bar in [0.999, 0.5, 4.0e-5] {
+            let (a, s) = ((alpha_bar as f32).sqrt(), (1.0 - alpha_bar as f32).sqrt());
+            let x_t = &x_0 * a + &(&eps * s);
+            let v = &eps * a - &(&x_0 * s);
+            for (pred, kind) in [(eps.clone(), Prediction::Epsilon), (v, Prediction::VPrediction), (x_0.clone(), Prediction::Sample)] {
+                let got = to_eps(pred, &x_t, alpha_bar, kind);
+                let diff = got.iter().zip(eps.iter()).map(|(g, e)| (g - e).abs()).fold(0.0f32, f32::max);
+                // x_0 -> eps divides by sigma: exact enough except where sigma is tiny (alpha_bar 0.999)
+                assert!(diff < if kind == Prediction::Sample && alpha_bar > 0.9 { 1e-3 } else { 1e-5 }, "{kind:?} at {alpha_bar}: {diff}");
+            }
+        }
+    }
 }

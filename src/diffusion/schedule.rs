@@ -18,6 +18,9 @@ pub enum ScheduleError {
     /// A sampling step count outside `1..=T`.
     #[error("steps must be in 1..={max}, got {steps}")]
     Steps { steps: usize, max: usize },
+    /// A distilled base asked for another step count than the one it was distilled for.
+    #[error("steps {steps}: this base was distilled for {distilled} steps only ([schedule] timesteps)")]
+    NotDistilledFor { steps: usize, distilled: usize },
 }
 
 /// The noise schedule of a model.
@@ -25,6 +28,8 @@ pub enum ScheduleError {
 pub struct Schedule {
     /// alpha_bar_t for t in `0..T`, decreasing in (0, 1).
     pub alpha_bar: Vec<f64>,
+    /// A distilled base's grid (`[schedule] timesteps`), noisiest first.
+    pub distilled: Option<Vec<usize>>,
 }
 
 impl Schedule {
@@ -60,12 +65,42 @@ impl Schedule {
                 Some(*acc)
             })
             .collect();
-        Ok(Self { alpha_bar })
+        Ok(Self { alpha_bar, distilled: info.timesteps.clone() })
     }
 
     /// T, the number of training timesteps.
     pub fn num_train_timesteps(&self) -> usize {
         self.alpha_bar.len()
+    }
+
+    /// The step counts this schedule samples with: a distilled base's one count, or None (any in 1..=T).
+    pub fn distilled_steps(&self) -> Option<usize> {
+        self.distilled.as_ref().map(Vec::len)
+    }
+
+    /// DDIM timesteps for `steps` sampling steps: a distilled base's own grid (`[schedule]
+    /// timesteps`, only for its count), else [`Self::ddim_timesteps`]. Entries as there.
+    ///
+    /// # Errors
+    /// [`ScheduleError::NotDistilledFor`] for another count on a distilled base;
+    /// [`ScheduleError::Steps`] as in [`Self::ddim_timesteps`].
+    pub fn timesteps(&self, steps: usize) -> Result<Vec<(usize, f64, f64)>, ScheduleError> {
+        match &self.distilled {
+            Some(grid) if grid.len() != steps => Err(ScheduleError::NotDistilledFor { steps, distilled: grid.len() }),
+            Some(grid) => Ok(self.with_alpha_bar(grid)),
+            None => self.ddim_timesteps(steps),
+        }
+    }
+
+    /// `(t, alpha_bar_t, alpha_bar_prev)` for a grid, alpha_bar_prev = 1 after the last step.
+    fn with_alpha_bar(&self, ts: &[usize]) -> Vec<(usize, f64, f64)> {
+        ts.iter()
+            .enumerate()
+            .map(|(i, &t)| {
+                let prev = ts.get(i + 1).map_or(1.0, |&p| self.alpha_bar[p]);
+                (t, self.alpha_bar[t], prev)
+            })
+            .collect()
     }
 
     /// DDIM timesteps for `steps` sampling steps, "trailing" spacing (Lin et al. 2024, "Common
@@ -83,14 +118,7 @@ impl Schedule {
         }
         let ratio = t_max as f64 / steps as f64;
         let ts: Vec<usize> = (0..steps).map(|i| ((t_max as f64 - i as f64 * ratio).round() as usize).saturating_sub(1)).collect();
-        Ok(ts
-            .iter()
-            .enumerate()
-            .map(|(i, &t)| {
-                let prev = ts.get(i + 1).map_or(1.0, |&p| self.alpha_bar[p]);
-                (t, self.alpha_bar[t], prev)
-            })
-            .collect())
+        Ok(self.with_alpha_bar(&ts))
     }
 }
 
@@ -105,6 +133,7 @@ mod tests {
             beta_end: 0.02,
             num_train_timesteps: 1000,
             prediction_type: "epsilon".into(),
+            timesteps: None,
         }
     }
 
@@ -141,5 +170,19 @@ mod tests {
         assert_eq!(all, (0..1000).rev().collect::<Vec<_>>());
         assert!(s.ddim_timesteps(0).is_err());
         assert!(s.ddim_timesteps(1001).is_err());
+    }
+
+    #[test]
+    fn a_distilled_grid_is_used_as_is_and_only_for_its_count() {
+        let s = Schedule::new(&ScheduleInfo { timesteps: Some(vec![999, 562, 249, 62]), ..info("linear") }).unwrap();
+        let ts = s.timesteps(4).unwrap();
+        assert_eq!(ts.iter().map(|x| x.0).collect::<Vec<_>>(), [999, 562, 249, 62]);
+        assert_eq!((ts[1].2, ts[3].2), (s.alpha_bar[249], 1.0));
+        assert_eq!(s.distilled_steps(), Some(4));
+        let err = s.timesteps(20).unwrap_err();
+        assert_eq!(err, ScheduleError::NotDistilledFor { steps: 20, distilled: 4 });
+        assert!(err.to_string().contains("distilled for 4 steps"), "{err}");
+        // an undistilled base samples any count on the trailing grid
+        assert_eq!(Schedule::new(&info("linear")).unwrap().timesteps(10).unwrap(), s.ddim_timesteps(10).unwrap());
     }
 }

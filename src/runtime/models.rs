@@ -14,7 +14,8 @@ use crate::contract::ModelInfo;
 pub struct Models {
     pub info: ModelInfo,
     pub dir: PathBuf,
-    /// `base.onnx`: (sample [1,C,H,W], timestep [1]) -> eps [1,C,H,W].
+    /// `base.onnx`: (sample [1,C,H,W], timestep [1]) -> its prediction [1,C,H,W], named after
+    /// `[schedule] prediction_type` (eps, v or x_0).
     pub base: Net,
     /// `mcm.onnx`: (sample, eps [1,C,H,W], cond [1,K,H,W], timestep [1]) -> gamma, beta [1,C,H,W].
     pub mcm: Option<Net>,
@@ -31,7 +32,8 @@ impl Models {
         let info = ModelInfo::load(dir)?;
         let (c, s) = (info.image.channels, info.image.size);
         let image = vec![1, c, s, s];
-        let base = Net::load(&dir.join(&info.base.file), &[("sample", image.clone()), ("timestep", vec![1])], &["eps"], backend)?;
+        let output = info.schedule.prediction().output();
+        let base = Net::load(&dir.join(&info.base.file), &[("sample", image.clone()), ("timestep", vec![1])], &[output], backend)?;
         let mcm = match &info.mcm {
             Some(m) => Some(Net::load(
                 &dir.join(&m.file),

@@ -73,7 +73,7 @@ pub struct Request {
     pub maps: Maps,
     /// `None`: the service's seed policy decides.
     pub seed: Option<u64>,
-    /// DDIM steps, 1..=max_steps.
+    /// DDIM steps, 1..=max_steps; a distilled model's own count (its default too).
     pub steps: usize,
     /// Conditioning strength, 0..=max_strength.
     pub strength: f32,
@@ -123,10 +123,16 @@ impl RequestBody {
             return Err(refuse(ErrorCode::NoFrames, format!("frames is empty; give at least one of {}", names())));
         }
         let max_steps = rules.max_steps.min(info.schedule.num_train_timesteps);
-        let steps = match self.steps {
-            None => rules.default_steps.min(max_steps),
-            Some(s) if s >= 1 && s <= max_steps as i64 => s as usize,
-            Some(s) => return Err(refuse(ErrorCode::InvalidSteps, format!("steps {s} must be within 1..={max_steps}"))),
+        let distilled = info.schedule.timesteps.as_ref().map(Vec::len);
+        let steps = match (self.steps, distilled) {
+            (None, Some(n)) => n,
+            (None, None) => rules.default_steps.min(max_steps),
+            (Some(s), Some(n)) if s == n as i64 => n,
+            (Some(s), Some(n)) => {
+                return Err(refuse(ErrorCode::InvalidSteps, format!("steps {s}: this model was distilled for {n} steps only")));
+            }
+            (Some(s), None) if s >= 1 && s <= max_steps as i64 => s as usize,
+            (Some(s), None) => return Err(refuse(ErrorCode::InvalidSteps, format!("steps {s} must be within 1..={max_steps}"))),
         };
         let strength = match self.strength {
             None => rules.default_strength,
@@ -164,4 +170,42 @@ fn strip_data_url(s: &str) -> &str {
         return data;
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The committed `models/tiny-v` fixture: a base standing in for a 4-step distilled student.
+    fn distilled() -> ModelInfo {
+        ModelInfo::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny-v")).unwrap()
+    }
+
+    fn check(info: &ModelInfo, steps: Option<i64>) -> Result<Request, Refusal> {
+        let sketch = {
+            let mut png = std::io::Cursor::new(Vec::new());
+            image::GrayImage::from_pixel(16, 16, image::Luma([255])).write_to(&mut png, image::ImageFormat::Png).unwrap();
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, png.into_inner())
+        };
+        let body = RequestBody { id: "r".into(), frames: [("sketch".into(), sketch)].into(), seed: None, steps, strength: None };
+        let rules = RequestRules {
+            info,
+            frames: FrameLimits::default(),
+            max_steps: 50,
+            max_strength: 3.0,
+            default_steps: 20,
+            default_strength: 1.5,
+        };
+        body.check(&rules)
+    }
+
+    #[test]
+    fn a_distilled_model_takes_its_own_step_count_by_default_and_refuses_others() {
+        let info = distilled();
+        assert_eq!(check(&info, None).unwrap().steps, 4, "the model's count, not the service's 20");
+        assert_eq!(check(&info, Some(4)).unwrap().steps, 4);
+        let refused = check(&info, Some(20)).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::InvalidSteps);
+        assert!(refused.message.contains("distilled for 4 steps only"), "{}", refused.message);
+    }
 }

@@ -12,7 +12,7 @@ use super::TICK;
 use super::state::{Ctx, Job, lock};
 use crate::config::SeedPolicy;
 use crate::contract::Maps;
-use crate::diffusion::{GenerateError, GenerationParams};
+use crate::diffusion::{GenerateError, GenerationParams, ScheduleError};
 use crate::error_code::ErrorCode;
 use crate::frames::decode_frame;
 use crate::mqtt::Content;
@@ -137,7 +137,7 @@ fn run_frames(ctx: &Ctx, latest: &mut Maps, frames: BTreeMap<String, Vec<u8>>) {
     }
     let params = GenerationParams {
         seed: next_seed(ctx),
-        steps: ctx.config.generation.steps.min(info.schedule.num_train_timesteps),
+        steps: ctx.config.generation.steps_for(info).min(info.schedule.num_train_timesteps),
         strength: ctx.config.generation.strength,
         eta: ctx.config.generation.eta,
     };
@@ -167,6 +167,7 @@ fn generate_png(ctx: &Ctx, maps: &Maps, params: &GenerationParams) -> Result<Vec
     let image = ctx.generator.generate(maps, params).map_err(|e| {
         let code = match &e {
             GenerateError::Cond(_) => ErrorCode::InvalidMaps,
+            GenerateError::Steps(ScheduleError::NotDistilledFor { .. }) => ErrorCode::InvalidSteps,
             GenerateError::Param(_) | GenerateError::Steps(_) => ErrorCode::InvalidParams,
             GenerateError::Model(_) => ErrorCode::ModelError,
             GenerateError::Inference(_) => ErrorCode::InferenceFailed,

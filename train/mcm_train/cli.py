@@ -306,17 +306,16 @@ def _student_dir(a: argparse.Namespace, steps: int) -> Path:
 
 def _export_student(a: argparse.Namespace, doc: dict, result: TrainResult, distillation: dict, steps: int) -> None:
     """Write the `steps`-step student as a model directory (`_student_dir`): its base.onnx, the
-    teacher's other nets (MCM, segmenter, estimators) and model.toml with the prediction type, the
-    timestep grid and `[base.distillation]`."""
+    teacher's other nets (MCM, segmenter, estimators) and model.toml with the prediction type and
+    the timestep grid in `[schedule]` (the device samples exactly those) and `[base.distillation]`."""
     from .contract.schedule import PREDICTION_OUTPUTS, timestep_grid
 
     out = _student_dir(a, steps)
     _carry_nets(a.teacher, out, doc, skip=("base", "schedule"), modalities={m["name"] for m in doc.get("modalities", [])})
     export_base(result.model, out, PREDICTION_OUTPUTS[a.prediction_type])
     grid = timestep_grid(steps, doc["schedule"]["num_train_timesteps"], a.spacing)
-    schedule = {**doc["schedule"], "prediction_type": a.prediction_type, "timestep_spacing": a.spacing,
-                "distilled_steps": [steps]}
-    distillation = {**{k: v for k, v in distillation.items() if v is not None}, "timesteps": grid}
+    schedule = {**doc["schedule"], "prediction_type": a.prediction_type, "timesteps": grid}
+    distillation = {k: v for k, v in distillation.items() if v is not None}
     base = {"file": "base.onnx", "architecture": doc["base"]["architecture"], "distillation": distillation,
             **_provenance(a, result, result.model)}
     update_model_toml(out, schedule=schedule, base=base)
@@ -414,7 +413,7 @@ def cmd_export_random(a: argparse.Namespace) -> None:
 
     classes = [{"name": c.name, "color": list(c.color)} for c in load_classes()]
     a.out.mkdir(parents=True, exist_ok=True)
-    doc = write_random_model(a.out, classes, a.preset, a.seed)
+    doc = write_random_model(a.out, classes, a.preset, a.seed, a.distilled)
     base, mcm = doc["base"]["parameters"], doc["mcm"]["parameters"]
     print(f"{a.out}: random {a.preset} model, base {base:,} parameters, MCM {mcm:,} ({100 * mcm / base:.1f} % of the base)")
 
@@ -535,6 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     r.add_argument("--out", type=Path, required=True, help="model directory to write")
     r.add_argument("--seed", type=int, default=0, help="seeds the random weights")
+    r.add_argument("--distilled", choices=["v_prediction", "sample"],
+                   help="a base standing in for a 4-step distilled student of this prediction type")
     r.set_defaults(func=cmd_export_random)
     return p
 

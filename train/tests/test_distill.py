@@ -30,10 +30,12 @@ def test_grids_are_nested_and_quadratic_keeps_snr_up() -> None:
     for n in (1, 2, 4, 8, 16):
         assert timestep_grid(n, 1000) == timestep_grid(2 * n, 1000)[::2]
     assert timestep_grid(4, 1000, "trailing") == [999, 749, 499, 249]
+    # halves round up, as on the device (Python's round, to even, would give 811 and 61)
+    assert timestep_grid(16, 1000, "trailing")[3] == 812 and timestep_grid(4, 1000)[3] == 62
     ab = alpha_bar(ScheduleConfig())
     snr = lambda t: float(ab[t] / (1 - ab[t]))  # noqa: E731
     assert sum(snr(t) < 0.1 for t in timestep_grid(4, 1000, "trailing")) == 3
-    assert sum(snr(t) < 0.1 for t in timestep_grid(4, 1000, "quadratic")) == 2  # 999 and 561
+    assert sum(snr(t) < 0.1 for t in timestep_grid(4, 1000, "quadratic")) == 2  # 999 and 562
 
 
 class _Knows(nn.Module):
@@ -72,9 +74,9 @@ def test_cli_distills_a_tiny_base_into_4_and_2_steps(scenes: Path, tmp_path: Pat
             "--sample-steps", "4", "--then", "2", "--steps", "2", "--batch-size", "2", "--checkpoint-every", "1"]
     main(args)
     doc = read_model_toml(out)
-    assert doc["schedule"]["prediction_type"] == "v_prediction" and doc["schedule"]["distilled_steps"] == [4]
-    assert doc["schedule"]["timestep_spacing"] == "quadratic"
-    assert doc["base"]["distillation"]["timesteps"] == [999, 561, 249, 61]
+    assert doc["schedule"]["prediction_type"] == "v_prediction"
+    assert doc["schedule"]["timesteps"] == [999, 562, 249, 62]  # what the device samples with
+    assert doc["base"]["distillation"]["spacing"] == "quadratic"
     assert doc["base"]["distillation"]["stages"] == [4] and doc["base"]["distillation"]["teacher"] == str(teacher)
     assert read_model_toml(tmp_path / "student-2steps")["base"]["distillation"]["stages"] == [4, 2]
     # base.onnx names its output after the prediction and reproduces its test vectors

@@ -9,7 +9,7 @@ from torch import nn
 
 from ..contract.modalities import ModalitySpec
 from ..contract.model_toml import update_model_toml
-from ..contract.schedule import ScheduleConfig
+from ..contract.schedule import PREDICTION_OUTPUTS, ScheduleConfig, timestep_grid
 from ..nets.mcm import MCM
 from ..nets.unet import UNet, UNetConfig
 from .onnx import export_base, export_estimator, export_mcm, export_segmenter
@@ -46,12 +46,15 @@ PRESETS["tiny-s2d"] = {
 }
 
 
-def write_random_model(out_dir: Path, classes: list[dict], preset: str = "tiny", seed: int = 0) -> dict:
+def write_random_model(out_dir: Path, classes: list[dict], preset: str = "tiny", seed: int = 0,
+                       distilled: str | None = None) -> dict:
     """A random-weight model directory of a [`PRESETS`] entry: base, segmentation + sketch + depth MCM
     (output layer made non-zero so that the test vectors exercise the MCM path), optional segmenter
     and depth estimator (`[estimators.depth]`),
     test vectors, parity vectors (`export.parity`) and `model.toml`. The images are noise; only
-    shapes, numerics and speed are meaningful.
+    shapes, numerics and speed are meaningful. `distilled` ("v_prediction" or "sample") makes the
+    base stand in for a 4-step student of `mcm-train distill`: that prediction type and its
+    quadratic grid in `[schedule] timesteps`.
 
     Returns the written `model.toml` as a dict.
 
@@ -70,7 +73,10 @@ def write_random_model(out_dir: Path, classes: list[dict], preset: str = "tiny",
     for conv in (mcm.net.conv_out, mcm.net.conv_local):  # non-zero so that the vectors test the MCM path
         if conv is not None:
             nn.init.normal_(conv.weight, std=0.02)
-    export_base(base, out_dir)
+    schedule = ScheduleConfig(prediction_type=distilled or "epsilon").to_dict()
+    if distilled:
+        schedule["timesteps"] = timestep_grid(4, schedule["num_train_timesteps"], "quadratic")
+    export_base(base, out_dir, PREDICTION_OUTPUTS[schedule["prediction_type"]])
     export_mcm(mcm, k, out_dir)
     provenance = {"dataset": "none (random weights)", "steps": 0}
     nets: dict[str, dict] = {
@@ -87,7 +93,7 @@ def write_random_model(out_dir: Path, classes: list[dict], preset: str = "tiny",
     doc = update_model_toml(
         out_dir,
         image={"size": size, "channels": c, "value_range": [-1.0, 1.0]},
-        schedule=ScheduleConfig().to_dict(),
+        schedule=schedule,
         modalities=[m.to_toml() for m in modalities],
         **nets,
     )
