@@ -2,7 +2,7 @@
 
 Layout (each package depends only on those listed after it; no package imports one that imports it back):
     cli.py      the `mcm-train` commands              -> all below
-    training/   loop, trainers, frozen base, warm start -> data, nets, contract
+    training/   loop, trainers, frozen base, warm start, distill -> data, nets, contract
     export/     ONNX + test vectors, fixtures, import  -> nets, contract
     data/       palettes, frame -> map rules, scenes   -> contract
     nets/       U-Net, MCM, ControlNet baseline         -> (torch only)
