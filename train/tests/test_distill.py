@@ -13,7 +13,7 @@ from torch import nn
 
 from mcm_train.cli import main
 from mcm_train.contract.model_toml import read_model_toml
-from mcm_train.contract.schedule import ScheduleConfig, alpha_bar, timestep_grid
+from mcm_train.contract.schedule import ScheduleConfig, alpha_bar, alpha_sigma, timestep_grid, to_x0_eps
 from mcm_train.training.distill import Teacher, stage_steps, two_step_target
 
 
@@ -89,3 +89,16 @@ def test_cli_distills_a_tiny_base_into_4_and_2_steps(scenes: Path, tmp_path: Pat
     assert not np.allclose(vec["sample"], vec["v"])
     assert len(list((tmp_path / "runs").glob("*student/distill/student2.pt"))) == 1
     main(args)
+
+
+def test_every_prediction_type_gives_back_x0_and_eps() -> None:
+    gen = torch.Generator().manual_seed(1)
+    x_0, eps = torch.rand(2, 3, 4, 4, generator=gen) * 2 - 1, torch.randn(2, 3, 4, 4, generator=gen)
+    ab = alpha_bar(ScheduleConfig())
+    alpha, sigma = alpha_sigma(ab, torch.tensor([10, 990]), x_0)
+    x_t = alpha * x_0 + sigma * eps
+    for kind, prediction in (("epsilon", eps), ("v_prediction", alpha * eps - sigma * x_0), ("sample", x_0)):
+        got_x0, got_eps = to_x0_eps(prediction, x_t, alpha, sigma, kind)
+        assert torch.allclose(got_eps, eps, atol=1e-3) and torch.allclose(got_x0, x_0, atol=1e-3), kind
+    with pytest.raises(ValueError, match="prediction_type 'eps'"):
+        to_x0_eps(eps, x_t, alpha, sigma, "eps")
