@@ -70,7 +70,7 @@ for arg in "$@"; do
       stage=$(mktemp -d)/mcm-edge
       mkdir -p "$stage/bin" "$stage/config/deploy" dist
       aarch64-linux-gnu-strip -o "$stage/bin/mcm-edge" "$BIN"
-      cp -r models "$stage/models" && rm -rf "$stage/models/tiny" "$stage"/models/*/test_vectors
+      cp -r models "$stage/models" && rm -rf "$stage"/models/tiny* "$stage"/models/*/test_vectors
       cp config/edge.toml config/classes.toml "$stage/config/"
       cp -r config/samples "$stage/config/"
       cp config/deploy/mcm-edge.service "$stage/config/deploy/"

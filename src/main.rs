@@ -46,14 +46,11 @@ impl BackendArgs {
     }
 }
 
-/// Steps and strength of demo, generate, bench and eval; what is not given comes from the model
-/// (a distilled base's own step count, `[schedule] timesteps`) and then from `[generation]` of
-/// the edge config, as for the service.
+/// Strength and the edge config of demo, generate, bench and eval; what is not given (with their
+/// `--steps`) comes from the model (a distilled base's own step count, `[schedule] timesteps`)
+/// and then from `[generation]` of the edge config, as for the service.
 #[derive(Args)]
 struct GenerationArgs {
-    /// DDIM steps [default: the model's distilled count, else `[generation] steps` of --config]
-    #[arg(long)]
-    steps: Option<usize>,
     /// Conditioning strength [default: `[generation] strength` of --config]
     #[arg(long)]
     strength: Option<f32>,
@@ -63,11 +60,11 @@ struct GenerationArgs {
 }
 
 impl GenerationArgs {
-    /// `(steps, strength, eta)` for the model in `model_dir`.
-    fn resolve(&self, model_dir: &Path) -> Result<(usize, f32, f32)> {
+    /// `(steps, strength, eta)` for the model in `model_dir`, `steps` unless None.
+    fn resolve(&self, model_dir: &Path, steps: Option<usize>) -> Result<(usize, f32, f32)> {
         let generation = if self.config.exists() { EdgeConfig::load(&self.config)?.generation } else { GenerationConfig::default() };
         let info = ModelInfo::load(model_dir)?;
-        Ok((self.steps.unwrap_or_else(|| generation.steps_for(&info)), self.strength.unwrap_or(generation.strength), generation.eta))
+        Ok((steps.unwrap_or_else(|| generation.steps_for(&info)), self.strength.unwrap_or(generation.strength), generation.eta))
     }
 }
 
@@ -108,6 +105,9 @@ enum Command {
         broker: Option<String>,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// DDIM steps [default: the model's distilled count, else `[generation] steps` of --config]
+        #[arg(long)]
+        steps: Option<usize>,
         #[command(flatten)]
         generation: GenerationArgs,
         #[command(flatten)]
@@ -124,6 +124,9 @@ enum Command {
         out: PathBuf,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// DDIM steps [default: the model's distilled count, else `[generation] steps` of --config]
+        #[arg(long)]
+        steps: Option<usize>,
         #[command(flatten)]
         generation: GenerationArgs,
         /// DDIM eta [default: `[generation] eta` of --config]
@@ -140,6 +143,9 @@ enum Command {
         /// Input frame of the model's first modality.
         #[arg(long, default_value = "config/samples/segmentation/tablet-0.png")]
         frame: PathBuf,
+        /// DDIM steps [default: the model's distilled count, else `[generation] steps` of --config]
+        #[arg(long)]
+        steps: Option<usize>,
         #[command(flatten)]
         generation: GenerationArgs,
         #[arg(long, default_value_t = 20)]
@@ -173,6 +179,10 @@ enum Command {
         json: PathBuf,
         #[arg(long, default_value_t = 64)]
         limit: usize,
+        /// DDIM step counts, comma-separated, e.g. 4,20: one report each, same seeds (a JSON list
+        /// for several) [default: the model's distilled count, else `[generation] steps` of --config]
+        #[arg(long, value_delimiter = ',')]
+        steps: Vec<usize>,
         #[command(flatten)]
         generation: GenerationArgs,
         #[arg(long, default_value_t = 1000)]
@@ -254,14 +264,14 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
         }
-        Command::Demo { model, samples, out, broker, seed, generation, backend } => {
-            let (steps, strength, _) = generation.resolve(&model)?;
+        Command::Demo { model, samples, out, broker, seed, steps, generation, backend } => {
+            let (steps, strength, _) = generation.resolve(&model, steps)?;
             let latencies = demo::run(&DemoOptions { model, samples, out, broker, steps, seed, strength, backend: backend.backend() })?;
             let mean = latencies.iter().sum::<f64>() / latencies.len().max(1) as f64;
             println!("{} images, mean latency {mean:.0} ms per image ({steps} DDIM steps)", latencies.len());
         }
-        Command::Generate { model, maps, out, seed, generation, eta, backend } => {
-            let (steps, strength, default_eta) = generation.resolve(&model)?;
+        Command::Generate { model, maps, out, seed, steps, generation, eta, backend } => {
+            let (steps, strength, default_eta) = generation.resolve(&model, steps)?;
             let eta = eta.unwrap_or(default_eta);
             let generator = Pipeline::load(&model, &backend.backend())?;
             let info = generator.info();
@@ -281,8 +291,8 @@ fn run(cli: Cli) -> Result<()> {
             img.save(&out).with_context(|| format!("writing {}", out.display()))?;
             println!("wrote {} in {:.0} ms", out.display(), start.elapsed().as_secs_f64() * 1e3);
         }
-        Command::Bench { model, frame, generation, runs, json, ort, profile, backend, ort_library, threads } => {
-            let (steps, _, _) = generation.resolve(&model)?;
+        Command::Bench { model, frame, steps, generation, runs, json, ort, profile, backend, ort_library, threads } => {
+            let (steps, _, _) = generation.resolve(&model, steps)?;
             let bytes = std::fs::read(&frame).with_context(|| format!("reading {}", frame.display()))?;
             let onnxruntime = threads.iter().map(|&t| Backend::Onnxruntime { library: ort_library.clone(), threads: t.into() });
             let backends: Vec<Backend> = match backend {
@@ -308,10 +318,15 @@ fn run(cli: Cli) -> Result<()> {
             }
             println!("{text}");
         }
-        Command::Eval { model, data, json, limit, generation, seed, backend } => {
-            let (steps, strength, _) = generation.resolve(&model)?;
-            let report = evaluate(&model, &data, &EvalOptions { limit, steps, strength, seed }, &backend.backend())?;
-            let text = serde_json::to_string_pretty(&report)?;
+        Command::Eval { model, data, json, limit, steps, generation, seed, backend } => {
+            let counts: Vec<Option<usize>> = if steps.is_empty() { vec![None] } else { steps.into_iter().map(Some).collect() };
+            let mut reports = Vec::new();
+            for count in counts {
+                let (steps, strength, _) = generation.resolve(&model, count)?;
+                reports.push(evaluate(&model, &data, &EvalOptions { limit, steps, strength, seed }, &backend.backend())?);
+            }
+            let text =
+                if reports.len() == 1 { serde_json::to_string_pretty(&reports[0])? } else { serde_json::to_string_pretty(&reports)? };
             std::fs::write(&json, &text).with_context(|| format!("writing {}", json.display()))?;
             println!("{text}");
         }

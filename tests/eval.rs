@@ -49,6 +49,28 @@ fn eval_scores_every_variant_on_a_folder_dataset() {
     for key in ["miou_mcm", "miou_base", "miou_ceiling", "edge_f1_mcm", "edge_f1_base", "n", "steps"] {
         assert!(json.get(key).is_some(), "{key} missing from {json}");
     }
+    // The command line: several step counts give a list of reports, same seeds; a distilled model
+    // defaults to its own count.
+    let run = |model: &Path, extra: &[&str]| -> serde_json::Value {
+        let out = data.join("report.json");
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_mcm-edge"))
+            .args(["eval", "--limit", "1", "--model"])
+            .arg(model)
+            .arg("--data")
+            .arg(&data)
+            .arg("--json")
+            .arg(&out)
+            .args(extra)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap()
+    };
+    let list = run(&model, &["--steps", "2,3"]);
+    assert_eq!(list.as_array().map(|l| l.iter().map(|r| r["steps"].as_u64()).collect::<Vec<_>>()), Some(vec![Some(2), Some(3)]));
+    let distilled = run(&model.with_file_name("tiny-v"), &[]);
+    assert_eq!(distilled["steps"], 4, "{distilled}");
     // A scored modality without its folder is a clear error naming the folder.
     std::fs::rename(data.join("depth"), data.join("depth.off")).unwrap();
     let err = evaluate(&model, &data, &EvalOptions { limit: 10, steps: 3, strength: 1.0, seed: 0 }, &Backend::Tract).unwrap_err().to_string();
