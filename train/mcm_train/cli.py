@@ -210,12 +210,12 @@ def _warm_start(a: argparse.Namespace, mcm: MCM, modalities: list[ModalitySpec])
 
 
 def cmd_mcm(a: argparse.Namespace) -> None:
-    from .training.frozen import load_base_run, onnx_eps_fn, torch_eps_fn
+    from .training.frozen import load_base_run, onnx_base_fn, torch_base_fn
 
     doc, ds, modalities = _conditioning_inputs(a)
     _refuse_other_base(a, a.base)
-    eps_fn = (torch_eps_fn(load_base_run(a.base_run), resolve_device(a.device)) if a.base_run
-              else onnx_eps_fn(a.base / "base.onnx", a.threads))
+    base_fn = (torch_base_fn(load_base_run(a.base_run), resolve_device(a.device)) if a.base_run
+              else onnx_base_fn(a.base / "base.onnx", a.threads))
     k = cond_channels(modalities)
     cfg = UNetConfig(channels=_ints(a.channels), num_res_blocks=a.res_blocks,
                      attention_resolutions=_ints(a.attention), image_size=ds.size, space_to_depth=a.space_to_depth)
@@ -226,7 +226,7 @@ def cmd_mcm(a: argparse.Namespace) -> None:
     sched = ScheduleConfig.from_toml(doc["schedule"])
     identity = _identity(a, base=str(a.base.resolve()), mcm=cfg.to_dict(), modalities=[m.to_toml() for m in modalities],
                          **init_from)
-    result = train_mcm(ds, mcm, eps_fn, modalities, sched, _train_config(a, identity), _run_dir(a),
+    result = train_mcm(ds, mcm, base_fn, modalities, sched, _train_config(a, identity), _run_dir(a),
                        drop_prob=a.drop_prob, l1_weight=a.l1_weight)
     if not result.done and not a.budget_final:
         return

@@ -7,13 +7,14 @@ import torch
 
 from mcm_train.cli import main
 from mcm_train.contract.modalities import ModalitySpec, build_cond, cond_channels
+from mcm_train.contract.model_toml import read_model_toml
 from mcm_train.contract.schedule import ScheduleConfig
 from mcm_train.data.folder import load_dataset
 from mcm_train.export.onnx import export_base
 from mcm_train.nets.mcm import MCM
 from mcm_train.nets.unet import UNet, UNetConfig
 from mcm_train.training.batches import Batches, conditioned_batch
-from mcm_train.training.frozen import onnx_eps_fn, torch_eps_fn
+from mcm_train.training.frozen import onnx_base_fn, torch_base_fn
 from mcm_train.training.loop import TrainConfig, resolve_device
 from mcm_train.training.trainers import pretrain_base, train_mcm
 
@@ -39,7 +40,7 @@ def test_mcm_training_never_touches_the_base(scenes: Path, tmp_path: Path) -> No
     base = UNet(SMALL).eval().requires_grad_(False)
     before = {k: v.clone() for k, v in base.state_dict().items()}
     mcm = MCM(3, cond_channels(MODALITIES), SMALL)
-    result = train_mcm(ds, mcm, torch_eps_fn(base), MODALITIES, ScheduleConfig(),
+    result = train_mcm(ds, mcm, torch_base_fn(base), MODALITIES, ScheduleConfig(),
                        TrainConfig(steps=3, batch_size=4, lr=1e-3), tmp_path)
     assert result.done
     assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())
@@ -53,7 +54,7 @@ def test_onnx_base_is_a_drop_in_black_box(tmp_path: Path) -> None:
     export_base(base, tmp_path)
     x, t = torch.randn(3, 3, 16, 16), torch.tensor([1.0, 400.0, 999.0])
     with torch.no_grad():
-        assert torch.allclose(onnx_eps_fn(tmp_path / "base.onnx")(x, t), base(x, t), atol=1e-4)
+        assert torch.allclose(onnx_base_fn(tmp_path / "base.onnx")(x, t), base(x, t), atol=1e-4)
 
 
 def test_cond_layout_and_dropout() -> None:
@@ -98,3 +99,20 @@ def test_batches_are_drawn_on_the_cpu_and_moved_to_the_device(scenes: Path) -> N
     for a, again, moved in zip(draw("cpu"), draw("cpu"), draw("meta"), strict=True):
         assert torch.equal(a, again)
         assert moved.device.type == "meta" and moved.shape == a.shape and moved.dtype == a.dtype
+
+
+def test_mcm_trains_on_a_v_prediction_base(scenes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A distilled (v-predicting) base is a black box like any other: its output is read whatever
+    its name and converted to eps before the modulated loss."""
+    monkeypatch.chdir(tmp_path)
+    from mcm_train.data.classes import load_classes
+    from mcm_train.export.random_models import write_random_model
+
+    base = tmp_path / "v"
+    write_random_model(base, [{"name": c.name, "color": list(c.color)} for c in load_classes()], "tiny",
+                       distilled="v_prediction")
+    main(["mcm", "--base", str(base), "--data", str(scenes), "--modalities", "segmentation", "--out",
+          str(tmp_path / "out"), "--channels", "8,16", "--attention", "8", "--steps", "2", "--batch-size", "2"])
+    doc = read_model_toml(tmp_path / "out")
+    assert doc["schedule"]["prediction_type"] == "v_prediction" and doc["schedule"]["timesteps"] == [999, 562, 249, 62]
+    assert doc["mcm"]["steps"] == 2

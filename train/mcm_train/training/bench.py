@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ..nets.mcm import MCM, modulate
 from ..nets.unet import UNet, UNetConfig, count_parameters
-from .frozen import onnx_eps_fn, torch_eps_fn
+from .frozen import onnx_base_fn, torch_base_fn
 
 
 def _median_seconds(step: Callable[[], None], runs: int) -> float:
@@ -51,11 +51,11 @@ def main(argv: list[str] | None = None) -> None:
         loss.backward()
         opt_base.step()
 
-    eps_fn = onnx_eps_fn(a.base_onnx, a.threads) if a.base_onnx else torch_eps_fn(base.eval())
+    base_fn = onnx_base_fn(a.base_onnx, a.threads) if a.base_onnx else torch_base_fn(base.eval())
 
     def mcm_step() -> None:
         with torch.no_grad():
-            eps = eps_fn(x, t)
+            eps = base_fn(x, t)
         gamma, beta = mcm(x, eps, cond, t)
         loss = F.mse_loss(modulate(eps, gamma, beta), x)
         opt_mcm.zero_grad()

@@ -13,9 +13,10 @@ from ..nets.unet import UNet, UNetConfig
 from .trainers import BaseFn
 
 
-def onnx_eps_fn(path: Path, threads: int = 2) -> BaseFn:
-    """eps from `base.onnx` (inputs `sample` [B, C, H, W], `timestep` [B]; output `eps`) via
-    onnxruntime on the CPU, returned on the device of `sample`.
+def onnx_base_fn(path: Path, threads: int = 2) -> BaseFn:
+    """The prediction of `base.onnx` (inputs `sample` [B, C, H, W], `timestep` [B]; its one output:
+    eps, v or x_0, converted to eps by the trainer) via onnxruntime on the CPU, returned on the
+    device of `sample`.
 
     Raises:
         FileNotFoundError: `path` does not exist.
@@ -27,11 +28,13 @@ def onnx_eps_fn(path: Path, threads: int = 2) -> BaseFn:
     opts.inter_op_num_threads = 1
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
-    def eps_fn(x_t: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-        out = session.run(["eps"], {"sample": x_t.cpu().numpy(), "timestep": timestep.cpu().numpy()})[0]
+    output = session.get_outputs()[0].name  # eps, v or x_0 (`[schedule] prediction_type`)
+
+    def base_fn(x_t: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        out = session.run([output], {"sample": x_t.cpu().numpy(), "timestep": timestep.cpu().numpy()})[0]
         return torch.from_numpy(out).to(x_t.device)
 
-    return eps_fn
+    return base_fn
 
 
 def load_base_run(run_dir: Path) -> UNet:
@@ -49,7 +52,7 @@ def load_base_run(run_dir: Path) -> UNet:
     return net
 
 
-def torch_eps_fn(net: UNet, device: str = "cpu") -> BaseFn:
+def torch_base_fn(net: UNet, device: str = "cpu") -> BaseFn:
     """eps from a frozen PyTorch base, moved to `device` (run under `torch.no_grad()` by the trainer)."""
     net.to(device)
     return lambda x_t, timestep: net(x_t, timestep)

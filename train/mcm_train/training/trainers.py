@@ -37,11 +37,11 @@ def pretrain_base(data: Dataset, model: UNet, sched: ScheduleConfig, tc: TrainCo
     return train_loop("base", model, loss_fn, tc, run_dir)
 
 
-def train_mcm(data: Dataset, mcm: MCM, eps_fn: BaseFn, modalities: list[ModalitySpec], sched: ScheduleConfig,
+def train_mcm(data: Dataset, mcm: MCM, base_fn: BaseFn, modalities: list[ModalitySpec], sched: ScheduleConfig,
               tc: TrainConfig, run_dir: Path, drop_prob: float = 0.3, l1_weight: float = 1e-4) -> TrainResult:
     """Train the MCM on the modulated denoising loss (Ham et al. 2023, Sec. 3.2):
     `||eps*(1+gamma)+beta - eps_true||^2 + l1_weight * (|gamma| + |beta|)`, with eps from the frozen
-    base `eps_fn` (no gradient through it; a v- or x_0-predicting base's output is converted to eps
+    base `base_fn` (no gradient through it; a v- or x_0-predicting base's output is converted to eps
     first, as the device does) and each modality dropped with probability `drop_prob`."""
     batches, ab = Batches(data), alpha_bar(sched)
     T = sched.num_train_timesteps
@@ -50,7 +50,7 @@ def train_mcm(data: Dataset, mcm: MCM, eps_fn: BaseFn, modalities: list[Modality
         x_t, t, noise, cond = conditioned_batch(batches, ab, T, modalities, tc.batch_size, drop_prob, gen, tc.device)
         with torch.no_grad():
             alpha, sigma = alpha_sigma(ab, t, x_t)
-            eps = to_x0_eps(eps_fn(x_t, t.float()), x_t, alpha, sigma, sched.prediction_type)[1]
+            eps = to_x0_eps(base_fn(x_t, t.float()), x_t, alpha, sigma, sched.prediction_type)[1]
         gamma, beta = net(x_t, eps, cond, t.float())
         l1 = gamma.abs().mean() + beta.abs().mean()
         return F.mse_loss(modulate(eps, gamma, beta), noise) + l1_weight * l1
