@@ -93,7 +93,7 @@ def distill_stage(data: Dataset, teacher: Teacher, student_steps: int, predictio
         t, t_mid, t_next = grid[2 * i], grid[2 * i + 1], grid[2 * i + 2]
         noise = torch.randn(x_0.shape, generator=gen)
         alpha, sigma = alpha_sigma(ab, t, x_0)
-        x_0, x_t = to_device(tc.device, x_0, alpha * x_0 + sigma * noise)
+        (x_t,) = to_device(tc.device, alpha * x_0 + sigma * noise)
         target = two_step_target(teacher, x_t, t, t_mid, t_next, ab)
         alpha, sigma = alpha_sigma(ab, t, x_t)
         x_0_hat = to_x0_eps(net(x_t, t.to(x_t.device).float()), x_t, alpha, sigma, prediction_type)[0]
