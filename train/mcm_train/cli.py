@@ -15,7 +15,7 @@ from .contract.schedule import TIMESTEP_SPACINGS, ScheduleConfig
 from .data.classes import DEFAULT_CLASSES, DataError, load_classes
 from .data.folder import Dataset, load_dataset
 from .data.scenes import write_scenes
-from .export.onnx import export_base, export_estimator, export_mcm, export_segmenter
+from .export.onnx import export_base, export_denoiser, export_estimator, export_mcm, export_segmenter
 from .export.parity import write_parity_vectors
 from .export.random_models import PRESETS
 from .nets.mcm import MCM
@@ -278,24 +278,30 @@ def _load_teacher(a: argparse.Namespace) -> tuple[Teacher, dict]:
     """The teacher of `mcm-train distill` and its model.toml: the U-Net of `--teacher`'s base.onnx
     read back into PyTorch (checked against its test vectors), or `--teacher-run`'s weights.
 
+    or `--teacher-diffusers`' UNet2DModel (both checked against base.onnx's test vectors too).
+
     Raises:
-        CliError: `--teacher` has no base made by mcm-train (no `[base.architecture]`).
-        WeightsError: the read-back base differs from base.onnx.
+        CliError: `--teacher` has no base made by mcm-train (no `[base.architecture]`) and no
+            `--teacher-diffusers` is given.
+        WeightsError: the PyTorch teacher differs from base.onnx.
     """
+    from .export.diffusers import DiffusersBase, load_diffusers_unet
     from .training.frozen import load_base_run
     from .training.onnx_weights import check_readback, load_onnx_weights, load_vectors
 
     doc = read_model_toml(a.teacher)
-    if "schedule" not in doc or "architecture" not in doc.get("base", {}):
+    path = a.teacher / doc.get("base", {}).get("file", "base.onnx")
+    if "schedule" not in doc or ("architecture" not in doc.get("base", {}) and not a.teacher_diffusers):
         raise CliError(f"{a.teacher}/model.toml: needs [schedule] and [base.architecture] (a base made by "
-                       "`mcm-train pretrain-base`; a diffusers teacher is not supported yet)")
-    if a.teacher_run:
+                       "`mcm-train pretrain-base`), or give --teacher-diffusers for a base from export-diffusers")
+    if a.teacher_diffusers:
+        net = DiffusersBase(load_diffusers_unet(a.teacher_diffusers)[0])
+    elif a.teacher_run:
         net = load_base_run(a.teacher_run)
     else:
         net = UNet(UNetConfig.from_dict(doc["base"]["architecture"]))
-        path = a.teacher / doc["base"].get("file", "base.onnx")
         load_onnx_weights(net, path, prefix="net.")
-        check_readback(net, path, load_vectors(a.teacher, "base", ("sample", "timestep")))
+    check_readback(net, path, load_vectors(a.teacher, "base", ("sample", "timestep")))
     return Teacher(net.eval(), doc["schedule"]["prediction_type"]), doc
 
 
@@ -312,12 +318,16 @@ def _export_student(a: argparse.Namespace, doc: dict, result: TrainResult, disti
 
     out = _student_dir(a, steps)
     _carry_nets(a.teacher, out, doc, skip=("base", "schedule"), modalities={m["name"] for m in doc.get("modalities", [])})
-    export_base(result.model, out, PREDICTION_OUTPUTS[a.prediction_type])
+    output = PREDICTION_OUTPUTS[a.prediction_type]
+    if isinstance(result.model, UNet):  # named as pretrain-base names it, so that it can teach in turn
+        export_base(result.model, out, output)
+    else:
+        export_denoiser(result.model, doc["image"]["channels"], doc["image"]["size"], out, output)
     grid = timestep_grid(steps, doc["schedule"]["num_train_timesteps"], a.spacing)
     schedule = {**doc["schedule"], "prediction_type": a.prediction_type, "timesteps": grid}
     distillation = {k: v for k, v in distillation.items() if v is not None}
-    base = {"file": "base.onnx", "architecture": doc["base"]["architecture"], "distillation": distillation,
-            **_provenance(a, result, result.model)}
+    kept = {k: v for k, v in doc["base"].items() if k == "architecture"}  # a diffusers student has none
+    base = {"file": "base.onnx", **kept, "distillation": distillation, **_provenance(a, result, result.model)}
     update_model_toml(out, schedule=schedule, base=base)
     write_parity_vectors(out)
     print(f"exported the {steps}-step student to {out}/base.onnx ({a.prediction_type}), loss {result.final_loss:.4f}")
@@ -335,6 +345,7 @@ def cmd_distill(a: argparse.Namespace) -> None:
     counts = stage_steps(a.from_steps, a.sample_steps, _ints(a.then))
     sched = ScheduleConfig.from_toml(doc["schedule"])
     config = {"teacher": str(a.teacher), "teacher_run": str(a.teacher_run) if a.teacher_run else None,
+              "teacher_diffusers": str(a.teacher_diffusers) if a.teacher_diffusers else None,
               "from_steps": a.from_steps, "spacing": a.spacing, "prediction_type": a.prediction_type}
     print(f"distilling {a.teacher} ({teacher.prediction_type}, {a.from_steps} DDIM steps) into "
           f"{' -> '.join(str(n) for n in counts)} steps, {a.prediction_type}, {a.spacing} grid")
@@ -481,6 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--teacher", type=Path, required=True,
                    help="model dir of the teacher (base.onnx + model.toml made by mcm-train pretrain-base)")
     d.add_argument("--teacher-run", type=Path, help="use the PyTorch weights of this pretrain-base run dir")
+    d.add_argument("--teacher-diffusers", type=Path,
+                   help="the local diffusers folder --teacher was imported from (export-diffusers): its UNet2DModel "
+                        "is the teacher and the student")
     d.add_argument("--sample-steps", type=int, default=4, help="DDIM steps of the student written to --out "
                                                                  "(--steps counts optimiser steps per stage)")
     d.add_argument("--from-steps", type=int, default=32,

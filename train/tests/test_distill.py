@@ -102,3 +102,27 @@ def test_every_prediction_type_gives_back_x0_and_eps() -> None:
         assert torch.allclose(got_eps, eps, atol=1e-3) and torch.allclose(got_x0, x_0, atol=1e-3), kind
     with pytest.raises(ValueError, match="prediction_type 'eps'"):
         to_x0_eps(eps, x_t, alpha, sigma, "eps")
+
+
+def test_a_diffusers_unet_distills_too(tmp_path: Path, scenes: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from diffusers import UNet2DModel
+
+    from mcm_train.export.diffusers import export_diffusers
+
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=16, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+    unet.save_pretrained(tmp_path / "pipe" / "unet")
+    export_diffusers(tmp_path / "pipe", tmp_path / "imported")
+    base = ["distill", "--teacher", str(tmp_path / "imported"), "--data", str(scenes), "--out", str(tmp_path / "s"),
+            "--from-steps", "4", "--sample-steps", "2", "--steps", "1", "--batch-size", "2"]
+    with pytest.raises(SystemExit):  # the imported model dir alone has no PyTorch weights
+        main(base)
+    main([*base, "--teacher-diffusers", str(tmp_path / "pipe")])
+    doc = read_model_toml(tmp_path / "s")
+    assert doc["schedule"]["timesteps"] == [999, 249] and doc["base"]["distillation"]["teacher_diffusers"]
+    vec = {n: np.load(tmp_path / "s" / "test_vectors" / f"base.{n}.npy") for n in ("sample", "timestep", "v")}
+    got = ort.InferenceSession(str(tmp_path / "s" / "base.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"sample": vec["sample"], "timestep": vec["timestep"]})[0]
+    np.testing.assert_allclose(got, vec["v"], atol=1e-4)

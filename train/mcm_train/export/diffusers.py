@@ -15,11 +15,11 @@ import torch
 from torch import nn
 
 from ..contract.model_toml import update_model_toml
-from ..contract.schedule import ScheduleConfig, betas
-from .onnx import _save_vectors, _vector_inputs, export_onnx
+from ..contract.schedule import PREDICTION_OUTPUTS, ScheduleConfig, betas
+from .onnx import export_denoiser
 
 
-class _DiffusersBase(nn.Module):
+class DiffusersBase(nn.Module):
     """`(sample [B, C, H, W], timestep f32 [B]) -> eps`, diffusers' `UNet2DModel(...).sample`."""
 
     def __init__(self, unet: nn.Module) -> None:
@@ -46,13 +46,12 @@ def _schedule_from(folder: Path) -> ScheduleConfig:
     return ScheduleConfig()
 
 
-def export_diffusers(source: Path, out_dir: Path) -> None:
-    """Export the `UNet2DModel` in `source` to `out_dir/base.onnx` + `model.toml` + test vectors.
+def load_diffusers_unet(source: Path) -> tuple[nn.Module, int]:
+    """`(UNet2DModel, image size)` of a local diffusers folder (a pipeline's `unet/` or a bare UNet).
 
     Raises:
         FileNotFoundError: `source` is not a local folder.
-        ValueError: the model is not square pixel-space, or its scheduler is not epsilon-prediction
-            with a supported beta schedule.
+        ValueError: the model is not square, or its input and output channels differ.
     """
     from diffusers import UNet2DModel
 
@@ -68,13 +67,21 @@ def export_diffusers(source: Path, out_dir: Path) -> None:
         size = size[0]
     if unet.config.in_channels != unet.config.out_channels:
         raise ValueError(f"{unet_dir}: in_channels {unet.config.in_channels} != out_channels {unet.config.out_channels}")
+    return unet, int(size)
+
+
+def export_diffusers(source: Path, out_dir: Path) -> None:
+    """Export the `UNet2DModel` in `source` to `out_dir/base.onnx` + `model.toml` + test vectors.
+
+    Raises:
+        FileNotFoundError: `source` is not a local folder.
+        ValueError: the model is not square pixel-space, or its scheduler has a prediction type or
+            beta schedule the device cannot run.
+    """
+    source = Path(source)
+    unet, size = load_diffusers_unet(source)
     sched = _schedule_from(source)
-    wrapper = _DiffusersBase(unet)
-    sample, timestep = _vector_inputs(unet.config.in_channels, size, 1)
-    export_onnx(wrapper, {"sample": sample, "timestep": timestep}, ["eps"], out_dir / "base.onnx")
-    with torch.no_grad():
-        eps = wrapper(sample, timestep)
-    _save_vectors(out_dir, "base", {"sample": sample, "timestep": timestep, "eps": eps})
+    export_denoiser(DiffusersBase(unet), unet.config.in_channels, size, out_dir, PREDICTION_OUTPUTS[sched.prediction_type])
     update_model_toml(
         out_dir,
         image={"size": int(size), "channels": int(unet.config.in_channels), "value_range": [-1.0, 1.0]},

@@ -74,10 +74,16 @@ def _vector_inputs(channels: int, size: int, seed: int) -> tuple[torch.Tensor, t
 def export_base(net: UNet, out_dir: Path, output: str = "eps") -> None:
     """Write `base.onnx` and its test vectors (`base.sample`, `base.timestep`, `base.OUTPUT`);
     `output` names what the net predicts (`contract.schedule.PREDICTION_OUTPUTS`: eps, v or x_0)."""
-    sample, timestep = _vector_inputs(net.cfg.in_channels, net.cfg.image_size, 1)
-    export_onnx(_Base(net), {"sample": sample, "timestep": timestep}, [output], out_dir / "base.onnx")
+    export_denoiser(_Base(net), net.cfg.in_channels, net.cfg.image_size, out_dir, output)
+
+
+def export_denoiser(module: nn.Module, channels: int, size: int, out_dir: Path, output: str = "eps") -> None:
+    """Write any denoiser `module(sample [B, C, H, W], timestep f32 [B]) -> [B, C, H, W]` as
+    `base.onnx` with its test vectors (`export_base` for ours, diffusers' UNet2DModel through a wrapper)."""
+    sample, timestep = _vector_inputs(channels, size, 1)
+    export_onnx(module, {"sample": sample, "timestep": timestep}, [output], out_dir / "base.onnx")
     with torch.no_grad():
-        prediction = net(sample, timestep)
+        prediction = module(sample, timestep)
     _save_vectors(out_dir, "base", {"sample": sample, "timestep": timestep, output: prediction})
 
 
