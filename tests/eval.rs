@@ -1,5 +1,6 @@
 //! `mcm-edge eval` end to end on the committed `models/tiny` fixture and a two-scene dataset
-//! folder written here (random weights: only the plumbing and the value ranges are checked).
+//! folder of four scenes written here (random weights: only the plumbing and the value ranges
+//! are checked; four is the fewest the realism figure fsd needs).
 //! The fixture has segmentation, sketch and depth with a depth estimator, so every variant runs.
 
 use std::path::Path;
@@ -14,7 +15,7 @@ fn eval_scores_every_variant_on_a_folder_dataset() {
     for sub in ["images", "segmentation", "sketch", "depth"] {
         std::fs::create_dir_all(data.join(sub)).unwrap();
     }
-    for (i, horizon) in [(0, 10u32), (1, 20)] {
+    for (i, horizon) in [(0, 10u32), (1, 20), (2, 14), (3, 24)] {
         let name = format!("{i:05}.png");
         let (sky, grass) = (Rgb([135, 206, 235]), Rgb([0, 200, 0]));
         RgbImage::from_fn(32, 32, |_, y| if y < horizon { sky } else { grass }).save(data.join("segmentation").join(&name)).unwrap();
@@ -29,13 +30,16 @@ fn eval_scores_every_variant_on_a_folder_dataset() {
     }
     let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny");
     let report = evaluate(&model, &data, &EvalOptions { limit: 10, steps: 3, strength: 1.0, seed: 0 }, &Backend::Tract).unwrap();
-    assert_eq!((report.n, report.steps), (2, 3));
+    assert_eq!((report.n, report.steps), (4, 3));
     let r = &report;
     for v in [r.miou_mcm, r.miou_mcm_both, r.miou_mcm_all, r.miou_base, r.miou_ceiling] {
         assert!(v.is_some_and(|v| (0.0..=1.0).contains(&v)), "{report:?}");
     }
     for v in [r.edge_f1_mcm, r.edge_f1_mcm_both, r.edge_f1_mcm_all, r.edge_f1_base, r.edge_f1_ceiling] {
         assert!(v.is_some_and(|v| (0.0..=1.0).contains(&v)), "{report:?}");
+    }
+    for v in [r.fsd_mcm, r.fsd_mcm_both, r.fsd_mcm_all, r.fsd_base, r.fsd_ceiling] {
+        assert!(v.is_some_and(|v| v.is_finite() && v >= 0.0), "{report:?}");
     }
     let depth = &report.dense["depth"];
     for v in [Some(depth.rmse_mcm), depth.rmse_mcm_all, Some(depth.rmse_base), Some(depth.rmse_ceiling)] {
@@ -46,7 +50,7 @@ fn eval_scores_every_variant_on_a_folder_dataset() {
     }
     let json = serde_json::to_value(&report).unwrap();
     assert!(json["dense"]["depth"].get("corr_ceiling").is_some(), "{json}");
-    for key in ["miou_mcm", "miou_base", "miou_ceiling", "edge_f1_mcm", "edge_f1_base", "n", "steps"] {
+    for key in ["miou_mcm", "miou_base", "miou_ceiling", "fsd_mcm", "fsd_ceiling", "edge_f1_mcm", "edge_f1_base", "n", "steps"] {
         assert!(json.get(key).is_some(), "{key} missing from {json}");
     }
     // The command line: several step counts give a list of reports, same seeds; a distilled model

@@ -57,7 +57,7 @@ mod with_the_feature {
     use mcm_edge::diffusion::Noise;
     use ndarray::Array2;
     use tract_onnx::prelude::{IntoTensor, Tensor};
-    use super::support::vectors::{max_abs_diff, model_dirs, replay};
+    use super::support::vectors::{max_abs_diff, model_dirs, replay, segmenter_outputs};
 
     /// A fresh scratch folder under the temp dir.
     fn scratch(name: &str) -> PathBuf {
@@ -147,7 +147,7 @@ mod with_the_feature {
             }
             if dir.join("test_vectors/segmenter.image.npy").exists() {
                 let seg = load_segmenter(&dir, &models.info, &ort(1)).unwrap();
-                replay("onnxruntime", &dir, "segmenter", &seg, &["image"], &["logits"]);
+                replay("onnxruntime", &dir, "segmenter", &seg, &["image"], segmenter_outputs(&models.info));
             }
         }
     }

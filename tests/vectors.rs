@@ -6,7 +6,7 @@
 mod support;
 
 use mcm_edge::runtime::{Backend, Models, load_segmenter};
-use support::vectors::{model_dirs, replay};
+use support::vectors::{model_dirs, replay, segmenter_outputs};
 
 #[test]
 fn tract_reproduces_pytorch_test_vectors() {
@@ -18,7 +18,7 @@ fn tract_reproduces_pytorch_test_vectors() {
         }
         if dir.join("test_vectors/segmenter.image.npy").exists() {
             let seg = load_segmenter(&dir, &models.info, &Backend::Tract).unwrap();
-            replay("tract", &dir, "segmenter", &seg, &["image"], &["logits"]);
+            replay("tract", &dir, "segmenter", &seg, &["image"], segmenter_outputs(&models.info));
         }
     }
 }

@@ -74,7 +74,7 @@ pub struct ModelInfo {
     #[serde(default)]
     pub modalities: Vec<ModalityInfo>,
     /// Reference segmenter used by `mcm-edge eval`.
-    pub segmenter: Option<NetInfo>,
+    pub segmenter: Option<SegmenterInfo>,
     /// Reference estimators of dense modalities used by `mcm-edge eval`, by modality name
     /// (`[estimators.depth]`: `image` [B, 3, H, W] in [-1, 1] -> `map` [B, C, H, W]).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -161,6 +161,19 @@ pub struct NetInfo {
     pub final_loss: Option<f64>,
     pub wall_time_s: Option<f64>,
     pub dataset: Option<String>,
+}
+
+/// `[segmenter]`: the reference segmenter (`image` [B, 3, H, W] in the image value range ->
+/// `logits` [B, classes, H, W], and with `features`, `features` [B, F, 1, 1]: its pooled bottleneck,
+/// the embedding of the realism figure `fsd` of `mcm-edge eval`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct SegmenterInfo {
+    #[serde(flatten)]
+    pub net: NetInfo,
+    /// F, the width of the `features` output; absent in files written before it (then eval has
+    /// no fsd: `mcm-train segmenter --init-from DIR --steps 0` writes the file again with it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<usize>,
 }
 
 /// `[mcm]`: the conditioning module.

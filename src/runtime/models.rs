@@ -48,7 +48,8 @@ impl Models {
 }
 
 /// Load the reference segmenter of a model directory (`[segmenter]` in model.toml) with
-/// `backend`: image [1, 3, H, W] in the model's value range -> logits [1, classes, H, W].
+/// `backend`: image [1, 3, H, W] in the model's value range -> logits [1, classes, H, W], and
+/// features [1, F, 1, 1] when `[segmenter] features = F` declares them.
 ///
 /// # Errors
 /// No `[segmenter]` section, any [`ModelError`] of the file, and [`ModelError::Backend`] when the
@@ -59,7 +60,8 @@ pub fn load_segmenter(dir: &Path, info: &ModelInfo, backend: &Backend) -> Result
         .as_ref()
         .ok_or_else(|| ModelError::Contract { path: dir.join("model.toml"), source: ContractMismatch::NoSegmenter })?;
     let s = info.image.size;
-    Net::load(&dir.join(&seg.file), &[("image", vec![1, 3, s, s])], &["logits"], backend)
+    let outputs: &[&str] = if seg.features.is_some() { &["logits", "features"] } else { &["logits"] };
+    Net::load(&dir.join(&seg.net.file), &[("image", vec![1, 3, s, s])], outputs, backend)
 }
 
 /// Load the reference estimator of the dense modality `name` (`[estimators.NAME]` in

@@ -12,6 +12,10 @@
 //!   image's implied depth is from the asked one) and by Pearson correlation per image, averaged
 //!   (whether near and far are ordered as asked, whatever the offset and scale). Both, because
 //!   an image can put every layer in the right order at the wrong distances, or the reverse.
+//! - fsd (realism, with a segmenter that has `features`): the Frechet distance between the
+//!   segmenter's pooled features of real and of generated images ([`super::fsd`]); alignment
+//!   alone cannot see images that follow the map but look like no real image (what too few
+//!   sampling steps do).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,6 +32,8 @@ use crate::contract::{Maps, ModalityKind, ModalityMap};
 use crate::diffusion::{GenerateError, GenerationParams, ImageGenerator, LoadError, Pipeline, from_image};
 use crate::frames::{FrameLimits, decode_frame};
 use crate::runtime::{Backend, ModelError, Net, load_estimator, load_segmenter};
+
+use super::fsd;
 
 /// Canny hysteresis thresholds on the Sobel magnitude of the 0-255 luma (imageproc scale, max ~1140).
 pub const CANNY_LOW: f32 = 40.0;
@@ -83,6 +89,20 @@ pub struct EvalReport {
     /// The segmenter's own mIoU on the real held-out images.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub miou_ceiling: Option<f64>,
+    /// fsd (module doc; lower is more realistic) of the images of `miou_mcm`: conditioned on the
+    /// segmentation alone. Absent without `[segmenter] features` or with fewer than
+    /// [`fsd::MIN_EXAMPLES`] examples.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fsd_mcm: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fsd_mcm_both: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fsd_mcm_all: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fsd_base: Option<f64>,
+    /// Between the two halves of the real images: the floor of the others.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fsd_ceiling: Option<f64>,
     /// Edge F1 of generated images conditioned on the sketch alone.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub edge_f1_mcm: Option<f64>,
@@ -240,18 +260,21 @@ pub fn strokes_to_edges(strokes: &Array2<f32>) -> GrayImage {
     GrayImage::from_fn(w as u32, h as u32, |x, y| Luma([if strokes[[y as usize, x as usize]] > 0.5 { 255 } else { 0 }]))
 }
 
-/// Class ids `[H, W]` predicted by the segmenter for an RGB image.
+/// Class ids `[H, W]` predicted by the segmenter for an RGB image, and its pooled features [F]
+/// when it has them (`[segmenter] features`, see [`load_segmenter`]).
 ///
 /// # Errors
 /// Inference failure.
-pub fn segment(segmenter: &Net, img: &RgbImage, range: [f32; 2]) -> Result<Array2<u8>, EvalError> {
-    let logits = segmenter.run(vec![from_image(img, range).into_tensor()])?.remove(0);
+pub fn segment(segmenter: &Net, img: &RgbImage, range: [f32; 2]) -> Result<(Array2<u8>, Option<Vec<f32>>), EvalError> {
+    let mut outputs = segmenter.run(vec![from_image(img, range).into_tensor()])?.into_iter();
+    let logits = outputs.next().expect("a segmenter has logits");
     let logits = logits.index_axis(Axis(0), 0);
     let (_, h, w) = logits.dim();
-    Ok(Array2::from_shape_fn((h, w), |(y, x)| {
+    let classes = Array2::from_shape_fn((h, w), |(y, x)| {
         let col = logits.slice(ndarray::s![.., y, x]);
         col.iter().enumerate().fold((0usize, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best }).0 as u8
-    }))
+    });
+    Ok((classes, outputs.next().map(|f| f.iter().copied().collect())))
 }
 
 /// A map `[C, H, W]` estimated from an RGB image by a dense modality's reference estimator.
@@ -281,7 +304,8 @@ struct Scored {
 /// What one modality's judge accumulated over the examples for one variant.
 #[derive(Debug, Clone)]
 enum Counts {
-    Iou(IouCounts),
+    /// The segmenter's IoU counts and its features of each image (empty without features).
+    Iou(IouCounts, Vec<Vec<f32>>),
     Edges(EdgeCounts),
     Dense(DenseCounts),
 }
@@ -290,7 +314,7 @@ impl Counts {
     /// mIoU or edge F1; None for dense counts (two figures, see [`Self::dense`]).
     fn value(&self) -> Option<f64> {
         match self {
-            Self::Iou(c) => Some(c.miou()),
+            Self::Iou(c, _) => Some(c.miou()),
             Self::Edges(c) => Some(c.f1()),
             Self::Dense(_) => None,
         }
@@ -298,6 +322,11 @@ impl Counts {
 
     fn dense(&self) -> Option<DenseCounts> {
         if let Self::Dense(c) = self { Some(*c) } else { None }
+    }
+
+    /// The segmenter's features of each image (empty for the other judges).
+    fn features(&self) -> &[Vec<f32>] {
+        if let Self::Iou(_, f) = self { f } else { &[] }
     }
 }
 
@@ -343,7 +372,7 @@ impl Scored {
 
     fn counts(&self) -> Counts {
         match &self.judge {
-            Judge::Segmenter { classes, .. } => Counts::Iou(IouCounts::new(*classes)),
+            Judge::Segmenter { classes, .. } => Counts::Iou(IouCounts::new(*classes), Vec::new()),
             Judge::Edges => Counts::Edges(EdgeCounts::default()),
             Judge::Estimator(_) => Counts::Dense(DenseCounts::default()),
         }
@@ -352,7 +381,11 @@ impl Scored {
     /// Judge `img` against this modality's input `map` into `counts` (made by [`Self::counts`]).
     fn score(&self, counts: &mut Counts, img: &RgbImage, map: &ModalityMap, range: [f32; 2]) -> Result<(), EvalError> {
         match (&self.judge, counts, map) {
-            (Judge::Segmenter { net, .. }, Counts::Iou(c), ModalityMap::Segmentation(truth)) => c.add(&segment(net, img, range)?, truth),
+            (Judge::Segmenter { net, .. }, Counts::Iou(c, features), ModalityMap::Segmentation(truth)) => {
+                let (classes, f) = segment(net, img, range)?;
+                c.add(&classes, truth);
+                features.extend(f);
+            }
             (Judge::Edges, Counts::Edges(c), ModalityMap::Sketch(strokes)) => c.add(&edges_of(img), &strokes_to_edges(strokes)),
             (Judge::Estimator(net), Counts::Dense(c), ModalityMap::Dense(truth)) => c.add(estimate(net, img, range)?.view(), truth.view()),
             _ => unreachable!("counts come from Scored::counts and maps from decode_frame of the same modality"),
@@ -494,6 +527,14 @@ fn report(scored: &[Scored], variants: &[Variant], counts: &[Vec<Counts>], n: us
     };
     let [miou_mcm, miou_mcm_both, miou_mcm_all, miou_base, miou_ceiling] = figures(|j| matches!(j, Judge::Segmenter { .. }));
     let [edge_f1_mcm, edge_f1_mcm_both, edge_f1_mcm_all, edge_f1_base, edge_f1_ceiling] = figures(|j| matches!(j, Judge::Edges));
+    let [fsd_mcm, fsd_mcm_both, fsd_mcm_all, fsd_base, fsd_ceiling] = match scored.iter().position(|s| matches!(s.judge, Judge::Segmenter { .. })) {
+        Some(j) => {
+            let real = pos(Variant::Real).map(|v| counts[j][v].features()).unwrap_or_default();
+            let [alone, both, all, base, _] = slots(j).map(|v| v.and_then(|v| fsd::fsd(counts[j][v].features(), real)));
+            [alone, both, all, base, fsd::fsd_ceiling(real)]
+        }
+        None => [None; 5],
+    };
     let dense = scored
         .iter()
         .enumerate()
@@ -522,6 +563,11 @@ fn report(scored: &[Scored], variants: &[Variant], counts: &[Vec<Counts>], n: us
         miou_mcm_all,
         miou_base,
         miou_ceiling,
+        fsd_mcm,
+        fsd_mcm_both,
+        fsd_mcm_all,
+        fsd_base,
+        fsd_ceiling,
         edge_f1_mcm,
         edge_f1_mcm_both,
         edge_f1_mcm_all,

@@ -5,3 +5,4 @@ pub mod bench;
 pub mod broker;
 pub mod demo;
 pub mod eval;
+pub mod fsd;

@@ -54,3 +54,12 @@ pub fn replay(label: &str, dir: &Path, net_name: &str, net: &Net, inputs: &[&str
         }
     }
 }
+
+/// The segmenter's outputs in a model directory: `logits`, and `features` where model.toml
+/// declares them (`[segmenter] features`).
+pub fn segmenter_outputs(info: &mcm_edge::contract::ModelInfo) -> &'static [&'static str] {
+    match info.segmenter.as_ref().and_then(|s| s.features) {
+        Some(_) => &["logits", "features"],
+        None => &["logits"],
+    }
+}

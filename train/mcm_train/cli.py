@@ -380,15 +380,28 @@ def cmd_cost(a: argparse.Namespace) -> None:
 
 def cmd_segmenter(a: argparse.Namespace) -> None:
     ds = load_dataset(a.data, limit=a.limit)
-    cfg = UNetConfig(in_channels=3, out_channels=len(ds.classes), channels=_ints(a.channels),
-                     num_res_blocks=1, attention_resolutions=(), image_size=ds.size, timestep_embedding=False)
-    result = train_segmenter(ds, UNet(cfg), _train_config(a, _identity(a, unet=cfg.to_dict())), _run_dir(a))
+    if a.init_from is None:
+        cfg = UNetConfig(in_channels=3, out_channels=len(ds.classes), channels=_ints(a.channels),
+                         num_res_blocks=1, attention_resolutions=(), image_size=ds.size, timestep_embedding=False)
+        net, record, init = UNet(cfg), {}, {}
+    else:
+        from .training.warm_start import segmenter_from
+
+        net, old = segmenter_from(a.init_from)
+        cfg, init = net.cfg, {"init_from": str(a.init_from.resolve())}
+        if cfg.out_channels != len(ds.classes):
+            raise CliError(f"{a.init_from}: its segmenter has {cfg.out_channels} classes, {a.data} has {len(ds.classes)}")
+        # nothing trained: the file is written again, its training record stays
+        record = {k: v for k, v in old.items() if k not in ("file", "architecture", "features")} if a.steps == 0 else {}
+    result = train_segmenter(ds, net, _train_config(a, _identity(a, unet=cfg.to_dict(), **init)), _run_dir(a))
     if not result.done:
         return
-    export_segmenter(result.model, a.out)
-    update_model_toml(a.out, segmenter={"file": "segmenter.onnx", "architecture": cfg.to_dict(),
-                                        **_provenance(a, result, result.model)})
-    print(f"exported {a.out}/segmenter.onnx after {result.steps} steps, loss {result.final_loss:.4f}")
+    features = export_segmenter(result.model, a.out)
+    provenance = record or {**_provenance(a, result, result.model), **init}
+    update_model_toml(a.out, segmenter={"file": "segmenter.onnx", "features": features, "architecture": cfg.to_dict(),
+                                        **provenance})
+    trained = f"after {result.steps} steps, loss {result.final_loss:.4f}" if result.steps else "again, not trained"
+    print(f"exported {a.out}/segmenter.onnx {trained}")
 
 
 def cmd_estimator(a: argparse.Namespace) -> None:
@@ -525,6 +538,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("segmenter", help="train the reference segmenter used by `mcm-edge eval`")
     _add_train_args(g, steps=1500, batch=32, lr=1e-3, ema=0.99)
     g.add_argument("--channels", default="16,32,64", help="U-Net width per resolution level")
+    g.add_argument("--init-from", type=Path,
+                   help="start from the segmenter of this model directory (its architecture; --steps 0 writes it "
+                        "again in the current contract, keeping its training record)")
     g.set_defaults(func=cmd_segmenter)
 
     x = sub.add_parser("estimator", help="train the reference estimator of a dense modality (e.g. depth) used by "

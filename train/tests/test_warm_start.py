@@ -1,4 +1,5 @@
-"""`mcm-train mcm --init-from`: a new MCM starts as an exported one, new modalities at zero."""
+"""`--init-from`: a new MCM starts as an exported one, new modalities at zero; a segmenter continues
+or is written again with the `features` output."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ import torch
 
 from mcm_train.cli import main
 from mcm_train.contract.modalities import ModalitySpec, cond_channels
-from mcm_train.contract.model_toml import modalities_from_toml, read_model_toml
+from mcm_train.contract.model_toml import modalities_from_toml, read_model_toml, update_model_toml
 from mcm_train.data.classes import load_classes
+from mcm_train.export.onnx import export_image_net
 from mcm_train.export.random_models import PRESETS, write_random_model
 from mcm_train.nets.mcm import MCM
-from mcm_train.nets.unet import UNetConfig
+from mcm_train.nets.unet import UNet, UNetConfig
 from mcm_train.training.warm_start import WarmStartError, warm_start
 
 
@@ -90,3 +92,28 @@ def test_cli_adds_depth_to_a_trained_mcm(scenes: Path, tmp_path: Path, capsys: p
     assert doc["estimators"]["depth"]["file"] == "depth_estimator.onnx"
     assert (tmp_path / "b" / "depth_estimator.onnx").exists()
     assert (tmp_path / "b" / "test_vectors" / "depth_estimator.map.npy").exists()
+
+
+def test_segmenter_written_again_with_features_keeps_its_logits_and_record(scenes: Path, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    model = _model(tmp_path / "m", "tiny")
+    # an older segmenter.onnx: logits only, no `features` in model.toml
+    seg = UNet(UNetConfig.from_dict(read_model_toml(model)["segmenter"]["architecture"])).eval()
+    export_image_net(seg, "segmenter", "logits", model)
+    update_model_toml(model, segmenter={"file": "segmenter.onnx", "architecture": seg.cfg.to_dict(), "steps": 400,
+                                        "dataset": "old-data"})
+    out = tmp_path / "again"
+    main(["segmenter", "--data", str(scenes), "--init-from", str(model), "--steps", "0", "--out", str(out)])
+    section = read_model_toml(out)["segmenter"]
+    assert (section["features"], section["steps"], section["dataset"]) == (seg.cfg.channels[-1], 400, "old-data")
+    image = np.load(model / "test_vectors" / "segmenter.image.npy")
+    old = ort.InferenceSession(str(model / "segmenter.onnx")).run(None, {"image": image})
+    new = ort.InferenceSession(str(out / "segmenter.onnx")).run(None, {"image": image})
+    assert len(old) == 1 and len(new) == 2 and np.abs(old[0] - new[0]).max() < 1e-5
+    assert new[1].shape == (image.shape[0], seg.cfg.channels[-1], 1, 1)
+    # trained further, it records this run and where it started
+    main(["segmenter", "--data", str(scenes), "--init-from", str(out), "--steps", "2", "--batch-size", "2", "--out",
+          str(tmp_path / "more")])
+    section = read_model_toml(tmp_path / "more")["segmenter"]
+    assert (section["steps"], section["init_from"]) == (2, str(out.resolve()))

@@ -37,7 +37,7 @@ _HEADER = """\
 # base.onnx: sample f32 [B,C,H,W], timestep f32 [B] -> eps f32 [B,C,H,W]
 # mcm.onnx: sample, eps [B,C,H,W], cond [B,K,H,W], timestep [B] -> gamma, beta [B,C,H,W]
 #   cond stacks, per modality in the order below, `channels` map channels then one presence channel.
-# segmenter.onnx: image [B,3,H,W] in [-1,1] -> logits [B,classes,H,W] (evaluation only)
+# segmenter.onnx: image [B,3,H,W] in [-1,1] -> logits [B,classes,H,W], features [B,F,1,1] (evaluation only)
 
 """
 

@@ -3,7 +3,8 @@
 Files under a model directory (the model contract, DESIGN.md):
     base.onnx       sample f32 [B, C, H, W], timestep f32 [B] -> eps f32 [B, C, H, W]
     mcm.onnx        sample, eps [B, C, H, W], cond [B, K, H, W], timestep [B] -> gamma, beta [B, C, H, W]
-    segmenter.onnx  image f32 [B, 3, H, W] in [-1, 1] -> logits f32 [B, classes, H, W]
+    segmenter.onnx  image f32 [B, 3, H, W] in [-1, 1] -> logits f32 [B, classes, H, W],
+                    features f32 [B, F, 1, 1] (pooled bottleneck, the realism metric's embedding)
     NAME_estimator.onnx  image -> map f32 [B, C, H, W] (reference estimator of dense modality NAME)
     model.toml      schedule, image, modalities, provenance
     test_vectors/   NET.TENSOR.npy: inputs and torch outputs for B = 2
@@ -20,7 +21,7 @@ from torch import nn
 
 from ..nets.controlnet import ControlNet, ControlNetMCM
 from ..nets.mcm import MCM
-from ..nets.unet import UNet
+from ..nets.unet import UNet, UNetWithFeatures
 
 OPSET = 17
 
@@ -112,9 +113,18 @@ def export_image_net(net: UNet, stem: str, output: str, out_dir: Path) -> None:
     _save_vectors(out_dir, stem, {"image": image, output: result})
 
 
-def export_segmenter(net: UNet, out_dir: Path) -> None:
-    """Write `segmenter.onnx` (`image` -> `logits` [B, classes, H, W]) and its test vectors."""
-    export_image_net(net, "segmenter", "logits", out_dir)
+def export_segmenter(net: UNet, out_dir: Path) -> int:
+    """Write `segmenter.onnx` (`image` f32 [B, 3, H, W] in [-1, 1] -> `logits` [B, classes, H, W]
+    and `features` [B, F, 1, 1], F = channels[-1]: the bottleneck averaged over positions, 4-D as
+    every contract output) and its test vectors (`segmenter.image`, `.logits`, `.features`);
+    returns F (`[segmenter] features`)."""
+    image, _ = _vector_inputs(net.cfg.in_channels, net.cfg.image_size, 4)
+    module = UNetWithFeatures(net)
+    export_onnx(module, {"image": image}, ["logits", "features"], out_dir / "segmenter.onnx")
+    with torch.no_grad():
+        logits, features = module(image)
+    _save_vectors(out_dir, "segmenter", {"image": image, "logits": logits, "features": features})
+    return int(features.shape[1])
 
 
 def export_estimator(net: UNet, modality: str, out_dir: Path) -> str:

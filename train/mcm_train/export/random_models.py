@@ -85,8 +85,9 @@ def write_random_model(out_dir: Path, classes: list[dict], preset: str = "tiny",
     }
     if p["eval_nets"]:
         seg = UNet(UNetConfig(in_channels=3, out_channels=len(classes), timestep_embedding=False, image_size=size, **p["base"]))
-        export_segmenter(seg.eval(), out_dir)
-        nets["segmenter"] = {"file": "segmenter.onnx", "parameters": sum(q.numel() for q in seg.parameters()), **provenance}
+        features = export_segmenter(seg.eval(), out_dir)
+        nets["segmenter"] = {"file": "segmenter.onnx", "features": features, "architecture": seg.cfg.to_dict(),
+                             "parameters": sum(q.numel() for q in seg.parameters()), **provenance}
         est = UNet(UNetConfig(in_channels=3, out_channels=1, timestep_embedding=False, image_size=size, **p["base"]))
         nets["estimators"] = {"depth": {"file": export_estimator(est.eval(), "depth", out_dir),
                                         "parameters": sum(q.numel() for q in est.parameters()), **provenance}}

@@ -206,13 +206,32 @@ class UNet(nn.Module):
                 h = self._run(layer, torch.cat([h, hs.pop()], dim=1), temb)
         return self.conv_out(F.silu(self.norm_out(h)))
 
-    def forward(self, x: torch.Tensor, timestep: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor | None = None,
+                features: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """`x` [B, in, H, W] (and `timestep` [B] with a timestep embedding) -> [B, out, H, W]; with
+        `features`, also the mid output (the bottleneck, after `mid`) averaged over its positions,
+        [B, channels[-1]]: the reference segmenter's features are the embedding of the realism
+        figure of `mcm-edge eval` (fsd, a Frechet distance as in FID)."""
         temb = self.embed_timestep(timestep)
         hs, h = self.encode(x, temb)
         out = self.decode(h, hs, temb)
-        if self.conv_local is None:
-            return out
-        return F.pixel_shuffle(out, self.cfg.space_to_depth) + self.conv_local(x)
+        if self.conv_local is not None:
+            out = F.pixel_shuffle(out, self.cfg.space_to_depth) + self.conv_local(x)
+        return (out, h.mean(dim=(2, 3))) if features else out
+
+
+class UNetWithFeatures(nn.Module):
+    """A U-Net read as the reference segmenter is exported: `image` [B, in, H, W] -> (`forward`'s
+    output [B, out, H, W], pooled bottleneck features [B, channels[-1], 1, 1], 4-D as every output
+    of the model contract). The weights are the wrapped net's, under `net.`."""
+
+    def __init__(self, net: UNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out, features = self.net(image, features=True)  # through net's forward: its weights keep their scope
+        return out, features[:, :, None, None]
 
 
 class Upsample(nn.Module):

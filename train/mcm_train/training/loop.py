@@ -161,7 +161,8 @@ def train_loop(name: str, model: nn.Module, loss_fn: Callable[[nn.Module, torch.
                 then = "training ends here (--budget-final)" if tc.budget_final else "run again to resume"
                 print(f"{name}: time budget of {tc.minutes} min spent at step {step}; {then}")
                 break
-    plot_loss(log_path, run_dir / f"{name}_loss.png", name)
+    if step:
+        plot_loss(log_path, run_dir / f"{name}_loss.png", name)
     result = ema.module.cpu().eval()  # exported and compared on the CPU
     return TrainResult(result, step, wall, float(smooth if smooth is not None else float("nan")),
                        wall / step if step else float("nan"), step >= tc.steps)

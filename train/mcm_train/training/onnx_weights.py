@@ -9,6 +9,7 @@ against the directory's test vectors (`check_readback`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -77,8 +78,10 @@ def load_onnx_weights(module: nn.Module, path: Path, prefix: str = "",
     return params
 
 
-def check_readback(module: nn.Module, path: Path, inputs: dict[str, np.ndarray]) -> None:
-    """`module(*inputs)` (in the file's input order) reproduces `path` under onnxruntime.
+def check_readback(module: Callable[..., torch.Tensor | tuple[torch.Tensor, ...]], path: Path,
+                   inputs: dict[str, np.ndarray]) -> None:
+    """`module(*inputs)` (a module or one of its methods, inputs in the file's order) reproduces
+    every output of `path` under onnxruntime.
 
     Raises:
         WeightsError: a difference above `READBACK_TOLERANCE`.

@@ -1,5 +1,8 @@
-"""Warm start: initialise a new MCM from the `mcm.onnx` of an existing model directory, adding
-modalities without losing what the old MCM learnt (`mcm-train mcm --init-from DIR`).
+"""Warm start: initialise a new net from the same net of an existing model directory.
+
+`mcm-train mcm --init-from DIR` adds modalities to an MCM without losing what the old MCM learnt;
+`mcm-train segmenter --init-from DIR` continues a reference segmenter (or, with `--steps 0`,
+writes it again in the current contract, e.g. with the `features` output an older file lacks).
 
 The old weights are read back from the ONNX file (`onnx_weights`) and checked against the
 directory's own test vectors. The first convolution (and `conv_local` with space-to-depth) reads
@@ -18,6 +21,7 @@ import torch
 from ..contract.modalities import ModalitySpec
 from ..contract.model_toml import modalities_from_toml, read_model_toml
 from ..nets.mcm import MCM
+from ..nets.unet import UNet, UNetConfig, UNetWithFeatures
 from .onnx_weights import WeightsError, check_readback, load_onnx_weights, load_vectors
 
 #: The model directory given to `--init-from` cannot initialise this MCM (names the file and the reason).
@@ -83,3 +87,23 @@ def warm_start(mcm: MCM, modalities: list[ModalitySpec], model_dir: Path) -> tup
                if name in params}
     load_onnx_weights(mcm, path, replace=widened)
     return kept, added
+
+
+def segmenter_from(model_dir: Path) -> tuple[UNet, dict]:
+    """The reference segmenter of `model_dir` (`[segmenter]`, its architecture and weights read
+    back from its ONNX file, checked against its test vectors) and its `[segmenter]` section.
+
+    Raises:
+        WarmStartError: no `[segmenter]` with an architecture, the weights do not fit it, or they
+            do not reproduce the test vectors.
+    """
+    section = read_model_toml(model_dir).get("segmenter", {})
+    if "architecture" not in section or not (model_dir / section.get("file", "segmenter.onnx")).exists():
+        raise WarmStartError(f"{model_dir}: --init-from needs a model directory with a [segmenter] and its architecture")
+    path = model_dir / section["file"]
+    net = UNet(UNetConfig.from_dict(section["architecture"])).eval()
+    load_onnx_weights(net, path, prefix="net.")
+    outputs = ("logits", "features") if "features" in section else ("logits",)
+    vectors = load_vectors(model_dir, "segmenter", ("image",))
+    check_readback(UNetWithFeatures(net) if len(outputs) == 2 else net, path, vectors)
+    return net, section
