@@ -209,7 +209,43 @@ def _warm_start(a: argparse.Namespace, mcm: MCM, modalities: list[ModalitySpec])
     return {"init_from": str(a.init_from.resolve())}
 
 
+def _mcm_teacher(a: argparse.Namespace, doc: dict, modalities: list[ModalitySpec]) -> tuple[object, list[int]]:
+    """The teacher of `mcm-train mcm --distill-from DIR` (DIR's base and MCM through onnxruntime)
+    and its grid: twice the distilled `--base`'s steps, of which the base's grid is every other one.
+
+    Raises:
+        CliError: `--base` is not distilled, DIR has no MCM of method `mcm` for the same
+            modalities, or another image size or noise schedule.
+    """
+    from .contract.schedule import timestep_grid
+    from .training.distill import McmTeacher
+    from .training.frozen import onnx_base_fn, onnx_mcm_fn
+
+    grid, teacher_doc = doc["schedule"].get("timesteps"), read_model_toml(a.distill_from)
+    if not grid:
+        raise CliError(f"{a.base}: --distill-from needs a distilled base ([schedule] timesteps, from `mcm-train distill`)")
+    section = teacher_doc.get("mcm", {})
+    if section.get("method", "mcm") != "mcm" or not (a.distill_from / section.get("file", "mcm.onnx")).exists():
+        raise CliError(f"{a.distill_from}: --distill-from needs a model directory with an MCM (method \"mcm\")")
+    theirs, ours = teacher_doc.get("modalities", []), [m.to_toml() for m in modalities]
+    if theirs != ours:
+        raise CliError(f"{a.distill_from}: its MCM has modalities {[m['name'] for m in theirs]}, this one "
+                       f"{[m['name'] for m in ours]}: the teacher needs the same cond (names, kinds, channels, order)")
+    noise = ScheduleConfig.from_toml({**teacher_doc["schedule"], "prediction_type": doc["schedule"]["prediction_type"]})
+    if noise != ScheduleConfig.from_toml(doc["schedule"]) or teacher_doc["image"] != doc["image"]:
+        raise CliError(f"{a.distill_from}: another noise schedule or image than {a.base}")
+    spacing = doc["base"].get("distillation", {}).get("spacing", "quadratic")
+    teacher_grid = timestep_grid(2 * len(grid), noise.num_train_timesteps, spacing)
+    if teacher_grid[::2] != grid:
+        raise CliError(f"{a.base}: its grid {grid} is not every other step of the {spacing} grid {teacher_grid}")
+    teacher = McmTeacher(onnx_base_fn(a.distill_from / teacher_doc["base"]["file"], a.threads),
+                         teacher_doc["schedule"]["prediction_type"],
+                         onnx_mcm_fn(a.distill_from / section.get("file", "mcm.onnx"), a.threads))
+    return teacher, teacher_grid
+
+
 def cmd_mcm(a: argparse.Namespace) -> None:
+    from .training.distill import distill_mcm
     from .training.frozen import load_base_run, onnx_base_fn, torch_base_fn
 
     doc, ds, modalities = _conditioning_inputs(a)
@@ -223,11 +259,19 @@ def cmd_mcm(a: argparse.Namespace) -> None:
     print(f"MCM: {count_parameters(mcm):,} parameters, cond channels {k}, base from "
           f"{'PyTorch ' + str(a.base_run) if a.base_run else 'onnxruntime ' + str(a.base / 'base.onnx')}")
     init_from = _warm_start(a, mcm, modalities)
-    sched = ScheduleConfig.from_toml(doc["schedule"])
+    sched, grid = ScheduleConfig.from_toml(doc["schedule"]), doc["schedule"].get("timesteps")
+    teaching = {"distill_from": str(a.distill_from.resolve())} if a.distill_from else {}
     identity = _identity(a, base=str(a.base.resolve()), mcm=cfg.to_dict(), modalities=[m.to_toml() for m in modalities],
-                         **init_from)
-    result = train_mcm(ds, mcm, base_fn, modalities, sched, _train_config(a, identity), _run_dir(a),
-                       drop_prob=a.drop_prob, l1_weight=a.l1_weight)
+                         **init_from, **teaching)
+    tc, losses = _train_config(a, identity), {"drop_prob": a.drop_prob, "l1_weight": a.l1_weight}
+    if a.distill_from:
+        teacher, teacher_grid = _mcm_teacher(a, doc, modalities)
+        print(f"loss: two conditioned steps of {a.distill_from} ({teacher_grid}) per step of the base ({grid})")
+        result = distill_mcm(ds, mcm, base_fn, modalities, sched, teacher, teacher_grid, tc, _run_dir(a), **losses)
+    else:
+        if grid:
+            print(f"timesteps: the distilled base's grid {grid}")
+        result = train_mcm(ds, mcm, base_fn, modalities, sched, tc, _run_dir(a), **losses, timesteps=grid)
     if not result.done and not a.budget_final:
         return
     _carry_base(a, doc, modalities)
@@ -236,6 +280,9 @@ def cmd_mcm(a: argparse.Namespace) -> None:
                       mcm={"file": "mcm.onnx", "method": "mcm", "cond_channels": k, "architecture": cfg.to_dict(),
                            "drop_prob": a.drop_prob, "l1_weight": a.l1_weight,
                            **({"init_from": str(a.init_from)} if init_from else {}),
+                           "loss": "distillation" if a.distill_from else "denoising",
+                           **({"distill_from": str(a.distill_from)} if a.distill_from else {}),
+                           **({"timesteps": "grid"} if grid and not a.distill_from else {}),
                            **_provenance(a, result, result.model)})
     write_parity_vectors(a.out)
     print(f"exported {a.out}/mcm.onnx after {result.steps} steps, loss {result.final_loss:.4f}")
@@ -483,6 +530,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--init-from", type=Path,
                    help="model dir whose MCM (same architecture) starts this one: its modalities keep their "
                         "weights, new ones start at zero (README \"A new modality\")")
+    m.add_argument("--distill-from", type=Path,
+                   help="for a distilled --base: model dir (base + MCM, same modalities) whose two conditioned DDIM "
+                        "steps are the target of one step of this MCM, instead of the denoising loss (README \"A "
+                        "few-step base\")")
     _add_budget_final(m)
     m.set_defaults(func=cmd_mcm)
 

@@ -14,7 +14,9 @@ from torch import nn
 from mcm_train.cli import main
 from mcm_train.contract.model_toml import read_model_toml
 from mcm_train.contract.schedule import ScheduleConfig, alpha_bar, alpha_sigma, timestep_grid, to_x0_eps
-from mcm_train.training.distill import Teacher, stage_steps, two_step_target
+from mcm_train.data.classes import load_classes
+from mcm_train.export.random_models import write_random_model
+from mcm_train.training.distill import McmTeacher, Teacher, stage_steps, teacher_x0, two_step_target
 
 
 def test_stages_halve_down_to_the_target_then_on() -> None:
@@ -60,7 +62,7 @@ def test_two_step_target_of_an_exact_teacher_is_x0() -> None:
     t, t_mid, t_next = grid[2 * i], grid[2 * i + 1], grid[2 * i + 2]
     a = ab[t].sqrt().view(-1, 1, 1, 1).float()
     x_t = a * x_0 + (1 - a**2).sqrt() * torch.randn(x_0.shape, generator=gen)
-    target = two_step_target(Teacher(_Knows(x_0), "sample"), x_t, t, t_mid, t_next, ab)
+    target = two_step_target(teacher_x0(Teacher(_Knows(x_0), "sample"), ab), x_t, t, t_mid, t_next, ab)
     assert torch.allclose(target, x_0, atol=2e-4), float((target - x_0).abs().max())
 
 
@@ -126,3 +128,42 @@ def test_a_diffusers_unet_distills_too(tmp_path: Path, scenes: Path, monkeypatch
     got = ort.InferenceSession(str(tmp_path / "s" / "base.onnx"), providers=["CPUExecutionProvider"]).run(
         None, {"sample": vec["sample"], "timestep": vec["timestep"]})[0]
     np.testing.assert_allclose(got, vec["v"], atol=1e-4)
+
+
+def test_a_teacher_with_a_silent_mcm_gives_its_base_s_target() -> None:
+    """gamma = beta = 0: the conditioned teacher is its base (v-prediction), whatever the cond."""
+    gen = torch.Generator().manual_seed(2)
+    ab = alpha_bar(ScheduleConfig())
+    base = lambda x, t: 0.5 * x + 0.01 * t.view(-1, 1, 1, 1) / 1000  # noqa: E731
+    zero = lambda x, eps, cond, t: (torch.zeros_like(x), torch.zeros_like(x))  # noqa: E731
+    x_t, cond = torch.randn(2, 3, 4, 4, generator=gen), torch.ones(2, 5, 4, 4)
+    t, t_mid, t_next = torch.tensor([999, 249]), torch.tensor([811, 140]), torch.tensor([562, 62])
+    plain = two_step_target(teacher_x0(Teacher(base, "v_prediction"), ab), x_t, t, t_mid, t_next, ab)
+    conditioned = McmTeacher(base, "v_prediction", zero).x0_fn(cond, ab)
+    assert torch.allclose(two_step_target(conditioned, x_t, t, t_mid, t_next, ab), plain, atol=1e-5)
+
+
+def test_cli_trains_the_student_s_mcm_from_two_conditioned_teacher_steps(scenes: Path, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    teacher, student = tmp_path / "teacher", tmp_path / "student"
+    write_random_model(teacher, [{"name": c.name, "color": list(c.color)} for c in load_classes()], "tiny")
+    main(["distill", "--teacher", str(teacher), "--data", str(scenes), "--out", str(student), "--from-steps", "8",
+          "--sample-steps", "4", "--steps", "1", "--batch-size", "2"])
+    small = ["--data", str(scenes), "--channels", "8,16", "--attention", "8", "--steps", "2", "--batch-size", "2"]
+    main(["mcm", "--base", str(student), "--distill-from", str(teacher), "--out", str(tmp_path / "taught"), *small])
+    assert "two conditioned steps of" in capsys.readouterr().out
+    mcm = read_model_toml(tmp_path / "taught")["mcm"]
+    assert (mcm["loss"], mcm["distill_from"], mcm["steps"]) == ("distillation", str(teacher), 2)
+    assert (tmp_path / "taught" / "mcm.onnx").exists()
+    # the plain loss on a distilled base draws its timesteps from the base's grid
+    main(["mcm", "--base", str(student), "--out", str(tmp_path / "plain"), *small])
+    assert read_model_toml(tmp_path / "plain")["mcm"]["timesteps"] == "grid"
+    # refused: a base that is not distilled; a teacher with other modalities
+    for base, extra, message in ((teacher, [], "needs a distilled base"),
+                                 (student, ["--modalities", "segmentation,sketch"], "the teacher needs the same cond")):
+        with pytest.raises(SystemExit):
+            main(["mcm", "--base", str(base), "--distill-from", str(teacher), "--out", str(tmp_path / "no"), *small,
+                  *extra])
+        assert message in capsys.readouterr().err

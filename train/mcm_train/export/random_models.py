@@ -80,7 +80,8 @@ def write_random_model(out_dir: Path, classes: list[dict], preset: str = "tiny",
     export_mcm(mcm, k, out_dir)
     provenance = {"dataset": "none (random weights)", "steps": 0}
     nets: dict[str, dict] = {
-        "base": {"file": "base.onnx", "parameters": sum(q.numel() for q in base.parameters()), **provenance},
+        "base": {"file": "base.onnx", "architecture": base.cfg.to_dict(),
+                 "parameters": sum(q.numel() for q in base.parameters()), **provenance},
         "mcm": {"file": "mcm.onnx", "cond_channels": k, "parameters": sum(q.numel() for q in mcm.parameters()), **provenance},
     }
     if p["eval_nets"]:

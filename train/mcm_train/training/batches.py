@@ -42,16 +42,17 @@ def to_device(device: str, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
 
 
 def conditioned_batch(batches: Batches, ab: torch.Tensor, num_timesteps: int, modalities: list[ModalitySpec],
-                      batch_size: int, drop_prob: float, gen: torch.Generator, device: str = "cpu"
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                      batch_size: int, drop_prob: float, gen: torch.Generator, device: str = "cpu",
+                      timesteps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One training batch of a conditioning trainer (MCM or ControlNet baseline), drawn from `gen`
     in a fixed order (batch, timesteps, noise, modality dropout) so that both trainers see identical
     batches for one seed: `(x_t [B, C, H, W], timestep int64 [B] in [0, T), noise [B, C, H, W],
     cond [B, K, H, W])` on `device`, each modality dropped with probability `drop_prob` (Ham et al.
-    2023, Sec. 3.2)."""
+    2023, Sec. 3.2). `timesteps` (int64 [B]) gives the timesteps instead of drawing them
+    uniformly (e.g. from a distilled base's grid)."""
     x_0, maps = batches.sample(gen, batch_size)
     b = x_0.shape[0]
-    t = torch.randint(0, num_timesteps, (b,), generator=gen)
+    t = torch.randint(0, num_timesteps, (b,), generator=gen) if timesteps is None else timesteps
     noise = torch.randn(x_0.shape, generator=gen)
     present = torch.rand(b, len(modalities), generator=gen) >= drop_prob
     x_t, t, noise, cond = to_device(device, add_noise(x_0, noise, t, ab), t, noise, build_cond(modalities, maps, present))

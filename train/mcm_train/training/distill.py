@@ -8,21 +8,32 @@ Choices that matter at few steps (Sec. 4 of the paper): the student predicts v o
 / alpha amplifies eps errors about 150x); the loss is on x_0 with truncated-SNR weighting
 `max(alpha^2 / sigma^2, 1)`; and the timesteps are a fixed grid (`contract.schedule.timestep_grid`,
 quadratic by default) that the stages share by halving and that the device samples with.
+
+`distill_mcm` applies the same idea to the conditioning: an MCM for a distilled student learns, in
+one conditioned student step, what two conditioned teacher steps (the teacher's base with the
+teacher's MCM) do. Only the student's MCM is trained; both bases are black boxes.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..contract.modalities import ModalitySpec
 from ..contract.schedule import ScheduleConfig, alpha_bar, alpha_sigma, ddim_step, timestep_grid, to_x0_eps
 from ..data.folder import Dataset
-from .batches import Batches, to_device
+from ..nets.mcm import MCM, modulate
+from .batches import Batches, conditioned_batch, to_device
 from .loop import TrainConfig, TrainResult, train_loop
+from .trainers import BaseFn, McmFn
+
+#: x_0 [B, C, H, W] predicted from (x_t [B, C, H, W], timestep int64 [B]) by a frozen sampler step.
+X0Fn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -55,10 +66,18 @@ def stage_steps(start_steps: int, target_steps: int, later: tuple[int, ...] = ()
     return counts
 
 
-def two_step_target(teacher: Teacher, x_t: torch.Tensor, t: torch.Tensor, t_mid: torch.Tensor, t_next: torch.Tensor,
+def teacher_x0(teacher: Teacher, ab: torch.Tensor) -> X0Fn:
+    """The x_0 a teacher predicts (its prediction converted by `to_x0_eps`)."""
+    def x_0(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        alpha, sigma = alpha_sigma(ab, t, z)
+        return to_x0_eps(teacher.net(z, t.to(z.device).float()), z, alpha, sigma, teacher.prediction_type)[0]
+    return x_0
+
+
+def two_step_target(x0_fn: X0Fn, x_t: torch.Tensor, t: torch.Tensor, t_mid: torch.Tensor, t_next: torch.Tensor,
                     ab: torch.Tensor) -> torch.Tensor:
     """The x_0 that takes one DDIM step from `x_t` (timestep `t`) to where two DDIM steps of the
-    teacher (`t` -> `t_mid` -> `t_next`, -1 meaning x_0) land (Salimans & Ho 2022, Alg. 2):
+    teacher (`x0_fn`; `t` -> `t_mid` -> `t_next`, -1 meaning x_0) land (Salimans & Ho 2022, Alg. 2):
     `x~ = (z'' - (sigma''/sigma) z) / (alpha'' - (sigma''/sigma) alpha)`, clipped to [-1, 1] as the
     device clips x_0. All images [B, C, H, W]; timesteps int64 [B]."""
     with torch.no_grad():
@@ -66,8 +85,7 @@ def two_step_target(teacher: Teacher, x_t: torch.Tensor, t: torch.Tensor, t_mid:
         for a, b in ((t, t_mid), (t_mid, t_next)):
             alpha, sigma = alpha_sigma(ab, a, z)
             alpha_b, sigma_b = alpha_sigma(ab, b, z)
-            x_0 = to_x0_eps(teacher.net(z, a.to(z.device).float()), z, alpha, sigma, teacher.prediction_type)[0]
-            z = ddim_step(z, x_0, alpha, sigma, alpha_b, sigma_b)
+            z = ddim_step(z, x0_fn(z, a), alpha, sigma, alpha_b, sigma_b)
         alpha, sigma = alpha_sigma(ab, t, x_t)
         alpha_n, sigma_n = alpha_sigma(ab, t_next, x_t)
         ratio = sigma_n / sigma
@@ -94,7 +112,7 @@ def distill_stage(data: Dataset, teacher: Teacher, student_steps: int, predictio
         noise = torch.randn(x_0.shape, generator=gen)
         alpha, sigma = alpha_sigma(ab, t, x_0)
         (x_t,) = to_device(tc.device, alpha * x_0 + sigma * noise)
-        target = two_step_target(teacher, x_t, t, t_mid, t_next, ab)
+        target = two_step_target(teacher_x0(teacher, ab), x_t, t, t_mid, t_next, ab)
         alpha, sigma = alpha_sigma(ab, t, x_t)
         x_0_hat = to_x0_eps(net(x_t, t.to(x_t.device).float()), x_t, alpha, sigma, prediction_type)[0]
         weight = (alpha**2 / sigma**2).clamp(min=1.0)  # truncated SNR (Salimans & Ho 2022, Sec. 4)
@@ -102,3 +120,60 @@ def distill_stage(data: Dataset, teacher: Teacher, student_steps: int, predictio
 
     student = copy.deepcopy(teacher.net).requires_grad_(True).train()
     return train_loop(f"student{student_steps}", student, loss_fn, tc, run_dir)
+
+
+@dataclass
+class McmTeacher:
+    """A frozen base with its MCM, the target of `distill_mcm`: `base_fn` predicts
+    `prediction_type` and `mcm_fn` modulates its eps (`modulate`, strength 1)."""
+
+    base_fn: BaseFn
+    prediction_type: str
+    mcm_fn: McmFn
+
+    def x0_fn(self, cond: torch.Tensor, ab: torch.Tensor) -> X0Fn:
+        """The x_0 of one conditioned step with `cond` [B, K, H, W] (the device's sampler step)."""
+        def x_0(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            alpha, sigma = alpha_sigma(ab, t, z)
+            timestep = t.to(z.device).float()
+            eps = to_x0_eps(self.base_fn(z, timestep), z, alpha, sigma, self.prediction_type)[1]
+            eps_hat = modulate(eps, *self.mcm_fn(z, eps, cond, timestep))
+            return (z - sigma * eps_hat) / alpha
+        return x_0
+
+
+def distill_mcm(data: Dataset, mcm: MCM, base_fn: BaseFn, modalities: list[ModalitySpec], sched: ScheduleConfig,
+                teacher: McmTeacher, teacher_grid: list[int], tc: TrainConfig, run_dir: Path, drop_prob: float = 0.3,
+                l1_weight: float = 1e-4) -> TrainResult:
+    """Train `mcm` for the distilled base `base_fn` (its grid: every other timestep of
+    `teacher_grid`, the teacher's 2N timesteps, noisiest first) so that one conditioned student
+    step does what two conditioned teacher steps do: the target x_0 is `two_step_target` of the
+    teacher with its MCM, for the same x_t and the same `cond` (each modality dropped with
+    probability `drop_prob`, as in `train_mcm`); the loss is on the student's x_0, from its eps
+    modulated by `mcm`, with truncated-SNR weighting, plus `l1_weight * (|gamma| + |beta|)`. No
+    gradient flows through either base or the teacher's MCM.
+
+    Raises:
+        ValueError: `teacher_grid` has an odd length.
+    """
+    if len(teacher_grid) % 2:
+        raise ValueError(f"the teacher's grid {teacher_grid} has an odd number of steps")
+    batches, ab = Batches(data), alpha_bar(sched)
+    grid = torch.tensor([*teacher_grid, -1])
+    student_steps = len(teacher_grid) // 2
+
+    def loss_fn(net: nn.Module, gen: torch.Generator) -> torch.Tensor:
+        i = torch.randint(0, student_steps, (tc.batch_size,), generator=gen)
+        x_t, t, _, cond = conditioned_batch(batches, ab, sched.num_train_timesteps, modalities, tc.batch_size,
+                                            drop_prob, gen, tc.device, timesteps=grid[2 * i])
+        target = two_step_target(teacher.x0_fn(cond, ab), x_t, t, grid[2 * i + 1], grid[2 * i + 2], ab)
+        alpha, sigma = alpha_sigma(ab, t, x_t)
+        with torch.no_grad():
+            eps = to_x0_eps(base_fn(x_t, t.float()), x_t, alpha, sigma, sched.prediction_type)[1]
+        gamma, beta = net(x_t, eps, cond, t.float())
+        x_0_hat = (x_t - sigma * modulate(eps, gamma, beta)) / alpha
+        weight = (alpha**2 / sigma**2).clamp(min=1.0)  # truncated SNR (Salimans & Ho 2022, Sec. 4)
+        l1 = gamma.abs().mean() + beta.abs().mean()
+        return (weight * (x_0_hat - target) ** 2).mean() + l1_weight * l1
+
+    return train_loop("mcm", mcm, loss_fn, tc, run_dir)

@@ -1,5 +1,6 @@
 """The frozen base as a black box for MCM training: eps from PyTorch weights or from `base.onnx`
-through onnxruntime. Either way no gradient flows through it (Ham et al. 2023, Sec. 3.2)."""
+through onnxruntime. Either way no gradient flows through it (Ham et al. 2023, Sec. 3.2). A
+frozen MCM (the teacher's, for `mcm-train mcm --distill-from`) runs the same way."""
 
 from __future__ import annotations
 
@@ -10,7 +11,39 @@ import onnxruntime as ort
 import torch
 
 from ..nets.unet import UNet, UNetConfig
-from .trainers import BaseFn
+from .trainers import BaseFn, McmFn
+
+
+def _session(path: Path, threads: int, what: str) -> ort.InferenceSession:
+    """An onnxruntime CPU session of `path` with `threads` intra-op threads.
+
+    Raises:
+        FileNotFoundError: `path` does not exist (the message says it is `what`).
+    """
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path}: no {what}")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def onnx_mcm_fn(path: Path, threads: int = 2) -> McmFn:
+    """gamma and beta of `mcm.onnx` (inputs `sample`, `eps` [B, C, H, W], `cond` [B, K, H, W],
+    `timestep` [B]) via onnxruntime on the CPU, returned on the device of `sample`.
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+    """
+    session = _session(path, threads, "MCM")
+
+    def mcm_fn(x_t: torch.Tensor, eps: torch.Tensor, cond: torch.Tensor, timestep: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        feed = {"sample": x_t, "eps": eps, "cond": cond, "timestep": timestep}
+        gamma, beta = session.run(["gamma", "beta"], {k: v.cpu().numpy() for k, v in feed.items()})
+        return torch.from_numpy(gamma).to(x_t.device), torch.from_numpy(beta).to(x_t.device)
+
+    return mcm_fn
 
 
 def onnx_base_fn(path: Path, threads: int = 2) -> BaseFn:
@@ -21,13 +54,7 @@ def onnx_base_fn(path: Path, threads: int = 2) -> BaseFn:
     Raises:
         FileNotFoundError: `path` does not exist.
     """
-    if not Path(path).exists():
-        raise FileNotFoundError(f"{path}: no base model")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
+    session = _session(path, threads, "base model")
     output = session.get_outputs()[0].name  # eps, v or x_0 (`[schedule] prediction_type`)
 
     def base_fn(x_t: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,9 @@ from .loop import TrainConfig, TrainResult, train_loop
 #: A frozen base: (x_t [B, C, H, W], timestep f32 [B]) -> its prediction [B, C, H, W] (of the
 #: schedule's `prediction_type`), on x_t's device.
 BaseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: A frozen MCM: (x_t, eps [B, C, H, W], cond [B, K, H, W], timestep f32 [B]) -> (gamma, beta)
+#: [B, C, H, W], on x_t's device.
+McmFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def pretrain_base(data: Dataset, model: UNet, sched: ScheduleConfig, tc: TrainConfig, run_dir: Path) -> TrainResult:
@@ -38,16 +41,22 @@ def pretrain_base(data: Dataset, model: UNet, sched: ScheduleConfig, tc: TrainCo
 
 
 def train_mcm(data: Dataset, mcm: MCM, base_fn: BaseFn, modalities: list[ModalitySpec], sched: ScheduleConfig,
-              tc: TrainConfig, run_dir: Path, drop_prob: float = 0.3, l1_weight: float = 1e-4) -> TrainResult:
+              tc: TrainConfig, run_dir: Path, drop_prob: float = 0.3, l1_weight: float = 1e-4,
+              timesteps: list[int] | None = None) -> TrainResult:
     """Train the MCM on the modulated denoising loss (Ham et al. 2023, Sec. 3.2):
     `||eps*(1+gamma)+beta - eps_true||^2 + l1_weight * (|gamma| + |beta|)`, with eps from the frozen
     base `base_fn` (no gradient through it; a v- or x_0-predicting base's output is converted to eps
-    first, as the device does) and each modality dropped with probability `drop_prob`."""
+    first, as the device does) and each modality dropped with probability `drop_prob`. Timesteps
+    are uniform over [0, T), or drawn from `timesteps` (a distilled base's grid: the only ones the
+    device samples it at)."""
     batches, ab = Batches(data), alpha_bar(sched)
     T = sched.num_train_timesteps
+    grid = None if timesteps is None else torch.tensor(timesteps)
 
     def loss_fn(net: nn.Module, gen: torch.Generator) -> torch.Tensor:
-        x_t, t, noise, cond = conditioned_batch(batches, ab, T, modalities, tc.batch_size, drop_prob, gen, tc.device)
+        t = None if grid is None else grid[torch.randint(0, len(grid), (tc.batch_size,), generator=gen)]
+        x_t, t, noise, cond = conditioned_batch(batches, ab, T, modalities, tc.batch_size, drop_prob, gen, tc.device,
+                                                timesteps=t)
         with torch.no_grad():
             alpha, sigma = alpha_sigma(ab, t, x_t)
             eps = to_x0_eps(base_fn(x_t, t.float()), x_t, alpha, sigma, sched.prediction_type)[1]
