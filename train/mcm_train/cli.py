@@ -425,21 +425,37 @@ def cmd_cost(a: argparse.Namespace) -> None:
         print(f"wrote {a.json}")
 
 
+def _reference_net(a: argparse.Namespace, out_channels: int, image_size: int,
+                   modality: str | None = None) -> tuple[UNet, dict, dict]:
+    """The reference net a `segmenter` / `estimator` run starts from: a new U-Net of `--channels`,
+    or with `--init-from` that directory's (see `training.warm_start.reference_net_from`). Returns
+    (net, the training record to write when nothing is trained, `{"init_from": DIR}` or {}).
+
+    Raises:
+        CliError: the `--init-from` net has another number of output channels than the data needs.
+    """
+    if a.init_from is None:
+        cfg = UNetConfig(in_channels=3, out_channels=out_channels, channels=_ints(a.channels), num_res_blocks=1,
+                         attention_resolutions=(), image_size=image_size, timestep_embedding=False)
+        return UNet(cfg), {}, {}
+    from .training.warm_start import reference_net_from
+
+    net, old = reference_net_from(a.init_from, modality)
+    if net.cfg.out_channels != out_channels:
+        raise CliError(f"{a.init_from}: its net has {net.cfg.out_channels} output channels, {a.data} needs {out_channels}")
+    # nothing trained (--steps 0): the file is written again and its training record stays
+    record = {k: v for k, v in old.items() if k not in ("file", "architecture", "features")} if a.steps == 0 else {}
+    return net, record, {"init_from": str(a.init_from.resolve())}
+
+
+def _trained(result: TrainResult) -> str:
+    return f"after {result.steps} steps, loss {result.final_loss:.4f}" if result.steps else "again, not trained"
+
+
 def cmd_segmenter(a: argparse.Namespace) -> None:
     ds = load_dataset(a.data, limit=a.limit)
-    if a.init_from is None:
-        cfg = UNetConfig(in_channels=3, out_channels=len(ds.classes), channels=_ints(a.channels),
-                         num_res_blocks=1, attention_resolutions=(), image_size=ds.size, timestep_embedding=False)
-        net, record, init = UNet(cfg), {}, {}
-    else:
-        from .training.warm_start import segmenter_from
-
-        net, old = segmenter_from(a.init_from)
-        cfg, init = net.cfg, {"init_from": str(a.init_from.resolve())}
-        if cfg.out_channels != len(ds.classes):
-            raise CliError(f"{a.init_from}: its segmenter has {cfg.out_channels} classes, {a.data} has {len(ds.classes)}")
-        # nothing trained: the file is written again, its training record stays
-        record = {k: v for k, v in old.items() if k not in ("file", "architecture", "features")} if a.steps == 0 else {}
+    net, record, init = _reference_net(a, len(ds.classes), ds.size)
+    cfg = net.cfg
     result = train_segmenter(ds, net, _train_config(a, _identity(a, unet=cfg.to_dict(), **init)), _run_dir(a))
     if not result.done:
         return
@@ -447,24 +463,24 @@ def cmd_segmenter(a: argparse.Namespace) -> None:
     provenance = record or {**_provenance(a, result, result.model), **init}
     update_model_toml(a.out, segmenter={"file": "segmenter.onnx", "features": features, "architecture": cfg.to_dict(),
                                         **provenance})
-    trained = f"after {result.steps} steps, loss {result.final_loss:.4f}" if result.steps else "again, not trained"
-    print(f"exported {a.out}/segmenter.onnx {trained}")
+    print(f"exported {a.out}/segmenter.onnx {_trained(result)}")
 
 
 def cmd_estimator(a: argparse.Namespace) -> None:
     ds = load_dataset(a.data, limit=a.limit)
     spec = ds.modality(a.modality)
-    cfg = UNetConfig(in_channels=3, out_channels=spec.channels, channels=_ints(a.channels), num_res_blocks=1,
-                     attention_resolutions=(), image_size=ds.size, timestep_embedding=False)
-    identity = _identity(a, unet=cfg.to_dict(), modality=spec.to_toml())
-    result = train_estimator(ds, UNet(cfg), a.modality, _train_config(a, identity), _run_dir(a))
+    net, record, init = _reference_net(a, spec.channels, ds.size, a.modality)
+    cfg = net.cfg
+    identity = _identity(a, unet=cfg.to_dict(), modality=spec.to_toml(), **init)
+    result = train_estimator(ds, net, a.modality, _train_config(a, identity), _run_dir(a))
     if not result.done:
         return
     file = export_estimator(result.model, a.modality, a.out)
     estimators = read_model_toml(a.out).get("estimators", {})
-    estimators[a.modality] = {"file": file, "architecture": cfg.to_dict(), **_provenance(a, result, result.model)}
+    provenance = record or {**_provenance(a, result, result.model), **init}
+    estimators[a.modality] = {"file": file, "architecture": cfg.to_dict(), **provenance}
     update_model_toml(a.out, estimators=estimators)
-    print(f"exported {a.out}/{file} after {result.steps} steps, loss {result.final_loss:.4f}")
+    print(f"exported {a.out}/{file} {_trained(result)}")
 
 
 def cmd_export_vectors(a: argparse.Namespace) -> None:
@@ -487,6 +503,12 @@ def cmd_export_random(a: argparse.Namespace) -> None:
     doc = write_random_model(a.out, classes, a.preset, a.seed, a.distilled)
     base, mcm = doc["base"]["parameters"], doc["mcm"]["parameters"]
     print(f"{a.out}: random {a.preset} model, base {base:,} parameters, MCM {mcm:,} ({100 * mcm / base:.1f} % of the base)")
+
+
+def _add_reference_init(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--init-from", type=Path,
+                   help=f"start from the {what} of this model directory, in its architecture (--steps 0: nothing is "
+                        "trained, the net is written into --out in the current contract with its training record)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -589,9 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("segmenter", help="train the reference segmenter used by `mcm-edge eval`")
     _add_train_args(g, steps=1500, batch=32, lr=1e-3, ema=0.99)
     g.add_argument("--channels", default="16,32,64", help="U-Net width per resolution level")
-    g.add_argument("--init-from", type=Path,
-                   help="start from the segmenter of this model directory (its architecture; --steps 0 writes it "
-                        "again in the current contract, keeping its training record)")
+    _add_reference_init(g, "segmenter")
     g.set_defaults(func=cmd_segmenter)
 
     x = sub.add_parser("estimator", help="train the reference estimator of a dense modality (e.g. depth) used by "
@@ -599,6 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(x, steps=1500, batch=32, lr=1e-3, ema=0.99)
     x.add_argument("--modality", default="depth", help="the dense modality to estimate from images")
     x.add_argument("--channels", default="16,32,64", help="U-Net width per resolution level")
+    _add_reference_init(x, "estimator of --modality")
     x.set_defaults(func=cmd_estimator)
 
     v = sub.add_parser("export-vectors", help="write the parity vectors of a model directory (schedule, frame "

@@ -94,7 +94,7 @@ def test_cli_adds_depth_to_a_trained_mcm(scenes: Path, tmp_path: Path, capsys: p
     assert (tmp_path / "b" / "test_vectors" / "depth_estimator.map.npy").exists()
 
 
-def test_segmenter_written_again_with_features_keeps_its_logits_and_record(scenes: Path, tmp_path: Path,
+def test_reference_nets_written_again_keep_their_outputs_and_record(scenes: Path, tmp_path: Path,
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     model = _model(tmp_path / "m", "tiny")
@@ -112,6 +112,13 @@ def test_segmenter_written_again_with_features_keeps_its_logits_and_record(scene
     new = ort.InferenceSession(str(out / "segmenter.onnx")).run(None, {"image": image})
     assert len(old) == 1 and len(new) == 2 and np.abs(old[0] - new[0]).max() < 1e-5
     assert new[1].shape == (image.shape[0], seg.cfg.channels[-1], 1, 1)
+    # the depth estimator too
+    main(["estimator", "--data", str(scenes), "--init-from", str(model), "--steps", "0", "--out", str(out)])
+    est = read_model_toml(out)["estimators"]["depth"]
+    assert est["file"] == "depth_estimator.onnx" and est["dataset"] == "none (random weights)"
+    image = np.load(model / "test_vectors" / "depth_estimator.image.npy")
+    old, new = (ort.InferenceSession(str(d / "depth_estimator.onnx")).run(None, {"image": image}) for d in (model, out))
+    assert np.abs(old[0] - new[0]).max() < 1e-5
     # trained further, it records this run and where it started
     main(["segmenter", "--data", str(scenes), "--init-from", str(out), "--steps", "2", "--batch-size", "2", "--out",
           str(tmp_path / "more")])

@@ -90,7 +90,7 @@ def write_random_model(out_dir: Path, classes: list[dict], preset: str = "tiny",
         nets["segmenter"] = {"file": "segmenter.onnx", "features": features, "architecture": seg.cfg.to_dict(),
                              "parameters": sum(q.numel() for q in seg.parameters()), **provenance}
         est = UNet(UNetConfig(in_channels=3, out_channels=1, timestep_embedding=False, image_size=size, **p["base"]))
-        nets["estimators"] = {"depth": {"file": export_estimator(est.eval(), "depth", out_dir),
+        nets["estimators"] = {"depth": {"file": export_estimator(est.eval(), "depth", out_dir), "architecture": est.cfg.to_dict(),
                                         "parameters": sum(q.numel() for q in est.parameters()), **provenance}}
     doc = update_model_toml(
         out_dir,

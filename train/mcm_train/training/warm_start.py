@@ -89,21 +89,23 @@ def warm_start(mcm: MCM, modalities: list[ModalitySpec], model_dir: Path) -> tup
     return kept, added
 
 
-def segmenter_from(model_dir: Path) -> tuple[UNet, dict]:
-    """The reference segmenter of `model_dir` (`[segmenter]`, its architecture and weights read
-    back from its ONNX file, checked against its test vectors) and its `[segmenter]` section.
+def reference_net_from(model_dir: Path, modality: str | None = None) -> tuple[UNet, dict]:
+    """A reference net of `model_dir` (the segmenter, or with `modality` the estimator of that
+    dense modality, `[estimators.NAME]`): its architecture and weights read back from its ONNX
+    file, checked against its test vectors, and its model.toml section.
 
     Raises:
-        WarmStartError: no `[segmenter]` with an architecture, the weights do not fit it, or they
+        WarmStartError: no such section with an architecture, the weights do not fit it, or they
             do not reproduce the test vectors.
     """
-    section = read_model_toml(model_dir).get("segmenter", {})
-    if "architecture" not in section or not (model_dir / section.get("file", "segmenter.onnx")).exists():
-        raise WarmStartError(f"{model_dir}: --init-from needs a model directory with a [segmenter] and its architecture")
+    doc = read_model_toml(model_dir)
+    name, section = ("segmenter", doc.get("segmenter", {})) if modality is None else (
+        f"estimators.{modality}", doc.get("estimators", {}).get(modality, {}))
+    if "architecture" not in section or not (model_dir / section.get("file", "-")).exists():
+        raise WarmStartError(f"{model_dir}: --init-from needs a model directory with [{name}] and its architecture")
     path = model_dir / section["file"]
     net = UNet(UNetConfig.from_dict(section["architecture"])).eval()
     load_onnx_weights(net, path, prefix="net.")
-    outputs = ("logits", "features") if "features" in section else ("logits",)
-    vectors = load_vectors(model_dir, "segmenter", ("image",))
-    check_readback(UNetWithFeatures(net) if len(outputs) == 2 else net, path, vectors)
+    vectors = load_vectors(model_dir, path.stem, ("image",))
+    check_readback(UNetWithFeatures(net) if "features" in section else net, path, vectors)
     return net, section
