@@ -47,15 +47,21 @@ fn generation_is_seeded_and_strength_matters() {
 }
 
 #[test]
-fn a_distilled_v_prediction_base_samples_its_own_grid_only() {
-    // models/tiny-v: the tiny base's weights, read as v_prediction, with a 4-step grid
-    let g = Pipeline::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny-v"), &Backend::Tract).unwrap();
+fn a_distilled_base_of_either_prediction_samples_its_own_grid_only() {
+    // models/tiny-v and models/tiny-x0: the tiny base's weights, read as v and as x_0, with a 4-step grid
     let maps: Maps = [("sketch".to_string(), ModalityMap::Sketch(Array2::zeros((16, 16))))].into();
     let p = GenerationParams { seed: 3, steps: 4, strength: 1.0, eta: 0.0 };
-    let img = g.generate(&maps, &p).unwrap();
-    assert_ne!(img, tiny().generate(&maps, &p).unwrap(), "the same weights read as v give another image");
-    let err = g.generate(&maps, &GenerationParams { steps: 20, ..p }).unwrap_err().to_string();
-    assert!(err.contains("distilled for 4 steps only"), "{err}");
+    let eps_image = tiny().generate(&maps, &p).unwrap();
+    let mut images = Vec::new();
+    for fixture in ["models/tiny-v", "models/tiny-x0"] {
+        let g = Pipeline::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join(fixture), &Backend::Tract).unwrap();
+        let img = g.generate(&maps, &p).unwrap();
+        assert_ne!(img, eps_image, "{fixture}: the same weights read as another prediction give another image");
+        let err = g.generate(&maps, &GenerationParams { steps: 20, ..p.clone() }).unwrap_err().to_string();
+        assert!(err.contains("distilled for 4 steps only"), "{fixture}: {err}");
+        images.push(img);
+    }
+    assert_ne!(images[0], images[1], "v and x_0 are read differently");
 }
 
 #[test]

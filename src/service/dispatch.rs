@@ -179,7 +179,7 @@ fn parse_request(ctx: &Ctx, recent: &RecentIds, payload: &[u8], stopping: bool) 
         frames: ctx.frame_limits(),
         max_steps: config.limits.max_steps,
         max_strength: config.limits.max_strength,
-        default_steps: config.generation.steps,
+        default_steps: config.generation.steps_for(info),
         default_strength: config.generation.strength,
     };
     Ok(Parsed::Job(Job { request: body.check(&rules)?, reply: None, ack: None }))

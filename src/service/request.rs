@@ -58,7 +58,8 @@ pub struct RequestRules<'a> {
     pub max_steps: usize,
     /// Largest `strength`.
     pub max_strength: f32,
-    /// `steps` when the request does not give it.
+    /// `steps` when the request does not give it: [`crate::config::GenerationConfig::steps_for`]
+    /// the model (its distilled count, else `[generation] steps`).
     pub default_steps: usize,
     /// `strength` when the request does not give it.
     pub default_strength: f32,
@@ -125,8 +126,7 @@ impl RequestBody {
         let max_steps = rules.max_steps.min(info.schedule.num_train_timesteps);
         let distilled = info.schedule.timesteps.as_ref().map(Vec::len);
         let steps = match (self.steps, distilled) {
-            (None, Some(n)) => n,
-            (None, None) => rules.default_steps.min(max_steps),
+            (None, _) => rules.default_steps.min(max_steps),
             (Some(s), Some(n)) if s == n as i64 => n,
             (Some(s), Some(n)) => {
                 return Err(refuse(ErrorCode::InvalidSteps, format!("steps {s}: this model was distilled for {n} steps only")));
@@ -193,7 +193,7 @@ mod tests {
             frames: FrameLimits::default(),
             max_steps: 50,
             max_strength: 3.0,
-            default_steps: 20,
+            default_steps: crate::config::GenerationConfig::default().steps_for(info),
             default_strength: 1.5,
         };
         body.check(&rules)
@@ -202,7 +202,7 @@ mod tests {
     #[test]
     fn a_distilled_model_takes_its_own_step_count_by_default_and_refuses_others() {
         let info = distilled();
-        assert_eq!(check(&info, None).unwrap().steps, 4, "the model's count, not the service's 20");
+        assert_eq!(check(&info, None).unwrap().steps, 4, "the model's count, not [generation]'s 20");
         assert_eq!(check(&info, Some(4)).unwrap().steps, 4);
         let refused = check(&info, Some(20)).unwrap_err();
         assert_eq!(refused.code, ErrorCode::InvalidSteps);

@@ -81,6 +81,7 @@ def test_device_defaults_to_cuda_only_where_pytorch_sees_one(monkeypatch: pytest
 def test_cli_refuses_cuda_without_a_gpu(scenes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.chdir(tmp_path)  # the run directory goes under runs/ of the working directory
     with pytest.raises(SystemExit) as stop:
         main(["pretrain-base", "--data", str(scenes), "--out", str(tmp_path / "m"), "--steps", "1", "--device", "cuda"])
     assert stop.value.code == 2

@@ -44,6 +44,8 @@ PRESETS["tiny-s2d"] = {
     "mcm": {**PRESETS["tiny"]["mcm"], "attention_resolutions": (), "space_to_depth": 2},
     "eval_nets": False,
 }
+#: `tiny` without the eval nets (`models/tiny-x0`: the base read as an x_0-predicting student).
+PRESETS["tiny-bare"] = {**PRESETS["tiny"], "eval_nets": False}
 
 
 def write_random_model(out_dir: Path, classes: list[dict], preset: str = "tiny", seed: int = 0,
