@@ -1,6 +1,6 @@
 //! `mcm-edge eval` end to end on the committed `models/tiny` fixture and a two-scene dataset
-//! folder of four scenes written here (random weights: only the plumbing and the value ranges
-//! are checked; four is the fewest the realism figure fsd needs).
+//! folder of six scenes written here, four scored and two the reference of the realism figure fsd
+//! (random weights: only the plumbing and the value ranges are checked).
 //! The fixture has segmentation, sketch and depth with a depth estimator, so every variant runs.
 
 use std::path::Path;
@@ -15,7 +15,7 @@ fn eval_scores_every_variant_on_a_folder_dataset() {
     for sub in ["images", "segmentation", "sketch", "depth"] {
         std::fs::create_dir_all(data.join(sub)).unwrap();
     }
-    for (i, horizon) in [(0, 10u32), (1, 20), (2, 14), (3, 24)] {
+    for (i, horizon) in [(0, 10u32), (1, 20), (2, 14), (3, 24), (4, 8), (5, 18)] {
         let name = format!("{i:05}.png");
         let (sky, grass) = (Rgb([135, 206, 235]), Rgb([0, 200, 0]));
         RgbImage::from_fn(32, 32, |_, y| if y < horizon { sky } else { grass }).save(data.join("segmentation").join(&name)).unwrap();
@@ -29,8 +29,8 @@ fn eval_scores_every_variant_on_a_folder_dataset() {
             .unwrap();
     }
     let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny");
-    let report = evaluate(&model, &data, &EvalOptions { limit: 10, steps: 3, strength: 1.0, seed: 0 }, &Backend::Tract).unwrap();
-    assert_eq!((report.n, report.steps), (4, 3));
+    let report = evaluate(&model, &data, &EvalOptions { limit: 4, steps: 3, strength: 1.0, seed: 0 }, &Backend::Tract).unwrap();
+    assert_eq!((report.n, report.steps, report.fsd_reference), (4, 3, Some(2)));
     let r = &report;
     for v in [r.miou_mcm, r.miou_mcm_both, r.miou_mcm_all, r.miou_base, r.miou_ceiling] {
         assert!(v.is_some_and(|v| (0.0..=1.0).contains(&v)), "{report:?}");

@@ -12,8 +12,9 @@
 //!   image's implied depth is from the asked one) and by Pearson correlation per image, averaged
 //!   (whether near and far are ordered as asked, whatever the offset and scale). Both, because
 //!   an image can put every layer in the right order at the wrong distances, or the reverse.
-//! - fsd (realism, with a segmenter that has `features`): the Frechet distance between the
-//!   segmenter's pooled features of real and of generated images ([`super::fsd`]); alignment
+//! - fsd (realism, with a segmenter that has `features`): a Frechet distance between diagonal
+//!   Gaussians fitted to the segmenter's pooled features of real and of generated images
+//!   ([`super::fsd`]); alignment
 //!   alone cannot see images that follow the map but look like no real image (what too few
 //!   sampling steps do).
 
@@ -40,6 +41,8 @@ pub const CANNY_LOW: f32 = 40.0;
 pub const CANNY_HIGH: f32 = 100.0;
 /// Edge match tolerance in pixels.
 pub const EDGE_TOLERANCE: u8 = 2;
+/// Most real images in the reference set of fsd (only the segmenter runs on them).
+pub const FSD_REFERENCE: usize = 1024;
 
 /// Errors of an evaluation run.
 #[derive(Debug, thiserror::Error)]
@@ -90,8 +93,8 @@ pub struct EvalReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub miou_ceiling: Option<f64>,
     /// fsd (module doc; lower is more realistic) of the images of `miou_mcm`: conditioned on the
-    /// segmentation alone. Absent without `[segmenter] features` or with fewer than
-    /// [`fsd::MIN_EXAMPLES`] examples.
+    /// segmentation alone, against the reference images (`fsd_reference`). Absent without
+    /// `[segmenter] features` or with fewer than [`fsd::MIN_IMAGES`] examples or reference images.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fsd_mcm: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -100,9 +103,13 @@ pub struct EvalReport {
     pub fsd_mcm_all: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fsd_base: Option<f64>,
-    /// Between the two halves of the real images: the floor of the others.
+    /// The real images of the scored examples against the reference: the floor of the others.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fsd_ceiling: Option<f64>,
+    /// The reference of the fsd figures: this many real images of the data folder that are not
+    /// scored (those after the first `n` by file name, at most [`FSD_REFERENCE`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fsd_reference: Option<usize>,
     /// Edge F1 of generated images conditioned on the sketch alone.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub edge_f1_mcm: Option<f64>,
@@ -436,9 +443,8 @@ struct Example {
     maps: Vec<ModalityMap>,
 }
 
-fn load_examples(data: &Path, generator: &Pipeline, scored: &[Scored], limit: usize) -> Result<Vec<Example>, EvalError> {
-    let info = generator.info();
-    let size = info.image.size;
+/// The PNG images of `data/images`, sorted by file name.
+fn image_files(data: &Path) -> Result<Vec<PathBuf>, EvalError> {
     let images = data.join("images");
     let mut names: Vec<PathBuf> = std::fs::read_dir(&images)
         .map_err(|e| EvalError::Data { path: images.clone(), message: e.to_string() })?
@@ -446,6 +452,39 @@ fn load_examples(data: &Path, generator: &Pipeline, scored: &[Scored], limit: us
         .filter(|p| p.extension().is_some_and(|x| x == "png"))
         .collect();
     names.sort();
+    Ok(names)
+}
+
+/// An image file resized to the model's `size` (triangle filter), as RGB.
+fn read_image(path: &Path, size: usize) -> Result<RgbImage, EvalError> {
+    let bytes = std::fs::read(path).map_err(|e| EvalError::Data { path: path.to_path_buf(), message: e.to_string() })?;
+    Ok(image::load_from_memory(&bytes)
+        .map_err(|e| EvalError::Data { path: path.to_path_buf(), message: e.to_string() })?
+        .resize_exact(size as u32, size as u32, image::imageops::FilterType::Triangle)
+        .to_rgb8())
+}
+
+/// The segmenter's features of the reference images of fsd: the real images after the first
+/// `limit` (at most [`FSD_REFERENCE`]); empty without a segmenter with features.
+fn reference_features(data: &Path, generator: &Pipeline, scored: &[Scored], limit: usize) -> Result<Vec<Vec<f32>>, EvalError> {
+    let Some(net) = scored.iter().find_map(|s| if let Judge::Segmenter { net, .. } = &s.judge { Some(net) } else { None }) else {
+        return Ok(Vec::new());
+    };
+    let (size, range) = (generator.info().image.size, generator.info().image.value_range);
+    let mut features = Vec::new();
+    for path in image_files(data)?.iter().skip(limit).take(FSD_REFERENCE) {
+        match segment(net, &read_image(path, size)?, range)?.1 {
+            Some(f) => features.push(f),
+            None => break, // a segmenter without features: no fsd
+        }
+    }
+    Ok(features)
+}
+
+fn load_examples(data: &Path, generator: &Pipeline, scored: &[Scored], limit: usize) -> Result<Vec<Example>, EvalError> {
+    let info = generator.info();
+    let size = info.image.size;
+    let mut names = image_files(data)?;
     names.truncate(limit);
     if let Some(s) = scored.iter().find(|s| !names.is_empty() && !data.join(&s.name).is_dir()) {
         return Err(EvalError::Data {
@@ -463,10 +502,7 @@ fn load_examples(data: &Path, generator: &Pipeline, scored: &[Scored], limit: us
     names
         .iter()
         .map(|p| {
-            let image = image::load_from_memory(&read(p.clone())?)
-                .map_err(|e| EvalError::Data { path: p.clone(), message: e.to_string() })?
-                .resize_exact(size as u32, size as u32, image::imageops::FilterType::Triangle)
-                .to_rgb8();
+            let image = read_image(p, size)?;
             let maps = scored.iter().map(|s| decode(&s.name, p)).collect::<Result<_, _>>()?;
             Ok(Example { image, maps })
         })
@@ -489,6 +525,10 @@ pub fn evaluate(model_dir: &Path, data: &Path, opts: &EvalOptions, backend: &Bac
     if examples.is_empty() {
         return Err(EvalError::Data { path: data.join("images"), message: "no PNG images".into() });
     }
+    let reference = reference_features(data, &generator, &scored, opts.limit)?;
+    if reference.len() < fsd::MIN_IMAGES && scored.iter().any(|s| matches!(s.judge, Judge::Segmenter { .. })) {
+        log::warn!("{}: no fsd: it needs at least {} images beyond the {} scored", data.display(), fsd::MIN_IMAGES, opts.limit);
+    }
     let variants = Variant::list(&scored);
     // counts[j][v]: scored modality j judged on the images of variant v
     let mut counts: Vec<Vec<Counts>> = scored.iter().map(|s| vec![s.counts(); variants.len()]).collect();
@@ -510,11 +550,19 @@ pub fn evaluate(model_dir: &Path, data: &Path, opts: &EvalOptions, backend: &Bac
         }
         log::info!("eval {}/{}", i + 1, examples.len());
     }
-    Ok(report(&scored, &variants, &counts, examples.len(), opts, start))
+    Ok(report(&scored, &variants, &counts, &reference, examples.len(), opts, start))
 }
 
 /// The [`EvalReport`] of accumulated `counts[modality][variant]`.
-fn report(scored: &[Scored], variants: &[Variant], counts: &[Vec<Counts>], n: usize, opts: &EvalOptions, start: Instant) -> EvalReport {
+fn report(
+    scored: &[Scored],
+    variants: &[Variant],
+    counts: &[Vec<Counts>],
+    reference: &[Vec<f32>],
+    n: usize,
+    opts: &EvalOptions,
+    start: Instant,
+) -> EvalReport {
     let pos = |want: Variant| variants.iter().position(|v| *v == want);
     let both = variants.iter().position(|v| matches!(v, Variant::Both(..)));
     // the variants a modality's figures come from: [alone, both, all, base, real]
@@ -529,9 +577,7 @@ fn report(scored: &[Scored], variants: &[Variant], counts: &[Vec<Counts>], n: us
     let [edge_f1_mcm, edge_f1_mcm_both, edge_f1_mcm_all, edge_f1_base, edge_f1_ceiling] = figures(|j| matches!(j, Judge::Edges));
     let [fsd_mcm, fsd_mcm_both, fsd_mcm_all, fsd_base, fsd_ceiling] = match scored.iter().position(|s| matches!(s.judge, Judge::Segmenter { .. })) {
         Some(j) => {
-            let real = pos(Variant::Real).map(|v| counts[j][v].features()).unwrap_or_default();
-            let [alone, both, all, base, _] = slots(j).map(|v| v.and_then(|v| fsd::fsd(counts[j][v].features(), real)));
-            [alone, both, all, base, fsd::fsd_ceiling(real)]
+            slots(j).map(|v| v.and_then(|v| fsd::fsd(counts[j][v].features(), reference)))
         }
         None => [None; 5],
     };
@@ -568,6 +614,7 @@ fn report(scored: &[Scored], variants: &[Variant], counts: &[Vec<Counts>], n: us
         fsd_mcm_all,
         fsd_base,
         fsd_ceiling,
+        fsd_reference: fsd_ceiling.map(|_| reference.len()),
         edge_f1_mcm,
         edge_f1_mcm_both,
         edge_f1_mcm_all,
