@@ -168,6 +168,7 @@ pub struct NetInfo {
 /// the embedding of the realism figure `fsd` of `mcm-edge eval`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct SegmenterInfo {
+    /// The file and its provenance, as for every net.
     #[serde(flatten)]
     pub net: NetInfo,
     /// F, the width of the `features` output; absent in files written before it (then eval has

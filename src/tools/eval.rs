@@ -97,10 +97,13 @@ pub struct EvalReport {
     /// `[segmenter] features` or with fewer than [`fsd::MIN_IMAGES`] examples or reference images.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fsd_mcm: Option<f64>,
+    /// ... of the images of `miou_mcm_both`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fsd_mcm_both: Option<f64>,
+    /// ... of the images of `miou_mcm_all`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fsd_mcm_all: Option<f64>,
+    /// ... of the base alone (strength 0), same seeds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fsd_base: Option<f64>,
     /// The real images of the scored examples against the reference: the floor of the others.
