@@ -467,15 +467,15 @@ fn read_image(path: &Path, size: usize) -> Result<RgbImage, EvalError> {
         .to_rgb8())
 }
 
-/// The segmenter's features of the reference images of fsd: the real images after the first
-/// `limit` (at most [`FSD_REFERENCE`]); empty without a segmenter with features.
-fn reference_features(data: &Path, generator: &Pipeline, scored: &[Scored], limit: usize) -> Result<Vec<Vec<f32>>, EvalError> {
+/// The segmenter's features of the reference images of fsd: the real images of `files` after the
+/// first `limit` (at most [`FSD_REFERENCE`]); empty without a segmenter with features.
+fn reference_features(files: &[PathBuf], generator: &Pipeline, scored: &[Scored], limit: usize) -> Result<Vec<Vec<f32>>, EvalError> {
     let Some(net) = scored.iter().find_map(|s| if let Judge::Segmenter { net, .. } = &s.judge { Some(net) } else { None }) else {
         return Ok(Vec::new());
     };
     let (size, range) = (generator.info().image.size, generator.info().image.value_range);
     let mut features = Vec::new();
-    for path in image_files(data)?.iter().skip(limit).take(FSD_REFERENCE) {
+    for path in files.iter().skip(limit).take(FSD_REFERENCE) {
         match segment(net, &read_image(path, size)?, range)?.1 {
             Some(f) => features.push(f),
             None => break, // a segmenter without features: no fsd
@@ -484,11 +484,11 @@ fn reference_features(data: &Path, generator: &Pipeline, scored: &[Scored], limi
     Ok(features)
 }
 
-fn load_examples(data: &Path, generator: &Pipeline, scored: &[Scored], limit: usize) -> Result<Vec<Example>, EvalError> {
+/// The first `limit` of `files` (the dataset's images) with their maps.
+fn load_examples(data: &Path, files: &[PathBuf], generator: &Pipeline, scored: &[Scored], limit: usize) -> Result<Vec<Example>, EvalError> {
     let info = generator.info();
     let size = info.image.size;
-    let mut names = image_files(data)?;
-    names.truncate(limit);
+    let names = &files[..limit.min(files.len())];
     if let Some(s) = scored.iter().find(|s| !names.is_empty() && !data.join(&s.name).is_dir()) {
         return Err(EvalError::Data {
             path: data.join(&s.name),
@@ -524,11 +524,12 @@ pub fn evaluate(model_dir: &Path, data: &Path, opts: &EvalOptions, backend: &Bac
     let generator = Pipeline::load(model_dir, backend)?;
     let range = generator.info().image.value_range;
     let scored = Scored::of_model(&generator, backend)?;
-    let examples = load_examples(data, &generator, &scored, opts.limit)?;
+    let files = image_files(data)?;
+    let examples = load_examples(data, &files, &generator, &scored, opts.limit)?;
     if examples.is_empty() {
         return Err(EvalError::Data { path: data.join("images"), message: "no PNG images".into() });
     }
-    let reference = reference_features(data, &generator, &scored, opts.limit)?;
+    let reference = reference_features(&files, &generator, &scored, opts.limit)?;
     if reference.len() < fsd::MIN_IMAGES && scored.iter().any(|s| matches!(s.judge, Judge::Segmenter { .. })) {
         log::warn!("{}: no fsd: it needs at least {} images beyond the {} scored", data.display(), fsd::MIN_IMAGES, opts.limit);
     }

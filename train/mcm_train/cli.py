@@ -20,7 +20,7 @@ from .export.parity import write_parity_vectors
 from .export.random_models import PRESETS
 from .nets.mcm import MCM
 from .nets.unet import UNet, UNetConfig, count_parameters
-from .training.distill import Teacher
+from .training.distill import McmTeacher, Teacher
 from .training.loop import TrainConfig, TrainResult, resolve_device
 from .training.step_timer import StepTimer
 from .training.trainers import pretrain_base, train_estimator, train_mcm, train_segmenter
@@ -209,7 +209,7 @@ def _warm_start(a: argparse.Namespace, mcm: MCM, modalities: list[ModalitySpec])
     return {"init_from": str(a.init_from.resolve())}
 
 
-def _mcm_teacher(a: argparse.Namespace, doc: dict, modalities: list[ModalitySpec]) -> tuple[object, list[int]]:
+def _mcm_teacher(a: argparse.Namespace, doc: dict, modalities: list[ModalitySpec]) -> tuple[McmTeacher, list[int]]:
     """The teacher of `mcm-train mcm --distill-from DIR` (DIR's base and MCM through onnxruntime)
     and its grid: twice the distilled `--base`'s steps, of which the base's grid is every other one.
 
@@ -218,7 +218,6 @@ def _mcm_teacher(a: argparse.Namespace, doc: dict, modalities: list[ModalitySpec
             modalities, or another image size or noise schedule.
     """
     from .contract.schedule import timestep_grid
-    from .training.distill import McmTeacher
     from .training.frozen import onnx_base_fn, onnx_mcm_fn
 
     grid, teacher_doc = doc["schedule"].get("timesteps"), read_model_toml(a.distill_from)

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..nets.controlnet import ControlNet, ControlNetMCM
 from ..nets.mcm import MCM
-from ..nets.unet import UNet, UNetWithFeatures
+from ..nets.unet import UNet, UNetConfig, UNetWithFeatures
 
 OPSET = 17
 
@@ -106,11 +106,20 @@ def export_mcm(mcm: MCM, cond_channels: int, out_dir: Path) -> None:
 def export_image_net(net: UNet, stem: str, output: str, out_dir: Path) -> None:
     """Write an image-reading net (`image` f32 [B, 3, H, W] in [-1, 1] -> `output` [B, C, H, W]) to
     `STEM.onnx` with its test vectors (`STEM.image`, `STEM.OUTPUT`)."""
-    image, _ = _vector_inputs(net.cfg.in_channels, net.cfg.image_size, 4)
-    export_onnx(_ImageNet(net), {"image": image}, [output], out_dir / f"{stem}.onnx")
+    _export_image_module(_ImageNet(net), net.cfg, stem, [output], out_dir)
+
+
+def _export_image_module(module: nn.Module, cfg: UNetConfig, stem: str, outputs: list[str],
+                         out_dir: Path) -> dict[str, torch.Tensor]:
+    """Export `module(image)` (one tensor per name in `outputs`) to `STEM.onnx` with its test
+    vectors (`STEM.image`, `STEM.OUTPUT`...); returns the vectors' outputs by name."""
+    image, _ = _vector_inputs(cfg.in_channels, cfg.image_size, 4)
+    export_onnx(module, {"image": image}, outputs, out_dir / f"{stem}.onnx")
     with torch.no_grad():
-        result = net(image)
-    _save_vectors(out_dir, stem, {"image": image, output: result})
+        result = module(image)
+    results = dict(zip(outputs, result if isinstance(result, tuple) else (result,), strict=True))
+    _save_vectors(out_dir, stem, {"image": image, **results})
+    return results
 
 
 def export_segmenter(net: UNet, out_dir: Path) -> int:
@@ -118,13 +127,8 @@ def export_segmenter(net: UNet, out_dir: Path) -> int:
     and `features` [B, F, 1, 1], F = channels[-1]: the bottleneck averaged over positions, 4-D as
     every contract output) and its test vectors (`segmenter.image`, `.logits`, `.features`);
     returns F (`[segmenter] features`)."""
-    image, _ = _vector_inputs(net.cfg.in_channels, net.cfg.image_size, 4)
-    module = UNetWithFeatures(net)
-    export_onnx(module, {"image": image}, ["logits", "features"], out_dir / "segmenter.onnx")
-    with torch.no_grad():
-        logits, features = module(image)
-    _save_vectors(out_dir, "segmenter", {"image": image, "logits": logits, "features": features})
-    return int(features.shape[1])
+    results = _export_image_module(UNetWithFeatures(net), net.cfg, "segmenter", ["logits", "features"], out_dir)
+    return int(results["features"].shape[1])
 
 
 def export_estimator(net: UNet, modality: str, out_dir: Path) -> str:

@@ -36,6 +36,14 @@ from .trainers import BaseFn, McmFn
 X0Fn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def truncated_snr_loss(x_0_hat: torch.Tensor, target: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor
+                       ) -> torch.Tensor:
+    """Mean of `max(alpha^2 / sigma^2, 1) * (x_0_hat - target)^2` (truncated-SNR weighting,
+    Salimans & Ho 2022, Sec. 4); images [B, C, H, W], alpha and sigma [B, 1, 1, 1]."""
+    weight = (alpha**2 / sigma**2).clamp(min=1.0)
+    return (weight * (x_0_hat - target) ** 2).mean()
+
+
 @dataclass
 class Teacher:
     """A frozen denoiser and what it predicts: `net(x_t [B, C, H, W], timestep f32 [B])` -> a
@@ -115,8 +123,7 @@ def distill_stage(data: Dataset, teacher: Teacher, student_steps: int, predictio
         target = two_step_target(teacher_x0(teacher, ab), x_t, t, t_mid, t_next, ab)
         alpha, sigma = alpha_sigma(ab, t, x_t)
         x_0_hat = to_x0_eps(net(x_t, t.to(x_t.device).float()), x_t, alpha, sigma, prediction_type)[0]
-        weight = (alpha**2 / sigma**2).clamp(min=1.0)  # truncated SNR (Salimans & Ho 2022, Sec. 4)
-        return (weight * (x_0_hat - target) ** 2).mean()
+        return truncated_snr_loss(x_0_hat, target, alpha, sigma)
 
     student = copy.deepcopy(teacher.net).requires_grad_(True).train()
     return train_loop(f"student{student_steps}", student, loss_fn, tc, run_dir)
@@ -138,7 +145,7 @@ class McmTeacher:
             timestep = t.to(z.device).float()
             eps = to_x0_eps(self.base_fn(z, timestep), z, alpha, sigma, self.prediction_type)[1]
             eps_hat = modulate(eps, *self.mcm_fn(z, eps, cond, timestep))
-            return (z - sigma * eps_hat) / alpha
+            return to_x0_eps(eps_hat, z, alpha, sigma, "epsilon")[0]
         return x_0
 
 
@@ -171,9 +178,8 @@ def distill_mcm(data: Dataset, mcm: MCM, base_fn: BaseFn, modalities: list[Modal
         with torch.no_grad():
             eps = to_x0_eps(base_fn(x_t, t.float()), x_t, alpha, sigma, sched.prediction_type)[1]
         gamma, beta = net(x_t, eps, cond, t.float())
-        x_0_hat = (x_t - sigma * modulate(eps, gamma, beta)) / alpha
-        weight = (alpha**2 / sigma**2).clamp(min=1.0)  # truncated SNR (Salimans & Ho 2022, Sec. 4)
+        x_0_hat = to_x0_eps(modulate(eps, gamma, beta), x_t, alpha, sigma, "epsilon")[0]
         l1 = gamma.abs().mean() + beta.abs().mean()
-        return (weight * (x_0_hat - target) ** 2).mean() + l1_weight * l1
+        return truncated_snr_loss(x_0_hat, target, alpha, sigma) + l1_weight * l1
 
     return train_loop("mcm", mcm, loss_fn, tc, run_dir)
