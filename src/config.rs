@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::display::DisplayConfig;
 pub use crate::mqtt::{MqttConfig, MqttProtocol, Secret, TlsConfig};
 use crate::contract::ModelInfo;
+use crate::diffusion::MAX_STRENGTH;
 use crate::mqtt::{parse_url, topic_text_ok, valid_filter};
 pub use crate::runtime::RuntimeConfig;
 use crate::runtime::{BackendKind, NO_ONNXRUNTIME, ONNXRUNTIME_BUILT_IN};
@@ -126,10 +127,17 @@ pub struct LimitsConfig {
     pub max_steps: usize,
     /// Accepted requests waiting for generation; one more is refused with `queue_full`.
     pub queue_depth: usize,
-    /// How many recent request ids are remembered to ignore duplicate deliveries (QoS 1).
+    /// How many recent answers are kept for retried request ids (also bounded by
+    /// `answer_cache_bytes`); more than `queue_depth`.
     pub recent_ids: usize,
-    /// Largest strength a request may ask for.
+    /// Largest strength a request may ask for, at most [`MAX_STRENGTH`].
     pub max_strength: f32,
+    /// Largest share (0..=1) of a colour segmentation frame's pixels that may be far from every
+    /// class colour ([`crate::frames::FrameLimits::max_far_share`]).
+    pub max_far_share: f32,
+    /// Bytes of recent answers (images and errors) kept to answer a retried request id again
+    /// (idempotent retries); 0 turns replays off.
+    pub answer_cache_bytes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -140,7 +148,9 @@ impl Default for LimitsConfig {
             max_steps: 200,
             queue_depth: 8,
             recent_ids: 1024,
-            max_strength: 10.0,
+            max_strength: MAX_STRENGTH,
+            max_far_share: 0.2,
+            answer_cache_bytes: 16 * MIB,
         }
     }
 }
@@ -232,8 +242,8 @@ fn check_mqtt(m: &MqttConfig) -> Result<(), BadValue> {
     } else if m.host.is_empty() {
         return bad("mqtt.host", "must not be empty".into());
     }
-    if m.keep_alive_s < 5 {
-        return bad("mqtt.keep_alive_s", format!("{} s is below the minimum of 5 s", m.keep_alive_s));
+    if !(5..=u64::from(u16::MAX)).contains(&m.keep_alive_s) {
+        return bad("mqtt.keep_alive_s", format!("{} s must be within 5..=65535 s (MQTT's keep-alive is 16 bits)", m.keep_alive_s));
     }
     if m.max_packet_bytes < 1024 || m.max_packet_bytes > 256 * MIB {
         return bad("mqtt.max_packet_bytes", format!("{} must be within 1 KiB..=256 MiB", m.max_packet_bytes));
@@ -295,8 +305,11 @@ fn check_limits(l: &LimitsConfig, m: &MqttConfig) -> Result<(), BadValue> {
     if l.recent_ids <= l.queue_depth {
         return bad("limits.recent_ids", format!("{} must exceed limits.queue_depth ({})", l.recent_ids, l.queue_depth));
     }
-    if !l.max_strength.is_finite() || l.max_strength < 0.0 {
-        return bad("limits.max_strength", format!("{} must be finite and non-negative", l.max_strength));
+    if !l.max_strength.is_finite() || !(0.0..=MAX_STRENGTH).contains(&l.max_strength) {
+        return bad("limits.max_strength", format!("{} must be within 0..={MAX_STRENGTH} (what the sampler allows)", l.max_strength));
+    }
+    if !(0.0..=1.0).contains(&l.max_far_share) {
+        return bad("limits.max_far_share", format!("{} must be within 0..=1", l.max_far_share));
     }
     Ok(())
 }
@@ -410,6 +423,23 @@ mod tests {
         assert!(e.contains("limits.max_payload_bytes"), "{e}");
         let e = parse("[mqtt]\nurl = \"http://x\"\n").unwrap_err().to_string();
         assert!(e.contains("mqtt.url"), "{e}");
+    }
+
+    #[test]
+    fn limits_the_sampler_or_mqtt_cannot_honour_are_refused() {
+        // The sampler refuses strength > MAX_STRENGTH: a larger limit would accept requests
+        // (and a default) that then fail with invalid_params.
+        let e = parse("[limits]\nmax_strength = 15.0\n").unwrap_err().to_string();
+        assert!(e.contains("limits.max_strength") && e.contains("10"), "{e}");
+        let e = parse("[generation]\nstrength = 15.0\n[limits]\nmax_strength = 15.0\n").unwrap_err().to_string();
+        assert!(e.contains("max_strength"), "{e}");
+        assert_eq!(parse("[limits]\nmax_strength = 10.0\n").unwrap().limits.max_strength, MAX_STRENGTH);
+        // MQTT's keep-alive is 16 bits: 65536 would silently turn it off.
+        let e = parse("[mqtt]\nkeep_alive_s = 65536\n").unwrap_err().to_string();
+        assert!(e.contains("mqtt.keep_alive_s") && e.contains("65535"), "{e}");
+        assert_eq!(parse("[mqtt]\nkeep_alive_s = 65535\n").unwrap().mqtt.keep_alive_s, 65535);
+        let e = parse("[limits]\nmax_far_share = 1.5\n").unwrap_err().to_string();
+        assert!(e.contains("limits.max_far_share"), "{e}");
     }
 
     #[test]

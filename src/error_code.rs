@@ -39,8 +39,8 @@ pub enum ErrorCode {
     CorruptImage,
     /// The model's image size is out of range (a configuration error).
     InvalidSize,
-    /// A segmentation pixel whose colour is not a class colour.
-    UnknownClassColour,
+    /// A colour segmentation frame with too many pixels far from every class colour (a photo?).
+    NotASegmentationMap,
     /// A single-channel segmentation pixel that is not a class id.
     ClassIdOutOfRange,
     /// The request queue is full.
@@ -80,7 +80,7 @@ impl ErrorCode {
         ErrorCode::UnsupportedImage,
         ErrorCode::CorruptImage,
         ErrorCode::InvalidSize,
-        ErrorCode::UnknownClassColour,
+        ErrorCode::NotASegmentationMap,
         ErrorCode::ClassIdOutOfRange,
         ErrorCode::QueueFull,
         ErrorCode::ShuttingDown,
@@ -111,7 +111,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedImage => "unsupported_image",
             ErrorCode::CorruptImage => "corrupt_image",
             ErrorCode::InvalidSize => "invalid_size",
-            ErrorCode::UnknownClassColour => "unknown_class_colour",
+            ErrorCode::NotASegmentationMap => "not_a_segmentation_map",
             ErrorCode::ClassIdOutOfRange => "class_id_out_of_range",
             ErrorCode::QueueFull => "queue_full",
             ErrorCode::ShuttingDown => "shutting_down",

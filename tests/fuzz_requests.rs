@@ -27,7 +27,7 @@ fn info() -> &'static ModelInfo {
 fn rules() -> RequestRules<'static> {
     RequestRules {
         info: info(),
-        frames: FrameLimits { max_bytes: 64 * 1024, max_pixels: 512 * 512 },
+        frames: FrameLimits::new(64 * 1024, 512 * 512),
         max_steps: 50,
         max_strength: 4.0,
         default_steps: 20,

@@ -241,22 +241,51 @@ fn burst_larger_than_the_queue_gets_one_answer_per_id() {
 }
 
 #[test]
-fn duplicate_delivery_of_an_id_is_answered_once() {
+fn retries_get_the_same_answer_and_pending_duplicates_none() {
     let (svc, mut tc) = start(test_config(rumqttd().port, MqttProtocol::V311), Duration::from_millis(100), MqttProtocol::V311);
     let p = svc.prefix.clone();
     let body = request("dup", json!({ "segmentation": b64(&seg_png()) }));
+    // A duplicate of a pending id: no second answer.
     tc.publish(&format!("{p}request"), body.clone());
     tc.publish(&format!("{p}request"), body.clone());
-    tc.wait_for("image/dup", |m| m.topic == format!("{p}image/dup"));
-    // Recently done: still ignored.
+    let first = tc.wait_for("image/dup", |m| m.topic == format!("{p}image/dup")).payload;
+    let answers = |msgs: &[Msg]| -> Vec<Msg> {
+        msgs.iter().filter(|m| m.topic.starts_with(&format!("{p}image")) || m.topic.ends_with("error")).cloned().collect()
+    };
+    assert!(answers(&tc.drain(Duration::from_millis(500))).is_empty(), "a pending duplicate was answered twice");
+    // A retry after the answer: the same image again, not generated again.
     tc.publish(&format!("{p}request"), body);
-    let rest = tc.drain(Duration::from_millis(800));
-    let again: Vec<&str> =
-        rest.iter().filter(|m| m.topic.starts_with(&format!("{p}image")) || m.topic.ends_with("error")).map(|m| m.topic.as_str()).collect();
-    assert!(again.is_empty(), "answered twice: {again:?}");
+    let again = tc.wait_for("image/dup again", |m| m.topic == format!("{p}image/dup")).payload;
+    assert_eq!(again, first);
+    // An error answer (an inference failure after acceptance) is replayed too.
+    let failing = serde_json::to_vec(&json!({"id": "fails", "frames": {"segmentation": b64(&seg_png())}, "strength": FAILING_STRENGTH})).unwrap();
+    tc.publish(&format!("{p}request"), failing.clone());
+    let error = tc.wait_for("error of fails", |m| m.topic == format!("{p}error")).json();
+    assert_eq!((error["id"].as_str(), error["code"].as_str()), (Some("fails"), Some("inference_failed")), "{error}");
+    tc.publish(&format!("{p}request"), failing);
+    assert_eq!(tc.wait_for("error of fails again", |m| m.topic == format!("{p}error")).json(), error);
+    let status = tc.wait_for("status with replays", |m| m.topic == format!("{p}status") && m.json()["replays"] == 2).json();
+    assert!(status["answer_cache_bytes"].as_u64().unwrap() > first.len() as u64, "{status}");
+    assert!(answers(&tc.drain(Duration::from_millis(500))).is_empty(), "one answer per retry");
+    assert_eq!(svc.generator.calls.load(Ordering::SeqCst), 2, "replays are not generated");
     let summary = svc.stop();
-    assert_eq!(summary.images_generated, 1);
-    assert_eq!(summary.duplicates_ignored, 2);
+    assert_eq!((summary.images_generated, summary.requests_accepted), (1, 2), "{summary:?}");
+    assert_eq!((summary.duplicates_ignored, summary.replays), (1, 2), "{summary:?}");
+}
+
+#[test]
+fn an_evicted_answer_is_generated_again() {
+    let mut config = test_config(rumqttd().port, MqttProtocol::V311);
+    config.limits.answer_cache_bytes = 0;
+    let (svc, mut tc) = start(config, Duration::ZERO, MqttProtocol::V311);
+    let p = svc.prefix.clone();
+    let body = request("again", json!({ "segmentation": b64(&seg_png()) }));
+    for n in 1..=2 {
+        tc.publish(&format!("{p}request"), body.clone());
+        tc.wait_for(&format!("image/again #{n}"), |m| m.topic == format!("{p}image/again"));
+    }
+    let summary = svc.stop();
+    assert_eq!((summary.images_generated, summary.replays), (2, 0), "{summary:?}");
 }
 
 #[test]

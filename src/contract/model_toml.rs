@@ -28,9 +28,12 @@ pub enum ContractViolation {
     /// `format` is not 1.
     #[error("format {0} is not supported (expected 1)")]
     Format(u32),
-    /// `[image]` size or channels is 0.
-    #[error("[image] size and channels must be positive")]
+    /// `[image]` size is 0.
+    #[error("[image] size must be positive")]
     EmptyImage,
+    /// `[image]` channels is not 3: the device writes RGB images of pixel-space bases.
+    #[error("[image] channels = {0}: the device supports RGB pixel-space bases only (channels = 3)")]
+    ImageChannels(usize),
     /// `[image]` value_range is not increasing.
     #[error("[image] value_range {0:?} must be increasing")]
     ValueRange([f32; 2]),
@@ -258,8 +261,11 @@ impl ModelInfo {
         if self.format != 1 {
             return Err(ContractViolation::Format(self.format));
         }
-        if self.image.size == 0 || self.image.channels == 0 {
+        if self.image.size == 0 {
             return Err(ContractViolation::EmptyImage);
+        }
+        if self.image.channels != 3 {
+            return Err(ContractViolation::ImageChannels(self.image.channels));
         }
         if self.image.value_range[0] >= self.image.value_range[1] {
             return Err(ContractViolation::ValueRange(self.image.value_range));

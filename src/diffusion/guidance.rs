@@ -3,6 +3,10 @@
 
 use ndarray::{Array4, Zip};
 
+/// Largest conditioning strength the sampler accepts (beyond it the extrapolated eps leaves the
+/// range the base was trained on); `limits.max_strength` may not exceed it.
+pub const MAX_STRENGTH: f32 = 10.0;
+
 /// Conditioning strength (README "Strength"): `eps_base + s * (eps_hat - eps_base)`, in place in
 /// `eps_hat`. `s = 0` gives the base alone, 1 the MCM, > 1 extrapolates.
 pub fn apply_strength(eps_hat: &mut Array4<f32>, eps_base: &Array4<f32>, strength: f32) {

@@ -9,7 +9,7 @@ mod pipeline;
 mod schedule;
 
 pub use ddim::ddim_step;
-pub use guidance::apply_strength;
+pub use guidance::{MAX_STRENGTH, apply_strength};
 pub use noise::Noise;
 pub use pipeline::{GenerateError, GenerationParams, ImageGenerator, LoadError, Pipeline, from_image, to_image};
 pub use schedule::{Schedule, ScheduleError};

@@ -7,10 +7,11 @@ use ndarray::Array4;
 use tract_onnx::prelude::IntoTensor;
 
 use super::ddim::ddim_step;
-use super::guidance::apply_strength;
+use super::guidance::{MAX_STRENGTH, apply_strength};
 use super::noise::Noise;
 use super::schedule::{Schedule, ScheduleError};
 use crate::contract::{CondError, Maps, ModelInfo, Prediction, build_cond};
+use crate::error_code::ErrorCode;
 use crate::runtime::{Backend, ModelError, Models, timestep_tensor};
 
 /// Settings of one generation.
@@ -47,10 +48,35 @@ pub enum GenerateError {
     /// The step count does not fit the schedule.
     #[error("invalid parameter: {0}")]
     Steps(#[from] ScheduleError),
+    /// A net's inputs or outputs broke the model contract at run time (e.g. an output shape).
     #[error(transparent)]
-    Model(#[from] ModelError),
+    Model(ModelError),
+    /// The backend (tract, onnxruntime) failed while running a net.
     #[error("inference failed: {0}")]
-    Inference(String),
+    Inference(ModelError),
+}
+
+impl From<ModelError> for GenerateError {
+    /// Backend failures are [`GenerateError::Inference`], contract breaks [`GenerateError::Model`].
+    fn from(e: ModelError) -> Self {
+        match e {
+            ModelError::Tract { .. } | ModelError::Onnxruntime { .. } => GenerateError::Inference(e),
+            other => GenerateError::Model(other),
+        }
+    }
+}
+
+impl GenerateError {
+    /// The code for the `error` topic (README "MQTT interface").
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            GenerateError::Cond(_) => ErrorCode::InvalidMaps,
+            GenerateError::Steps(ScheduleError::NotDistilledFor { .. }) => ErrorCode::InvalidSteps,
+            GenerateError::Param(_) | GenerateError::Steps(_) => ErrorCode::InvalidParams,
+            GenerateError::Model(_) => ErrorCode::ModelError,
+            GenerateError::Inference(_) => ErrorCode::InferenceFailed,
+        }
+    }
 }
 
 /// Something that turns modality maps into an image: the device pipeline, or a test double.
@@ -115,8 +141,8 @@ impl Pipeline {
     }
 
     fn check_params(&self, params: &GenerationParams) -> Result<(), GenerateError> {
-        if !params.strength.is_finite() || !(0.0..=10.0).contains(&params.strength) {
-            return Err(GenerateError::Param(format!("strength must be in [0, 10], got {}", params.strength)));
+        if !params.strength.is_finite() || !(0.0..=MAX_STRENGTH).contains(&params.strength) {
+            return Err(GenerateError::Param(format!("strength must be in [0, {MAX_STRENGTH}], got {}", params.strength)));
         }
         if !(0.0..=1.0).contains(&params.eta) {
             return Err(GenerateError::Param(format!("eta must be in [0, 1], got {}", params.eta)));

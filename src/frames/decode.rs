@@ -249,8 +249,8 @@ mod tests {
             no_panic(&b);
         }
         // Palette index beyond the palette: error or black, never a panic (checked above); and a
-        // palette PNG whose colours are not classes is an unknown colour.
+        // palette PNG whose colours are not classes is not a label map.
         let bytes = raw_png(2, 1, 8, 3, &[(b"PLTE", vec![1, 2, 3, 255, 0, 255])], &[vec![0, 1]]);
-        assert_eq!(seg_map(&bytes, 2).unwrap_err().code().as_str(), "unknown_class_colour");
+        assert_eq!(seg_map(&bytes, 2).unwrap_err().code().as_str(), "not_a_segmentation_map");
     }
 }

@@ -1,7 +1,7 @@
 //! [`FrameError`]: why a frame could not be decoded, with its code for the `error` topic.
 
 use super::MAX_OUTPUT_SIZE;
-use super::segmentation::PALETTE_TOLERANCE;
+use super::palette::PALETTE_TOLERANCE;
 use crate::error_code::ErrorCode;
 
 /// Why a frame could not be decoded. Messages are meant for the `error` topic; [`FrameError::code`]
@@ -35,13 +35,16 @@ pub enum FrameError {
     /// The model's image size is 0 or absurdly large (a configuration error, not a frame error).
     #[error("invalid output size {size} (must be 1..={MAX_OUTPUT_SIZE})")]
     InvalidSize { size: usize },
-    /// A segmentation pixel whose colour is not within [`PALETTE_TOLERANCE`] of any class colour.
+    /// A colour segmentation frame with more than [`super::FrameLimits::max_far_share`] of its
+    /// pixels further than [`PALETTE_TOLERANCE`] from every class colour (e.g. a photo), or a
+    /// modality without classes.
     #[error(
-        "pixel (x={x}, y={y}) has colour #{:02x}{:02x}{:02x}, not within {PALETTE_TOLERANCE} of any class colour \
-         (nearest: {nearest}, distance {distance:.1})",
-        color[0], color[1], color[2]
+        "not a segmentation map: {:.1} % of the pixels are further than {PALETTE_TOLERANCE} RGB units from \
+         every one of the model's {classes} class colours (at most {:.1} % may be, for anti-aliased \
+         edges and JPEG noise); paint with the class colours of the status",
+        100.0 * far_share, 100.0 * max_far_share
     )]
-    UnknownClassColour { color: [u8; 3], x: u32, y: u32, nearest: String, distance: f32 },
+    NotASegmentationMap { far_share: f32, max_far_share: f32, classes: usize },
     /// A single-channel segmentation pixel whose value is not a class id of the model.
     #[error("pixel (x={x}, y={y}) has class id {id}, but the model has {classes} classes (ids 0..={max})", max = .classes.saturating_sub(1))]
     ClassIdOutOfRange { id: u32, x: u32, y: u32, classes: usize },
@@ -59,7 +62,7 @@ impl FrameError {
             FrameError::Unsupported { .. } => ErrorCode::UnsupportedImage,
             FrameError::Corrupt { .. } => ErrorCode::CorruptImage,
             FrameError::InvalidSize { .. } => ErrorCode::InvalidSize,
-            FrameError::UnknownClassColour { .. } => ErrorCode::UnknownClassColour,
+            FrameError::NotASegmentationMap { .. } => ErrorCode::NotASegmentationMap,
             FrameError::ClassIdOutOfRange { .. } => ErrorCode::ClassIdOutOfRange,
         }
     }
@@ -81,7 +84,7 @@ mod tests {
             FrameError::Unsupported { message: "Gif".into() },
             FrameError::Corrupt { message: "m".into() },
             FrameError::InvalidSize { size: 0 },
-            FrameError::UnknownClassColour { color: [1, 2, 3], x: 0, y: 0, nearest: "sky".into(), distance: 99.0 },
+            FrameError::NotASegmentationMap { far_share: 0.625, max_far_share: 0.2, classes: 6 },
             FrameError::ClassIdOutOfRange { id: 9, x: 0, y: 0, classes: 6 },
         ];
         for e in &errors {
@@ -89,6 +92,6 @@ mod tests {
             assert!(!code.is_empty() && code.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{code}");
             assert!(!e.to_string().is_empty());
         }
-        assert!(errors[9].to_string().contains("#010203"));
+        assert!(errors[9].to_string().contains("62.5 %") && errors[9].to_string().contains("20.0 %"), "{}", errors[9]);
     }
 }

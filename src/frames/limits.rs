@@ -9,7 +9,7 @@ const MAX_BYTES_PER_PIXEL: u64 = 8;
 const DECODER_HEADROOM: u64 = 4 << 20;
 
 /// Resource limits for decoding one frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct FrameLimits {
     /// Largest encoded frame in bytes (default 8 MiB).
@@ -18,6 +18,10 @@ pub struct FrameLimits {
     /// 4096 x 4096). Decoding allocates at most about 8 bytes per pixel for the image plus a few
     /// bytes per pixel for the intermediate maps.
     pub max_pixels: u64,
+    /// Largest share (0..=1) of a colour segmentation frame's pixels that may be further than
+    /// [`super::PALETTE_TOLERANCE`] from every class colour (anti-aliased edges, JPEG noise);
+    /// more is refused as not a label map (default 0.2).
+    pub max_far_share: f32,
 }
 
 impl Default for FrameLimits {
@@ -27,12 +31,12 @@ impl Default for FrameLimits {
 }
 
 impl FrameLimits {
-    /// 8 MiB per frame, 16 Mpx (4096 x 4096).
-    pub const DEFAULT: Self = Self { max_bytes: 8 << 20, max_pixels: 4096 * 4096 };
+    /// 8 MiB per frame, 16 Mpx (4096 x 4096), 20 % far pixels.
+    pub const DEFAULT: Self = Self { max_bytes: 8 << 20, max_pixels: 4096 * 4096, max_far_share: 0.2 };
 
-    /// Limits of `max_bytes` encoded bytes and `max_pixels` decoded pixels.
+    /// Limits of `max_bytes` encoded bytes and `max_pixels` decoded pixels (default far share).
     pub fn new(max_bytes: usize, max_pixels: u64) -> Self {
-        Self { max_bytes, max_pixels }
+        Self { max_bytes, max_pixels, ..Self::DEFAULT }
     }
 
     /// Bytes the decoder may allocate: the largest decoded image (8 bytes per pixel) plus headroom.

@@ -24,6 +24,7 @@ mod error;
 #[cfg(test)]
 mod fixtures;
 mod limits;
+mod palette;
 mod pixels;
 mod segmentation;
 mod sketch;
@@ -32,7 +33,7 @@ mod test_png;
 
 pub use error::FrameError;
 pub use limits::FrameLimits;
-pub use segmentation::PALETTE_TOLERANCE;
+pub use palette::PALETTE_TOLERANCE;
 
 use crate::contract::{ModalityInfo, ModalityKind, ModalityMap};
 
@@ -66,8 +67,9 @@ pub const MAX_OUTPUT_SIZE: usize = 1 << 16;
 /// # Errors
 /// [`FrameError`]: empty or oversized input, more than `limits.max_pixels` pixels (checked on the
 /// header, before decoding), not an image, a format other than PNG / JPEG, corrupt or truncated
-/// data, `size` outside `1..=MAX_OUTPUT_SIZE`, and for segmentations an unknown colour or class id
-/// (naming the pixel). Never panics on any byte string.
+/// data, `size` outside `1..=MAX_OUTPUT_SIZE`, and for segmentations a class id out of range
+/// (naming the pixel) or a colour frame that is not a label map (more than
+/// `limits.max_far_share` of its pixels further than [`PALETTE_TOLERANCE`] from every class). Never panics on any byte string.
 pub fn decode_frame(
     bytes: &[u8],
     modality: &ModalityInfo,
@@ -79,7 +81,7 @@ pub fn decode_frame(
     }
     let decoded = decode::decode_image(bytes, limits)?;
     match modality.kind {
-        ModalityKind::Segmentation => segmentation::decode(&decoded, modality, size),
+        ModalityKind::Segmentation => segmentation::decode(&decoded, modality, size, limits.max_far_share),
         ModalityKind::Sketch => Ok(sketch::decode(&decoded, size)),
         ModalityKind::Dense => Ok(dense::decode(&decoded, modality, size)),
     }

@@ -6,20 +6,17 @@ use ndarray::Array2;
 
 use super::FrameError;
 use super::decode::Decoded;
-use crate::contract::{ClassInfo, ModalityInfo, ModalityMap};
-
-/// Largest Euclidean RGB distance (0-255 per channel) at which a pixel still takes the class of
-/// the nearest palette colour. Palette colours of a model should be further apart than twice this.
-pub const PALETTE_TOLERANCE: f32 = 40.0;
+use super::palette::{Certainty, Palette};
+use crate::contract::{ModalityInfo, ModalityMap};
 
 /// The class ids of a decoded segmentation frame at `[size, size]` (see [`super::decode_frame`]).
-pub(super) fn decode(decoded: &Decoded, modality: &ModalityInfo, size: usize) -> Result<ModalityMap, FrameError> {
-    let ids = class_ids(decoded, modality)?;
+pub(super) fn decode(decoded: &Decoded, modality: &ModalityInfo, size: usize, max_far_share: f32) -> Result<ModalityMap, FrameError> {
+    let ids = class_ids(decoded, modality, max_far_share)?;
     Ok(ModalityMap::Segmentation(resize_nearest(&ids, size)))
 }
 
 /// Class ids `[H, W]` of a segmentation frame at its own resolution.
-fn class_ids(decoded: &Decoded, modality: &ModalityInfo) -> Result<Array2<u8>, FrameError> {
+fn class_ids(decoded: &Decoded, modality: &ModalityInfo, max_far_share: f32) -> Result<Array2<u8>, FrameError> {
     let img = &decoded.image;
     let (w, h) = (img.width(), img.height());
     // Ids are u8 in `ModalityMap`: at most 256 classes can be addressed.
@@ -29,11 +26,11 @@ fn class_ids(decoded: &Decoded, modality: &ModalityInfo) -> Result<Array2<u8>, F
         DynamicImage::ImageLumaA8(b) => grey_ids(b.as_raw(), 2, w, classes, u32::from(decoded.grey_scale))?,
         DynamicImage::ImageLuma16(b) => grey_ids(b.as_raw(), 1, w, classes, 1)?,
         DynamicImage::ImageLumaA16(b) => grey_ids(b.as_raw(), 2, w, classes, 1)?,
-        DynamicImage::ImageRgb8(b) => colour_ids(b.as_raw(), 3, w, modality, |v| v)?,
-        DynamicImage::ImageRgba8(b) => colour_ids(b.as_raw(), 4, w, modality, |v| v)?,
-        DynamicImage::ImageRgb16(b) => colour_ids(b.as_raw(), 3, w, modality, to_u8)?,
-        DynamicImage::ImageRgba16(b) => colour_ids(b.as_raw(), 4, w, modality, to_u8)?,
-        other => colour_ids(other.to_rgb8().as_raw(), 3, w, modality, |v| v)?,
+        DynamicImage::ImageRgb8(b) => colour_ids(b.as_raw(), 3, w, modality, max_far_share, |v| v)?,
+        DynamicImage::ImageRgba8(b) => colour_ids(b.as_raw(), 4, w, modality, max_far_share, |v| v)?,
+        DynamicImage::ImageRgb16(b) => colour_ids(b.as_raw(), 3, w, modality, max_far_share, to_u8)?,
+        DynamicImage::ImageRgba16(b) => colour_ids(b.as_raw(), 4, w, modality, max_far_share, to_u8)?,
+        other => colour_ids(other.to_rgb8().as_raw(), 3, w, modality, max_far_share, |v| v)?,
     };
     Array2::from_shape_vec((h as usize, w as usize), ids)
         .map_err(|e| FrameError::Corrupt { message: format!("pixel buffer does not match {w}x{h}: {e}") })
@@ -67,75 +64,79 @@ fn grey_ids<T: Copy + Into<u32>>(
         .collect()
 }
 
-/// Class ids of colour pixels through the palette of `modality`.
+/// Class ids of colour pixels through the palette of `modality` (see [`super::decode_frame`]):
+/// sure pixels keep their nearest class, the others (far, or a blend of two other classes) take
+/// the majority class of their nearest sure pixels. More than `max_far_share` far pixels is not
+/// a label map.
 fn colour_ids<T: Copy>(
     raw: &[T],
     stride: usize,
     width: u32,
     modality: &ModalityInfo,
+    max_far_share: f32,
     to8: impl Fn(T) -> u8,
 ) -> Result<Vec<u8>, FrameError> {
-    let mut palette = Palette::new(&modality.classes[..modality.classes.len().min(modality.channels).min(256)]);
-    let width = width.max(1) as usize;
-    raw.chunks_exact(stride)
-        .enumerate()
-        .map(|(i, px)| {
-            let rgb = [to8(px[0]), to8(px[1]), to8(px[2])];
-            palette.lookup(rgb).map_err(|(nearest, distance)| FrameError::UnknownClassColour {
-                color: rgb,
-                x: (i % width) as u32,
-                y: (i / width) as u32,
-                nearest,
-                distance,
-            })
+    let mut palette = Palette::new(&modality.classes[..modality.classes.len().min(modality.channels)]);
+    let matches: Vec<(u8, Certainty)> = raw.chunks_exact(stride).map(|px| palette.lookup([to8(px[0]), to8(px[1]), to8(px[2])])).collect();
+    let far = matches.iter().filter(|m| m.1 == Certainty::Far).count();
+    let far_share = far as f32 / matches.len().max(1) as f32;
+    if palette.is_empty() || far_share > max_far_share {
+        return Err(FrameError::NotASegmentationMap { far_share, max_far_share, classes: modality.classes.len() });
+    }
+    let mut ids: Vec<u8> = matches.iter().map(|m| m.0).collect();
+    let sure: Vec<bool> = matches.iter().map(|m| m.1 == Certainty::Sure).collect();
+    fill_from_neighbours(&mut ids, sure, width.max(1) as usize);
+    Ok(ids)
+}
+
+/// Give every pixel that is not `sure` the majority class of its sure 8-neighbours, in waves
+/// outwards from the sure pixels (a pixel reached in wave k takes the majority of the neighbours
+/// settled before wave k; ties go to its own nearest class when tied, else the lowest id), so
+/// that a band of unsure pixels between two classes is split in its middle. Without any sure
+/// pixel the nearest classes stay. `ids` and `sure` are row-major `[H, W]`.
+fn fill_from_neighbours(ids: &mut [u8], mut sure: Vec<bool>, width: usize) {
+    let height = ids.len() / width;
+    let neighbours = |i: usize| {
+        let (x, y) = ((i % width) as isize, (i / width) as isize);
+        (-1..=1isize).flat_map(move |dy| (-1..=1isize).map(move |dx| (x + dx, y + dy))).filter_map(move |(nx, ny)| {
+            let inside = (nx, ny) != (x, y) && nx >= 0 && ny >= 0 && (nx as usize) < width && (ny as usize) < height;
+            inside.then_some(ny as usize * width + nx as usize)
         })
-        .collect()
-}
-
-/// Nearest-colour lookup with a small direct-mapped cache (label maps have few distinct colours).
-struct Palette<'a> {
-    classes: &'a [ClassInfo],
-    cache: Vec<Option<([u8; 3], u8)>>,
-}
-
-const CACHE_BITS: u32 = 12;
-
-impl<'a> Palette<'a> {
-    fn new(classes: &'a [ClassInfo]) -> Self {
-        Self { classes, cache: vec![None; 1 << CACHE_BITS] }
-    }
-
-    /// The id of the nearest class colour within [`PALETTE_TOLERANCE`] (first one on ties), or the
-    /// description of the nearest class and its distance.
-    fn lookup(&mut self, rgb: [u8; 3]) -> Result<u8, (String, f32)> {
-        let key = u32::from_le_bytes([rgb[0], rgb[1], rgb[2], 0]);
-        let slot = (key.wrapping_mul(0x9E37_79B1) >> (32 - CACHE_BITS)) as usize;
-        if let Some((c, id)) = self.cache[slot]
-            && c == rgb
-        {
-            return Ok(id);
-        }
-        let mut best: Option<(usize, i32)> = None;
-        for (i, class) in self.classes.iter().enumerate() {
-            let d2: i32 = (0..3).map(|k| (i32::from(rgb[k]) - i32::from(class.color[k])).pow(2)).sum();
-            if best.is_none_or(|(_, b)| d2 < b) {
-                best = Some((i, d2));
-            }
-        }
-        let tol2 = (PALETTE_TOLERANCE * PALETTE_TOLERANCE) as i32;
-        match best {
-            Some((i, d2)) if d2 <= tol2 => {
-                self.cache[slot] = Some((rgb, i as u8));
-                Ok(i as u8)
-            }
-            Some((i, d2)) => {
-                let c = &self.classes[i];
-                let name = format!("{:?} #{:02x}{:02x}{:02x}", c.name, c.color[0], c.color[1], c.color[2]);
-                Err((name, (d2 as f32).sqrt()))
-            }
-            None => Err(("none, the modality has no classes".into(), f32::INFINITY)),
+    };
+    let mut queued = sure.clone();
+    let mut wave: Vec<usize> = Vec::new();
+    for i in (0..ids.len()).filter(|&i| !sure[i]) {
+        if neighbours(i).any(|n| sure[n]) {
+            queued[i] = true;
+            wave.push(i);
         }
     }
+    while !wave.is_empty() {
+        let settled: Vec<(usize, u8)> = wave.iter().map(|&i| (i, majority(neighbours(i).filter(|&n| sure[n]).map(|n| ids[n]), ids[i]))).collect();
+        for &(i, id) in &settled {
+            ids[i] = id;
+            sure[i] = true;
+        }
+        wave.clear();
+        for (i, _) in settled {
+            for n in neighbours(i) {
+                if !queued[n] {
+                    queued[n] = true;
+                    wave.push(n);
+                }
+            }
+        }
+    }
+}
+
+/// The most frequent of `ids` (`own` on a tie it is part of, else the lowest tied id).
+fn majority(ids: impl Iterator<Item = u8>, own: u8) -> u8 {
+    let mut counts = [0u8; 256];
+    for id in ids {
+        counts[id as usize] += 1;
+    }
+    let top = counts.iter().copied().max().unwrap_or(0);
+    if counts[own as usize] == top { own } else { counts.iter().position(|&c| c == top).map_or(own, |i| i as u8) }
 }
 
 /// Resize an id map to `[size, size]` with nearest neighbour (pixel-centre sampling).
@@ -156,10 +157,11 @@ fn resize_nearest(ids: &Array2<u8>, size: usize) -> Array2<u8> {
 #[cfg(test)]
 mod tests {
     use image::codecs::jpeg::JpegEncoder;
-    use image::{GrayImage, ImageBuffer, ImageEncoder, Luma, Rgb, RgbaImage, Rgba};
+    use image::{GrayImage, ImageBuffer, ImageEncoder, Luma, Rgb, RgbImage, RgbaImage, Rgba};
 
     use super::super::fixtures::*;
     use super::super::test_png::{pack_bits, raw_png};
+    use super::super::{FrameLimits, decode_frame};
     use super::*;
 
     #[test]
@@ -198,26 +200,114 @@ mod tests {
     }
 
     #[test]
-    fn colours_within_tolerance_map_and_beyond_are_rejected() {
-        let mut img = colour_image(&Array2::from_elem((4, 4), 2u8)); // mountain [120, 100, 80]
-        img.put_pixel(1, 1, Rgb([120 + 23, 100 + 23, 80 + 23])); // distance 39.8
-        img.put_pixel(2, 2, Rgb([120 - 40, 100, 80])); // distance exactly 40
-        let ids = seg_map(&png(&DynamicImage::ImageRgb8(img.clone())), 4).unwrap();
+    fn far_and_blended_pixels_take_their_neighbourhood_class() {
+        let mut img = colour_image(&Array2::from_elem((5, 5), 2u8)); // mountain [120, 100, 80]
+        img.put_pixel(1, 1, Rgb([120 + 23, 100 + 23, 80 + 23])); // 39.8 away: still mountain
+        img.put_pixel(3, 1, Rgb([120 + 30, 100 + 30, 80])); // 42.4 away: far
+        img.put_pixel(2, 3, Rgb([255, 0, 255])); // far from everything
+        let ids = seg_map(&png(&DynamicImage::ImageRgb8(img)), 5).unwrap();
         assert!(ids.iter().all(|&id| id == 2), "{ids:?}");
 
-        img.put_pixel(3, 1, Rgb([120 + 30, 100 + 30, 80])); // distance 42.4
-        let err = seg_map(&png(&DynamicImage::ImageRgb8(img)), 4).unwrap_err();
-        assert_eq!(err.code().as_str(), "unknown_class_colour");
-        match &err {
-            FrameError::UnknownClassColour { color, x, y, nearest, distance } => {
-                assert_eq!((*color, *x, *y), ([150, 130, 80], 3, 1));
-                assert!(nearest.contains("mountain"), "{nearest}");
-                assert!((distance - 42.43).abs() < 0.01);
-            }
-            other => panic!("{other:?}"),
+        // Left half grass, right half water, a 3-pixel soft edge between them whose middle
+        // column is a far mix: it is split in the middle, not given to a third class.
+        let ids = Array2::from_shape_fn((6, 20), |(_, x)| if x < 7 { 3u8 } else { 4 });
+        let mut img = colour_image(&ids);
+        let (grass, water) = (PALETTE[3].1, PALETTE[4].1);
+        let mix = |a: f32| Rgb(std::array::from_fn(|k| (f32::from(grass[k]) * (1.0 - a) + f32::from(water[k]) * a).round() as u8));
+        for y in 0..6 {
+            img.put_pixel(6, y, mix(0.25));
+            img.put_pixel(7, y, mix(0.5));
+            img.put_pixel(8, y, mix(0.75));
         }
-        let msg = err.to_string();
-        assert!(msg.contains("#968250") && msg.contains("x=3") && msg.contains("y=1"), "{msg}");
+        let out = seg_map(&png(&DynamicImage::ImageRgb8(img)), 20).unwrap();
+        for row in out.rows() {
+            let boundary = row.iter().position(|&id| id == 4).unwrap();
+            assert!((7..=8).contains(&boundary) && row.iter().skip(boundary).all(|&id| id == 4), "{out:?}");
+        }
+    }
+
+    /// A landscape label map `[96, 96]`: sky, a wavy grass horizon, a water disc, a mountain
+    /// triangle, a thin diagonal sand path and a cloud.
+    fn landscape() -> Array2<u8> {
+        Array2::from_shape_fn((96, 96), |(y, x)| {
+            let (xf, yf) = (x as f32, y as f32);
+            let horizon = 60.0 + 6.0 * (xf / 9.0).sin();
+            if (xf - 70.0).powi(2) + (yf - 75.0).powi(2) < 14.0f32.powi(2) {
+                4 // water
+            } else if (xf - yf * 0.5 - 10.0).abs() < 2.5 && yf > horizon {
+                5 // sand path
+            } else if yf > horizon {
+                3 // grass
+            } else if yf > 25.0 && (xf - 35.0).abs() < (yf - 25.0) * 0.9 {
+                2 // mountain
+            } else if (xf - 75.0).powi(2) / 3.0 + (yf - 15.0).powi(2) < 60.0 {
+                1 // cloud
+            } else {
+                0 // sky
+            }
+        })
+    }
+
+    /// Pixels of `out` that differ from `hard` and are not within one pixel of a boundary of
+    /// `hard` (a pixel whose 3x3 neighbourhood holds another class).
+    fn off_boundary_errors(out: &Array2<u8>, hard: &Array2<u8>) -> Vec<(usize, usize)> {
+        let (h, w) = hard.dim();
+        let near_boundary = |y: usize, x: usize| {
+            (y.saturating_sub(1)..=(y + 1).min(h - 1))
+                .any(|ny| (x.saturating_sub(1)..=(x + 1).min(w - 1)).any(|nx| hard[[ny, nx]] != hard[[y, x]]))
+        };
+        hard.indexed_iter().filter(|&((y, x), &id)| out[[y, x]] != id && !near_boundary(y, x)).map(|(p, _)| p).collect()
+    }
+
+    #[test]
+    fn soft_brush_maps_keep_their_boundaries_in_png_and_jpeg() {
+        let hard = landscape();
+        // A soft brush: every edge blurred over about 6 pixels (Gaussian, sigma 1.5).
+        let soft = imageproc::filter::gaussian_blur_f32(&colour_image(&hard), 1.5);
+        let far = soft.pixels().filter(|p| PALETTE.iter().all(|(_, c)| (0..3).map(|k| (f32::from(p[k]) - f32::from(c[k])).powi(2)).sum::<f32>() > 1600.0)).count();
+        assert!(far > 200, "the blur must make far pixels, got {far}");
+        let mut frames = vec![("png".to_string(), png(&DynamicImage::ImageRgb8(soft.clone())))];
+        for quality in [70, 80, 95] {
+            let mut bytes = Vec::new();
+            JpegEncoder::new_with_quality(&mut bytes, quality)
+                .write_image(soft.as_raw(), 96, 96, image::ExtendedColorType::Rgb8)
+                .unwrap();
+            frames.push((format!("jpeg q{quality}"), bytes));
+        }
+        for (name, bytes) in frames {
+            let out = seg_map(&bytes, 96).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let errors = off_boundary_errors(&out, &hard);
+            assert!(errors.is_empty(), "{name}: {} pixels off the 1-pixel band, e.g. {:?}", errors.len(), &errors[..errors.len().min(8)]);
+            // The thin path survives as a class.
+            assert!(out.iter().filter(|&&id| id == 5).count() > 100, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_photo_is_not_a_segmentation_map() {
+        // A photo-like frame: smooth gradients with texture, mostly far from every class colour.
+        let photo = RgbImage::from_fn(64, 48, |x, y| {
+            let t = ((x * 37 + y * 11) % 23) as u8;
+            Rgb([(x * 3) as u8 + t, (100 + y * 2) as u8, (180 - x) as u8 + t / 2])
+        });
+        let bytes = png(&DynamicImage::ImageRgb8(photo));
+        let err = seg_map(&bytes, 16).unwrap_err();
+        assert_eq!(err.code().as_str(), "not_a_segmentation_map");
+        let FrameError::NotASegmentationMap { far_share, max_far_share, classes } = err else { panic!("{err:?}") };
+        assert!(far_share > 0.5 && max_far_share == 0.2 && classes == 6, "{far_share} {max_far_share}");
+        assert!(err.to_string().contains(&format!("{:.1} %", 100.0 * far_share)), "{err}");
+        // The share is configurable: with every pixel allowed far the frame decodes.
+        let lenient = FrameLimits { max_far_share: 1.0, ..lim() };
+        assert!(decode_frame(&bytes, &seg(), 16, &lenient).is_ok());
+        // 10 % far pixels pass at the default 20 %, and fail at 5 %.
+        let mut img = colour_image(&Array2::from_elem((10, 10), 0u8));
+        for x in 0..10 {
+            img.put_pixel(x, 4, Rgb([255, 0, 255]));
+        }
+        let bytes = png(&DynamicImage::ImageRgb8(img));
+        assert!(seg_map(&bytes, 10).unwrap().iter().all(|&id| id == 0));
+        let strict = FrameLimits { max_far_share: 0.05, ..lim() };
+        assert_eq!(decode_frame(&bytes, &seg(), 10, &strict).unwrap_err().code().as_str(), "not_a_segmentation_map");
     }
 
     #[test]

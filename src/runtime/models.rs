@@ -119,6 +119,17 @@ mod tests {
     }
 
     #[test]
+    fn non_rgb_images_are_refused_at_load() {
+        // export-diffusers writes `in_channels`: a grey or 4-channel base must not reach the
+        // worker, whose PNG encoder writes RGB.
+        for channels in [1, 4] {
+            let dir = tiny_copy(&format!("channels{channels}"), |t| t.replacen("channels = 3", &format!("channels = {channels}"), 1));
+            let err = Models::load(&dir, &Backend::Tract).err().expect("must refuse").to_string();
+            assert!(err.contains("model.toml") && err.contains(&format!("channels = {channels}")) && err.contains("RGB"), "{err}");
+        }
+    }
+
+    #[test]
     fn corrupt_onnx_is_refused_with_its_path() {
         let dir = tiny_copy("corrupt", |t| t);
         std::fs::write(dir.join("mcm.onnx"), b"not an onnx file").unwrap();

@@ -1,47 +1,18 @@
 //! The dispatcher: parses incoming messages, queues requests and stream frames for the worker,
 //! answers refusals, ignores duplicate deliveries and renews the subscriptions on every CONNACK.
 
-use std::collections::{HashSet, VecDeque};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 
 use super::TICK;
+use super::answers::Answer;
 use super::request::{self, Refusal, RequestRules};
 use super::state::{Ctx, Job, Pending, lock};
 use crate::error_code::ErrorCode;
 use crate::mqtt::{LoopEvent, ReplyTo, Ticket, topic_matches};
 
-/// Bounded set of recently accepted request ids (oldest forgotten first).
-struct RecentIds {
-    set: HashSet<String>,
-    order: VecDeque<String>,
-    capacity: usize,
-}
-
-impl RecentIds {
-    fn new(capacity: usize) -> Self {
-        RecentIds { set: HashSet::new(), order: VecDeque::new(), capacity }
-    }
-
-    fn contains(&self, id: &str) -> bool {
-        self.set.contains(id)
-    }
-
-    fn insert(&mut self, id: &str) {
-        if self.set.insert(id.to_string()) {
-            self.order.push_back(id.to_string());
-            while self.order.len() > self.capacity {
-                if let Some(old) = self.order.pop_front() {
-                    self.set.remove(&old);
-                }
-            }
-        }
-    }
-}
-
 /// The dispatcher thread: handles the loop thread's events until the channel closes or, once
 /// stopping, until the events that already arrived are answered.
 pub(super) fn dispatch(ctx: Ctx, rx: Receiver<LoopEvent>) {
-    let mut recent = RecentIds::new(ctx.config.limits.recent_ids);
     let frame_prefix = format!("{}frame/", ctx.prefix);
     let request_filter = ctx.config.mqtt.request_filter.clone().unwrap_or_else(|| format!("{}request", ctx.prefix));
     loop {
@@ -86,7 +57,7 @@ pub(super) fn dispatch(ctx: Ctx, rx: Receiver<LoopEvent>) {
                 let ticket = ctx.out.track(ack);
                 if topic_matches(&request_filter, &topic) {
                     // Acknowledged once answered (by the worker when queued).
-                    if let Some(ticket) = on_request(&ctx, &mut recent, &payload, reply, ticket, stopping) {
+                    if let Some(ticket) = on_request(&ctx, &payload, reply, ticket, stopping) {
                         ctx.out.ack(ticket);
                     }
                     continue;
@@ -127,12 +98,19 @@ fn modality_names(ctx: &Ctx) -> String {
     format!("{names:?}")
 }
 
-/// Queue or refuse a request; returns its ack when it is done with here (refused, duplicate),
-/// `None` when the queued job carries it.
-fn on_request(ctx: &Ctx, recent: &mut RecentIds, payload: &[u8], reply: Option<ReplyTo>, ack: Ticket, stopping: bool) -> Option<Ticket> {
-    let mut job = match parse_request(ctx, recent, payload, stopping) {
+/// Queue, replay or refuse a request; returns its ack when it is done with here (refused,
+/// replayed, duplicate), `None` when the queued job carries it.
+fn on_request(ctx: &Ctx, payload: &[u8], reply: Option<ReplyTo>, ack: Ticket, stopping: bool) -> Option<Ticket> {
+    let mut job = match parse_request(ctx, payload, stopping) {
         Ok(Parsed::Job(job)) => job,
-        Ok(Parsed::Duplicate(id)) => return adopt_ack(ctx, &id, ack),
+        Ok(Parsed::Pending(id)) => return adopt_ack(ctx, &id, ack),
+        Ok(Parsed::Answered(id, answer)) => {
+            log::info!("request {id:?}: answered before, sending the same answer again");
+            lock(&ctx.shared.stats).summary.replays += 1;
+            ctx.publish_answer(Some(&id), &answer, reply.as_ref());
+            ctx.publish_status();
+            return Some(ack);
+        }
         Err(r) => {
             ctx.error(r.id.as_deref(), r.code, &r.message, reply.as_ref());
             return Some(ack);
@@ -155,20 +133,22 @@ fn on_request(ctx: &Ctx, recent: &mut RecentIds, payload: &[u8], reply: Option<R
         ctx.error(Some(&id), ErrorCode::QueueFull, &format!("{depth} requests are already waiting; try again later"), job.reply.as_ref());
         return job.ack;
     }
-    recent.insert(&id);
     lock(&ctx.shared.stats).summary.requests_accepted += 1;
     log::debug!("request {id:?} queued");
     ctx.shared.wake.notify_all();
     None
 }
 
-/// Parse and check a request; `Ok(None)` for a duplicate of a recently accepted id.
-fn parse_request(ctx: &Ctx, recent: &RecentIds, payload: &[u8], stopping: bool) -> Result<Parsed, Refusal> {
+/// Parse and check a request, or recognise the id of one still pending or answered recently.
+fn parse_request(ctx: &Ctx, payload: &[u8], stopping: bool) -> Result<Parsed, Refusal> {
     let body = request::parse_body(payload)?;
-    if recent.contains(&body.id) {
-        log::info!("request {:?}: duplicate delivery ignored", body.id);
+    if is_pending(ctx, &body.id) {
+        log::info!("request {:?}: duplicate of a pending request ignored", body.id);
         lock(&ctx.shared.stats).summary.duplicates_ignored += 1;
-        return Ok(Parsed::Duplicate(body.id));
+        return Ok(Parsed::Pending(body.id));
+    }
+    if let Some(answer) = lock(&ctx.shared.answers).get(&body.id) {
+        return Ok(Parsed::Answered(body.id, answer));
     }
     if stopping {
         return Err(Refusal::new(Some(&body.id), ErrorCode::ShuttingDown, "the device is shutting down"));
@@ -188,8 +168,16 @@ fn parse_request(ctx: &Ctx, recent: &RecentIds, payload: &[u8], stopping: bool) 
 /// A request that passed [`parse_request`].
 enum Parsed {
     Job(Job),
-    /// Another delivery of a recently accepted id.
-    Duplicate(String),
+    /// Another delivery of an id still queued or being generated.
+    Pending(String),
+    /// An id answered recently, and its answer.
+    Answered(String, Answer),
+}
+
+/// Whether request `id` is queued or being generated.
+fn is_pending(ctx: &Ctx, id: &str) -> bool {
+    let p = lock(&ctx.shared.pending);
+    p.requests.iter().any(|j| j.request.id == id) || p.running.as_ref().is_some_and(|r| r.0 == id)
 }
 
 /// A duplicate delivery of `id` (e.g. redelivered by the broker after a reconnect) arrived with
@@ -203,21 +191,5 @@ fn adopt_ack(ctx: &Ctx, id: &str, ticket: Ticket) -> Option<Ticket> {
     match queued.or_else(|| running.as_mut().filter(|r| r.0 == id).map(|r| &mut r.1)) {
         Some(slot) => slot.replace(ticket),
         None => Some(ticket),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn recent_ids_forget_the_oldest() {
-        let mut r = RecentIds::new(2);
-        r.insert("a");
-        r.insert("b");
-        r.insert("a");
-        assert!(r.contains("a") && r.contains("b"));
-        r.insert("c");
-        assert!(!r.contains("a") && r.contains("b") && r.contains("c"));
     }
 }

@@ -1,11 +1,14 @@
 //! Error answers on `P/error` (and on a request's MQTT 5 response topic), with the echoed id and
 //! message cut to a bounded length.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
+use super::answers::Answer;
 use super::state::{Ctx, lock};
 use crate::error_code::ErrorCode;
-use crate::mqtt::{Content, ReplyTo};
+use crate::mqtt::ReplyTo;
 
 /// Longest request id echoed in an error and in the log, in characters (valid ids have at most
 /// [`super::request::MAX_ID_CHARS`]).
@@ -23,21 +26,20 @@ struct ErrorMessage<'a> {
 impl Ctx {
     /// Publish an error answer on `P/error` (and the reply topic) and count it.
     pub(super) fn error(&self, id: Option<&str>, code: ErrorCode, message: &str, reply: Option<&ReplyTo>) {
+        self.error_answer(id, code, message, reply);
+    }
+
+    /// [`Ctx::error`], returning the answer (for the answer cache).
+    pub(super) fn error_answer(&self, id: Option<&str>, code: ErrorCode, message: &str, reply: Option<&ReplyTo>) -> Answer {
         // An oversized id, key or topic in the input is cut, never echoed in full.
         let id = id.map(|id| clip(id, MAX_ECHO_ID));
         let (id, message) = (id.as_deref(), &*clip(message, MAX_ECHO_MESSAGE));
         log::warn!("error {code} (id {id:?}): {message}");
         lock(&self.shared.stats).summary.errors += 1;
         let body = serde_json::to_vec(&ErrorMessage { id, code, message }).unwrap_or_else(|_| b"{}".to_vec());
-        let topic = format!("{}error", self.prefix);
-        if let Err(e) = self.out.publish(&topic, body.clone(), false, None) {
-            log::error!("cannot publish an error: {e}");
-        }
-        if let Some(r) = reply
-            && let Err(e) = self.out.publish(&r.topic, body, false, Some(r.props(Content::Json)))
-        {
-            log::warn!("cannot publish an error to the response topic: {e}");
-        }
+        let answer = Answer::Error(Arc::new(body));
+        self.publish_answer(id, &answer, reply);
+        answer
     }
 }
 

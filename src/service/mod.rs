@@ -8,8 +8,10 @@
 //! - in `P/request`: JSON `{"id", "frames": {modality: base64}, "seed"?, "steps"?, "strength"?}`.
 //!   Every accepted request gets exactly one answer: the PNG on `P/image/<id>` (and, with MQTT 5,
 //!   on its response topic with its correlation data) or an error on `P/error`. When the queue
-//!   is full the answer is the error `queue_full`. Duplicate deliveries of an accepted id are
-//!   ignored while it is pending or recently done.
+//!   is full the answer is the error `queue_full`. A duplicate of an id still pending gets no
+//!   second answer (its one answer is on the way); an id answered recently gets the same answer
+//!   again from the answer cache (idempotent retries, counted as replays), an older one is
+//!   generated again.
 //! - out `P/error`: `{"id": <id or null>, "code": "<snake_case>", "message": "..."}`.
 //! - out `P/status` (retained): state, model, modalities, queue, counters; the last will sets it
 //!   to `{"state":"offline"}`.
@@ -29,9 +31,10 @@
 //!
 //! Parts: `run` (start, supervision, shutdown), `outbox` (publishing and acknowledging),
 //! `state` (what the threads share), `status` (`P/status` and the status display), `errors`
-//! (`P/error`), `dispatch` (incoming messages), `worker` (generation and answers), [`request`]
+//! (`P/error`), `answers` (publishing answers, the answer cache for retries), `dispatch` (incoming messages), `worker` (generation and answers), [`request`]
 //! (request JSON).
 
+mod answers;
 mod dispatch;
 mod errors;
 mod outbox;

@@ -9,6 +9,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use image::RgbImage;
 use serde::Serialize;
 
+use super::answers::AnswerCache;
 use super::outbox::Outbox;
 use super::request::Request;
 use crate::config::EdgeConfig;
@@ -28,8 +29,10 @@ pub struct ServiceSummary {
     pub dropped_frames: u64,
     /// Requests accepted into the queue.
     pub requests_accepted: u64,
-    /// Duplicate deliveries of an accepted request id that were ignored.
+    /// Duplicate deliveries of a request id still pending, ignored (its one answer follows).
     pub duplicates_ignored: u64,
+    /// Requests answered again from the answer cache (retries of an id answered recently).
+    pub replays: u64,
 }
 
 /// An accepted request waiting for the worker.
@@ -66,6 +69,8 @@ pub(super) struct Shared {
     pub(super) pending: Mutex<Pending>,
     pub(super) wake: Condvar,
     pub(super) stats: Mutex<Stats>,
+    /// Recent answers, for retried request ids.
+    pub(super) answers: Mutex<AnswerCache>,
     /// Held while a status is built and queued, so that statuses go out in order.
     pub(super) status_order: Mutex<()>,
     pub(super) stopping: Arc<AtomicBool>,
@@ -103,6 +108,7 @@ impl Ctx {
             pending: Mutex::new(Pending::default()),
             wake: Condvar::new(),
             stats: Mutex::new(Stats::default()),
+            answers: Mutex::new(AnswerCache::new(config.limits.answer_cache_bytes, config.limits.recent_ids)),
             status_order: Mutex::new(()),
             stopping: Arc::clone(&stopping),
             seed_counter: AtomicU64::new(config.generation.fixed_seed),
@@ -131,6 +137,7 @@ impl Ctx {
 
     /// The frame limits of `[limits]`.
     pub(super) fn frame_limits(&self) -> FrameLimits {
-        FrameLimits { max_bytes: self.config.limits.max_payload_bytes, max_pixels: self.config.limits.max_pixels }
+        let l = &self.config.limits;
+        FrameLimits { max_bytes: l.max_payload_bytes, max_pixels: l.max_pixels, max_far_share: l.max_far_share }
     }
 }

@@ -16,6 +16,7 @@ struct Status<'a> {
     device_id: &'a str,
     model: ModelSummary<'a>,
     modalities: &'a [ModalityInfo],
+    generation: GenerationSummary,
     queue_depth: usize,
     queue_capacity: usize,
     pending_frames: usize,
@@ -25,8 +26,23 @@ struct Status<'a> {
     errors: u64,
     requests_accepted: u64,
     duplicates_ignored: u64,
+    replays: u64,
+    answer_cache_bytes: usize,
     protocol: u8,
     version: &'static str,
+}
+
+/// What a client may ask for (the tablet page's controls): defaults and bounds.
+#[derive(Serialize)]
+struct GenerationSummary {
+    /// Steps of a request that does not ask.
+    steps: usize,
+    /// Strength of a request that does not ask.
+    strength: f32,
+    max_steps: usize,
+    max_strength: f32,
+    /// The only step counts a distilled model takes; `None`: any in `1..=max_steps`.
+    sample_steps: Option<Vec<usize>>,
 }
 
 #[derive(Serialize)]
@@ -89,6 +105,13 @@ impl Ctx {
         stats.last_output = Some(output.clone());
     }
 
+    fn generation_summary(&self) -> GenerationSummary {
+        let (g, l, info) = (&self.config.generation, &self.config.limits, self.generator.info());
+        let sample_steps = info.schedule.timesteps.as_ref().map(|grid| vec![grid.len()]);
+        let max_steps = l.max_steps.min(info.schedule.num_train_timesteps);
+        GenerationSummary { steps: g.steps_for(info), strength: g.strength, max_steps, max_strength: l.max_strength, sample_steps }
+    }
+
     /// Publish the retained status (and refresh the display).
     pub(super) fn publish_status(&self) {
         let _order = lock(&self.shared.status_order);
@@ -110,6 +133,7 @@ impl Ctx {
                 cond_channels: info.cond_channels(),
             },
             modalities: &info.modalities,
+            generation: self.generation_summary(),
             queue_depth,
             queue_capacity: self.config.limits.queue_depth,
             pending_frames,
@@ -119,6 +143,8 @@ impl Ctx {
             errors: stats.summary.errors,
             requests_accepted: stats.summary.requests_accepted,
             duplicates_ignored: stats.summary.duplicates_ignored,
+            replays: stats.summary.replays,
+            answer_cache_bytes: lock(&self.shared.answers).bytes(),
             protocol: self.config.mqtt.protocol.into(),
             version: env!("CARGO_PKG_VERSION"),
         };

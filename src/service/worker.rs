@@ -3,19 +3,20 @@
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use image::{ImageFormat, RgbImage};
 
 use super::TICK;
+use super::answers::Answer;
 use super::state::{Ctx, Job, lock};
 use crate::config::SeedPolicy;
 use crate::contract::Maps;
-use crate::diffusion::{GenerateError, GenerationParams, ScheduleError};
+use crate::diffusion::GenerationParams;
 use crate::error_code::ErrorCode;
 use crate::frames::decode_frame;
-use crate::mqtt::Content;
 
 /// What the worker takes next: a request, or the stream frames that arrived meanwhile.
 enum Work {
@@ -89,33 +90,28 @@ fn ack_job(ctx: &Ctx, job: &Job) {
     }
 }
 
-/// Generate and publish the image, or the error.
+/// Generate and publish the image, or the error, and keep it for retries of the same id.
 fn answer_request(ctx: &Ctx, job: &Job) {
+    let id = &job.request.id;
     let params = GenerationParams {
         seed: job.request.seed.unwrap_or_else(|| next_seed(ctx)),
         steps: job.request.steps,
         strength: job.request.strength,
         eta: ctx.config.generation.eta,
     };
-    log::info!("request {:?}: generating ({} steps, strength {}, seed {})", job.request.id, params.steps, params.strength, params.seed);
+    log::info!("request {id:?}: generating ({} steps, strength {}, seed {})", params.steps, params.strength, params.seed);
     let start = Instant::now();
-    let png = match generate_png(ctx, &job.request.maps, &params) {
-        Ok(png) => png,
-        Err((code, message)) => {
-            ctx.error(Some(&job.request.id), code, &message, job.reply.as_ref());
-            return;
+    let answer = match generate_png(ctx, &job.request.maps, &params) {
+        Ok(png) => {
+            finish_image(ctx, start);
+            let answer = Answer::Image(Arc::new(png));
+            ctx.publish_answer(Some(id), &answer, job.reply.as_ref());
+            answer
         }
+        Err((code, message)) => ctx.error_answer(Some(id), code, &message, job.reply.as_ref()),
     };
-    finish_image(ctx, start);
-    let topic = format!("{}image/{}", ctx.prefix, job.request.id);
-    if let Err(e) = ctx.out.publish(&topic, png.clone(), false, None) {
-        log::error!("request {:?}: cannot publish the image: {e}", job.request.id);
-    }
-    if let Some(r) = &job.reply
-        && let Err(e) = ctx.out.publish(&r.topic, png, false, Some(r.props(Content::Png)))
-    {
-        log::warn!("request {:?}: cannot publish to the response topic: {e}", job.request.id);
-    }
+    // Before `running` is cleared, so that a retry finds the id pending or answered.
+    lock(&ctx.shared.answers).insert(id, answer);
 }
 
 fn run_frames(ctx: &Ctx, latest: &mut Maps, frames: BTreeMap<String, Vec<u8>>) {
@@ -145,10 +141,7 @@ fn run_frames(ctx: &Ctx, latest: &mut Maps, frames: BTreeMap<String, Vec<u8>>) {
     match generate_png(ctx, latest, &params) {
         Ok(png) => {
             finish_image(ctx, start);
-            let topic = format!("{}image", ctx.prefix);
-            if let Err(e) = ctx.out.publish(&topic, png, false, None) {
-                log::error!("cannot publish the stream image: {e}");
-            }
+            ctx.publish_answer(None, &Answer::Image(Arc::new(png)), None);
         }
         Err((code, message)) => ctx.error(None, code, &message, None),
     }
@@ -164,16 +157,7 @@ fn finish_image(ctx: &Ctx, start: Instant) {
 
 /// Generate and encode; on failure an error code and message.
 fn generate_png(ctx: &Ctx, maps: &Maps, params: &GenerationParams) -> Result<Vec<u8>, (ErrorCode, String)> {
-    let image = ctx.generator.generate(maps, params).map_err(|e| {
-        let code = match &e {
-            GenerateError::Cond(_) => ErrorCode::InvalidMaps,
-            GenerateError::Steps(ScheduleError::NotDistilledFor { .. }) => ErrorCode::InvalidSteps,
-            GenerateError::Param(_) | GenerateError::Steps(_) => ErrorCode::InvalidParams,
-            GenerateError::Model(_) => ErrorCode::ModelError,
-            GenerateError::Inference(_) => ErrorCode::InferenceFailed,
-        };
-        (code, format!("generation failed: {e}"))
-    })?;
+    let image = ctx.generator.generate(maps, params).map_err(|e| (e.code(), format!("generation failed: {e}")))?;
     ctx.record_images(maps, &image);
     encode_png(&image).map_err(|e| (ErrorCode::EncodeFailed, format!("cannot encode the PNG: {e}")))
 }

@@ -40,6 +40,9 @@ kind = "sketch"
 channels = 1
 "#;
 
+/// A strength at which the fake backend fails while running (an inference failure).
+pub const FAILING_STRENGTH: f32 = 9.5;
+
 pub struct FakeGenerator {
     pub info: ModelInfo,
     pub delay: Duration,
@@ -62,6 +65,10 @@ impl ImageGenerator for FakeGenerator {
         self.calls.fetch_add(1, Ordering::SeqCst);
         if params.steps == 0 {
             return Err(GenerateError::Param("steps must be positive".into()));
+        }
+        if params.strength == FAILING_STRENGTH {
+            let path = PathBuf::from("base.onnx");
+            return Err(ModelError::Tract { path, message: "the backend failed (as asked)".into() }.into());
         }
         std::thread::sleep(self.delay);
         let seg = match maps.get("segmentation") {

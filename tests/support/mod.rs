@@ -19,6 +19,7 @@ pub use image::{ImageFormat, Rgb, RgbImage};
 pub use mcm_edge::config::{EdgeConfig, MqttProtocol};
 pub use mcm_edge::contract::{Maps, ModalityMap, ModelInfo};
 pub use mcm_edge::diffusion::{GenerateError, GenerationParams, ImageGenerator};
+pub use mcm_edge::runtime::ModelError;
 pub use mcm_edge::service::{self, ServiceError, ServiceSummary};
 pub use mcm_edge::tools::broker::{self, RunningBroker};
 pub use serde_json::{Value, json};
