@@ -7,8 +7,9 @@
 //! a typo does not silently fall back to a default. Errors name the file and the key.
 //!
 //! Each section is defined by the module it configures (`[mqtt]`: [`MqttConfig`], `[display]`:
-//! [`DisplayConfig`], `[runtime]`: [`RuntimeConfig`]) and re-exported here; the service's own
-//! sections (`[model]`, `[generation]`, `[limits]`) are defined here. Every range is checked here.
+//! [`DisplayConfig`], `[runtime]`: [`RuntimeConfig`], `[web]`: [`WebConfig`]) and re-exported
+//! here; the service's own sections (`[model]`, `[generation]`, `[limits]`, `[home_assistant]`)
+//! are defined here. Every range is checked here.
 
 use std::path::{Path, PathBuf};
 
@@ -20,6 +21,7 @@ use crate::contract::ModelInfo;
 use crate::diffusion::MAX_STRENGTH;
 use crate::mqtt::{parse_url, topic_text_ok, valid_filter};
 pub use crate::runtime::RuntimeConfig;
+pub use crate::web::WebConfig;
 use crate::runtime::{BackendKind, NO_ONNXRUNTIME, ONNXRUNTIME_BUILT_IN};
 
 /// One mebibyte in bytes.
@@ -56,6 +58,10 @@ pub struct EdgeConfig {
     pub display: DisplayConfig,
     /// `[runtime]`: which inference backend runs the model.
     pub runtime: RuntimeConfig,
+    /// `[web]`: the tablet page served by the device.
+    pub web: WebConfig,
+    /// `[home_assistant]`: MQTT discovery of the generated image as a Home Assistant entity.
+    pub home_assistant: HomeAssistantConfig,
 }
 
 /// `[model]` section.
@@ -155,6 +161,25 @@ impl Default for LimitsConfig {
     }
 }
 
+/// `[home_assistant]` section: MQTT discovery (README "Home Assistant").
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HomeAssistantConfig {
+    /// Publish the discovery message (retained) on every connect and when Home Assistant's birth
+    /// message appears.
+    pub enabled: bool,
+    /// Home Assistant's discovery prefix (its MQTT integration setting).
+    pub discovery_prefix: String,
+    /// Entity name shown in Home Assistant.
+    pub name: String,
+}
+
+impl Default for HomeAssistantConfig {
+    fn default() -> Self {
+        HomeAssistantConfig { enabled: false, discovery_prefix: "homeassistant".into(), name: "Generated image".into() }
+    }
+}
+
 impl EdgeConfig {
     /// Read and check a TOML file.
     ///
@@ -199,7 +224,9 @@ impl EdgeConfig {
         check_generation(&self.generation, &self.limits)?;
         check_limits(&self.limits, &self.mqtt)?;
         self.display.validate().map_err(|e| BadValue { key: "display", message: e.to_string() })?;
-        check_runtime(&self.runtime)
+        check_runtime(&self.runtime)?;
+        self.web.validate().map_err(|(key, message)| BadValue { key, message })?;
+        check_home_assistant(&self.home_assistant)
     }
 }
 
@@ -310,6 +337,15 @@ fn check_limits(l: &LimitsConfig, m: &MqttConfig) -> Result<(), BadValue> {
     }
     if !(0.0..=1.0).contains(&l.max_far_share) {
         return bad("limits.max_far_share", format!("{} must be within 0..=1", l.max_far_share));
+    }
+    Ok(())
+}
+
+/// `[home_assistant]`: a usable discovery prefix.
+fn check_home_assistant(h: &HomeAssistantConfig) -> Result<(), BadValue> {
+    let p = &h.discovery_prefix;
+    if p.is_empty() || p.contains(['+', '#']) || p.ends_with('/') || !topic_text_ok(p) {
+        return bad("home_assistant.discovery_prefix", format!("{p:?} must be a topic without wildcards or a trailing '/'"));
     }
     Ok(())
 }

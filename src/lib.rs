@@ -17,6 +17,8 @@
 //!   request JSON).
 //! - [`display`]: pictures (map pictures, contact sheets), the status panel and its output
 //!   (framebuffer or PNG preview).
+//! - [`web`]: the tablet page (`web/`, embedded at build time), `[web]` in edge.toml, and its
+//!   HTTP server with the page's `config.json`.
 //! - [`tools`]: demo, evaluation, bench and the in-process MQTT broker.
 //! - [`error_code`]: the codes of the `P/error` topic ([`error_code::ErrorCode`]).
 //!
@@ -27,12 +29,13 @@
 //! contract   -> (none)
 //! mqtt       -> (none)
 //! runtime    -> contract
-//! diffusion  -> contract, runtime
+//! web        -> (none)
+//! diffusion  -> contract, error_code, runtime
 //! frames     -> contract, error_code
 //! display    -> contract
-//! config     -> display, mqtt, runtime
-//! service    -> config, contract, diffusion, display, error_code, frames, mqtt
-//! tools      -> config, contract, diffusion, display, frames, runtime, service
+//! config     -> contract, diffusion, display, mqtt, runtime, web
+//! service    -> config, contract, diffusion, display, error_code, frames, mqtt, web
+//! tools      -> config, contract, diffusion, display, frames, runtime, service, web
 //! ```
 
 pub mod config;
@@ -45,3 +48,4 @@ pub mod mqtt;
 pub mod runtime;
 pub mod service;
 pub mod tools;
+pub mod web;

@@ -103,6 +103,17 @@ enum Command {
         /// HOST:PORT of an MQTT broker to use instead of the in-process one.
         #[arg(long)]
         broker: Option<String>,
+        /// With --broker: the broker's WebSocket URL for the tablet page (ws:// or wss://)
+        /// [default: port 9001 on the page's host].
+        #[arg(long, value_name = "URL", requires = "broker")]
+        broker_ws_url: Option<String>,
+        /// HOST:PORT the tablet page is served on after the sheet (0.0.0.0:PORT for tablets on
+        /// the network; port 0 picks a free one).
+        #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8080")]
+        serve: String,
+        /// Exit after the sheet instead of serving the tablet page (scripts, CI).
+        #[arg(long)]
+        no_serve: bool,
         #[arg(long, default_value_t = 1)]
         seed: u64,
         /// DDIM steps [default: the model's distilled count, else `[generation] steps` of --config]
@@ -264,11 +275,11 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
         }
-        Command::Demo { model, samples, out, broker, seed, steps, generation, backend } => {
+        Command::Demo { model, samples, out, broker, broker_ws_url, serve, no_serve, seed, steps, generation, backend } => {
             let (steps, strength, _) = generation.resolve(&model, steps)?;
-            let latencies = demo::run(&DemoOptions { model, samples, out, broker, steps, seed, strength, backend: backend.backend() })?;
-            let mean = latencies.iter().sum::<f64>() / latencies.len().max(1) as f64;
-            println!("{} images, mean latency {mean:.0} ms per image ({steps} DDIM steps)", latencies.len());
+            let serve = (!no_serve).then_some(serve);
+            let opts = DemoOptions { model, samples, out, broker, steps, seed, strength, backend: backend.backend(), serve, broker_ws_url };
+            demo::run(&opts)?;
         }
         Command::Generate { model, maps, out, seed, steps, generation, eta, backend } => {
             let (steps, strength, default_eta) = generation.resolve(&model, steps)?;

@@ -351,7 +351,7 @@ fn service_waits_for_a_broker_that_starts_later() {
         std::thread::spawn(move || service::run(&config, generator, shutdown))
     };
     std::thread::sleep(Duration::from_millis(500));
-    let b = broker::start(port, 0, 16 << 20).expect("broker on the chosen port");
+    let b = broker::start(&broker::BrokerSpec { port, v5_port: 0, ws: None, max_packet_bytes: 16 << 20 }).expect("broker on the chosen port");
     let mut tc = TestClient::connect(b.port, MqttProtocol::V311);
     tc.subscribe(&format!("{prefix}status"));
     tc.wait_for("online", |m| m.topic == format!("{prefix}status") && m.json()["state"] == "online");
@@ -444,4 +444,64 @@ fn status_display_shows_the_last_input_and_output() {
         .count();
     assert!(reddish > 20, "the offline badge is red ({reddish} red pixels in the header)");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Keys of Home Assistant's MQTT image platform, as documented at
+/// <https://www.home-assistant.io/integrations/image.mqtt/> (configuration variables), plus the
+/// discovery-only `origin` (<https://www.home-assistant.io/integrations/mqtt/#mqtt-discovery>).
+const HA_IMAGE_KEYS: [&str; 24] = [
+    "availability", "availability_mode", "availability_template", "availability_topic", "content_type", "device",
+    "enabled_by_default", "encoding", "entity_category", "entity_picture", "icon", "image_encoding", "image_topic",
+    "json_attributes_template", "json_attributes_topic", "name", "object_id", "default_entity_id", "payload_available",
+    "payload_not_available", "unique_id", "url_template", "url_topic", "origin",
+];
+/// Keys of the `device` block (same page, "device").
+const HA_DEVICE_KEYS: [&str; 12] = [
+    "configuration_url", "connections", "hw_version", "identifiers", "manufacturer", "model", "model_id", "name",
+    "serial_number", "suggested_area", "sw_version", "via_device",
+];
+
+#[test]
+fn home_assistant_discovery_is_retained_and_renewed_on_its_birth() {
+    let port = rumqttd().port;
+    let mut config = test_config(port, MqttProtocol::V311);
+    config.home_assistant.enabled = true;
+    config.home_assistant.discovery_prefix = format!("ha{}", DEVICE_COUNTER.fetch_add(1, Ordering::SeqCst));
+    config.web.public_url = Some("http://tablet.local:8080/".into());
+    let ha = config.home_assistant.discovery_prefix.clone();
+    let node = config.mqtt.device_id.clone();
+    let mut watcher = TestClient::connect(port, MqttProtocol::V311);
+    watcher.subscribe(&format!("{ha}/#"));
+    let (svc, mut tc) = start(config, Duration::ZERO, MqttProtocol::V311);
+    let p = svc.prefix.clone();
+    let topic = format!("{ha}/image/{node}/image/config");
+    let first = watcher.wait_for("discovery", |m| m.topic == topic);
+    let d = first.json();
+    // Only documented keys, with the values the entity needs.
+    for key in d.as_object().unwrap().keys() {
+        assert!(HA_IMAGE_KEYS.contains(&key.as_str()), "undocumented key {key:?} in {d}");
+    }
+    for key in d["device"].as_object().unwrap().keys() {
+        assert!(HA_DEVICE_KEYS.contains(&key.as_str()), "undocumented device key {key:?} in {d}");
+    }
+    assert_eq!(d["image_topic"], format!("{p}image"));
+    assert_eq!(d["content_type"], "image/png");
+    assert_eq!(d["availability_topic"], format!("{p}status"));
+    assert!(d["availability_template"].as_str().unwrap().contains("value_json.state"), "{d}");
+    assert_eq!((d["payload_available"].as_str(), d["payload_not_available"].as_str()), (Some("online"), Some("offline")));
+    assert_eq!(d["device"]["configuration_url"], "http://tablet.local:8080/");
+    assert!(d["unique_id"].as_str().unwrap().contains(&node) && d["device"]["identifiers"][0].is_string(), "{d}");
+    // Retained: a client that subscribes later gets it.
+    let mut late = TestClient::connect(port, MqttProtocol::V311);
+    late.subscribe(&topic);
+    assert!(late.wait_for("retained discovery", |m| m.topic == topic).retain);
+    // Home Assistant's birth message brings it again.
+    tc.publish(&format!("{ha}/status"), b"online".to_vec());
+    let again = watcher.wait_for("discovery after the birth message", |m| m.topic == topic);
+    assert_eq!(again.json(), d);
+    // The entity's image: a stream frame's answer on P/image.
+    tc.publish(&format!("{p}frame/segmentation"), seg_png());
+    let img = tc.wait_for("stream image", |m| m.topic == d["image_topic"].as_str().unwrap());
+    assert_eq!(&img.payload[..4], b"\x89PNG");
+    svc.stop();
 }

@@ -26,8 +26,10 @@ pub(crate) enum Driver {
 pub(crate) enum LoopEvent {
     /// A CONNACK: subscriptions and status must be renewed.
     Connected { session_present: bool },
-    /// An incoming publish, to be acknowledged with `ack` once handled.
-    Message { topic: String, payload: Vec<u8>, reply: Option<ReplyTo>, ack: Ack },
+    /// An incoming publish, to be acknowledged with `ack` once handled. `redelivered`: the
+    /// broker's DUP flag, set when it sends a QoS 1/2 publish again because its acknowledgement
+    /// did not arrive (e.g. after a reconnect); a client's own retry is a new publish without it.
+    Message { topic: String, payload: Vec<u8>, reply: Option<ReplyTo>, ack: Ack, redelivered: bool },
     /// The broker sent a message larger than `mqtt.max_packet_bytes` (dropped unread).
     Oversized { bytes: usize, max: usize },
 }
@@ -191,6 +193,7 @@ impl Driver {
                         // The ack needs only the packet id and QoS: leave it without the payload.
                         payload: std::mem::take(&mut p.payload).to_vec(),
                         reply: None,
+                        redelivered: p.dup,
                         ack: Ack::V4(Box::new(p)),
                     })),
                     Ok(Ok(Event::Outgoing(Outgoing::Disconnect))) => Polled::Disconnected,
@@ -222,6 +225,7 @@ impl Driver {
                             topic: String::from_utf8_lossy(&p.topic).into_owned(),
                             payload: std::mem::take(&mut p.payload).to_vec(),
                             reply,
+                            redelivered: p.dup,
                             ack: Ack::V5(Box::new(p)),
                         }))
                     }

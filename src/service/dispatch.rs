@@ -15,6 +15,7 @@ use crate::mqtt::{LoopEvent, ReplyTo, Ticket, topic_matches};
 pub(super) fn dispatch(ctx: Ctx, rx: Receiver<LoopEvent>) {
     let frame_prefix = format!("{}frame/", ctx.prefix);
     let request_filter = ctx.config.mqtt.request_filter.clone().unwrap_or_else(|| format!("{}request", ctx.prefix));
+    let birth_topic = ctx.home_assistant_birth_topic();
     loop {
         let stopping = ctx.stopping();
         let event = if stopping {
@@ -39,13 +40,14 @@ pub(super) fn dispatch(ctx: Ctx, rx: Receiver<LoopEvent>) {
                 if stopping {
                     continue;
                 }
-                for filter in [format!("{frame_prefix}+"), request_filter.clone()] {
+                for filter in [format!("{frame_prefix}+"), request_filter.clone()].into_iter().chain(birth_topic.clone()) {
                     match ctx.out.subscribe(&filter) {
                         Ok(()) => log::info!("subscribed to {filter}"),
                         Err(e) => log::error!("{e}"),
                     }
                 }
                 ctx.publish_status();
+                ctx.publish_discovery();
             }
             LoopEvent::Oversized { bytes, max } => ctx.error(
                 None,
@@ -53,13 +55,22 @@ pub(super) fn dispatch(ctx: Ctx, rx: Receiver<LoopEvent>) {
                 &format!("a {bytes}-byte message exceeded mqtt.max_packet_bytes = {max} and was dropped"),
                 None,
             ),
-            LoopEvent::Message { topic, payload, reply, ack } => {
+            LoopEvent::Message { topic, payload, reply, ack, redelivered } => {
                 let ticket = ctx.out.track(ack);
                 if topic_matches(&request_filter, &topic) {
                     // Acknowledged once answered (by the worker when queued).
-                    if let Some(ticket) = on_request(&ctx, &payload, reply, ticket, stopping) {
+                    let incoming = Incoming { payload: &payload, reply, redelivered };
+                    if let Some(ticket) = on_request(&ctx, incoming, ticket, stopping) {
                         ctx.out.ack(ticket);
                     }
+                    continue;
+                }
+                if birth_topic.as_deref() == Some(topic.as_str()) {
+                    // Home Assistant (re)started: it forgets entities whose discovery it missed.
+                    if payload == b"online" && !stopping {
+                        ctx.publish_discovery();
+                    }
+                    ctx.out.ack(ticket);
                     continue;
                 }
                 match topic.strip_prefix(&frame_prefix) {
@@ -98,12 +109,27 @@ fn modality_names(ctx: &Ctx) -> String {
     format!("{names:?}")
 }
 
+/// A publish on the request topic.
+struct Incoming<'a> {
+    payload: &'a [u8],
+    reply: Option<ReplyTo>,
+    /// The broker's DUP flag (see [`LoopEvent::Message`]).
+    redelivered: bool,
+}
+
 /// Queue, replay or refuse a request; returns its ack when it is done with here (refused,
 /// replayed, duplicate), `None` when the queued job carries it.
-fn on_request(ctx: &Ctx, payload: &[u8], reply: Option<ReplyTo>, ack: Ticket, stopping: bool) -> Option<Ticket> {
+fn on_request(ctx: &Ctx, incoming: Incoming<'_>, ack: Ticket, stopping: bool) -> Option<Ticket> {
+    let Incoming { payload, reply, redelivered } = incoming;
     let mut job = match parse_request(ctx, payload, stopping) {
         Ok(Parsed::Job(job)) => job,
         Ok(Parsed::Pending(id)) => return adopt_ack(ctx, &id, ack),
+        Ok(Parsed::Answered(id, _)) if redelivered => {
+            // The broker sends it again because our acknowledgement was lost: the answer went out.
+            log::info!("request {id:?}: redelivery of an answered request ignored");
+            lock(&ctx.shared.stats).summary.duplicates_ignored += 1;
+            return Some(ack);
+        }
         Ok(Parsed::Answered(id, answer)) => {
             log::info!("request {id:?}: answered before, sending the same answer again");
             lock(&ctx.shared.stats).summary.replays += 1;

@@ -31,14 +31,18 @@
 //!
 //! Parts: `run` (start, supervision, shutdown), `outbox` (publishing and acknowledging),
 //! `state` (what the threads share), `status` (`P/status` and the status display), `errors`
-//! (`P/error`), `answers` (publishing answers, the answer cache for retries), `dispatch` (incoming messages), `worker` (generation and answers), [`request`]
+//! (`P/error`), `answers` (publishing answers, the answer cache for retries), `page` (the
+//! tablet page's `config.json` and URL), `home_assistant` (MQTT discovery), `dispatch` (incoming messages), `worker` (generation and answers), [`request`]
 //! (request JSON).
 
 mod answers;
 mod dispatch;
 mod errors;
+mod home_assistant;
 mod outbox;
+mod page;
 pub mod request;
+pub use page::{page_config, public_url};
 mod run;
 mod state;
 mod status;

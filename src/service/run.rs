@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::TICK;
 use super::dispatch::dispatch;
+use super::page::page_config;
 use super::state::{Ctx, ServiceSummary};
 use super::worker::work;
 use crate::config::{ConfigError, EdgeConfig, MqttProtocol};
@@ -16,6 +17,7 @@ use crate::diffusion::ImageGenerator;
 use crate::display::BrokerState;
 use crate::display::{DisplayError, StatusDisplay};
 use crate::mqtt::{self, Backoff, LoopCtx, OFFLINE, Settings, TransportError};
+use crate::web::{self, WebError};
 
 /// Errors that stop the service.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +31,9 @@ pub enum ServiceError {
     /// The status display (framebuffer) cannot be opened.
     #[error(transparent)]
     Display(#[from] DisplayError),
+    /// The tablet page cannot be served (`[web]`).
+    #[error(transparent)]
+    Web(#[from] WebError),
     /// A thread could not be started.
     #[error("cannot start thread {name}: {source}")]
     Thread { name: &'static str, source: std::io::Error },
@@ -74,6 +79,7 @@ pub fn run(
     if config.display.enabled {
         log::info!("status display: {}", config.display.describe());
     }
+    let page = if config.web.enabled { Some(web::serve(&config.web.listen, &page_config(config))?) } else { None };
     let status_topic = format!("{prefix}status");
     let (mqtt, driver) = mqtt::connect(&config.mqtt, &settings, &status_topic);
     log::info!(
@@ -118,6 +124,9 @@ pub fn run(
         std::thread::sleep(TICK);
     }
     log::info!("stopping: finishing the current job");
+    if let Some(page) = page {
+        page.stop();
+    }
     ctx.shared.stopping.store(true, Ordering::SeqCst);
     ctx.shared.wake.notify_all();
     let mut panicked = None;

@@ -2,8 +2,12 @@
 //! is given), runs the service on a model directory, publishes the sample frames in
 //! `config/samples/` as a tablet would, saves the returned PNGs and a contact sheet
 //! (maps | base only | MCM with each map and with both, same seed) and prints per-image latency.
+//! Then, unless told not to serve, it prints the tablet page's URL and keeps the broker (with its
+//! WebSocket listener), the service and the page up until Ctrl-C: opening the page and painting
+//! is the demo a person sees.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
@@ -23,6 +27,7 @@ use crate::display::{contact_sheet, render_map};
 use crate::frames::{FrameLimits, decode_frame};
 use crate::runtime::Backend;
 use crate::service;
+use crate::web;
 
 /// Settings of the demo.
 #[derive(Debug, Clone)]
@@ -39,6 +44,11 @@ pub struct DemoOptions {
     pub strength: f32,
     /// Inference backend of the service's model.
     pub backend: Backend,
+    /// `HOST:PORT` to serve the tablet page on after the sheet, until Ctrl-C; `None`: exit after
+    /// the sheet (`--no-serve`, for scripts and CI).
+    pub serve: Option<String>,
+    /// The broker's `ws://` / `wss://` URL for the page when `broker` is an external broker.
+    pub broker_ws_url: Option<String>,
 }
 
 /// A named sample: its frames (PNG bytes) by modality name.
@@ -59,14 +69,23 @@ pub fn run(opts: &DemoOptions) -> Result<Vec<f64>> {
     let samples = load_samples(&opts.samples)?;
     std::fs::create_dir_all(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;
 
+    let mut config = EdgeConfig::default();
     let (host, port) = match &opts.broker {
         Some(addr) => {
             let (h, p) = addr.rsplit_once(':').with_context(|| format!("--broker {addr:?}: expected HOST:PORT"))?;
+            config.web.broker_url = opts.broker_ws_url.clone();
             (h.to_string(), p.parse().with_context(|| format!("--broker {addr:?}: bad port"))?)
         }
-        None => ("127.0.0.1".to_string(), broker::start_local()?.port),
+        None => {
+            let ws = opts.serve.as_deref().map(ws_listen).transpose()?;
+            let spec = broker::BrokerSpec { port: 0, v5_port: 0, ws, max_packet_bytes: config.mqtt.max_packet_bytes };
+            let running = broker::start(&spec)?;
+            if let Some(ws) = running.ws {
+                config.web.broker_ws_port = ws.port();
+            }
+            ("127.0.0.1".to_string(), running.port)
+        }
     };
-    let mut config = EdgeConfig::default();
     config.mqtt.host = host.clone();
     config.mqtt.port = port;
     config.mqtt.device_id = format!("demo-{}", std::process::id());
@@ -74,14 +93,24 @@ pub fn run(opts: &DemoOptions) -> Result<Vec<f64>> {
     config.mqtt.clean_session = true;
     config.model.dir = opts.model.clone();
     config.generation.steps = opts.steps;
+    config.generation.strength = opts.strength;
     let prefix = config.mqtt.topic_prefix();
 
-    let shutdown = Arc::new(AtomicBool::new(false));
+    // Serving: Ctrl-C ends the service; otherwise the demo does once the sheet is written.
+    let shutdown = if opts.serve.is_some() { service::shutdown_on_signals().context("installing signal handlers")? } else { Arc::default() };
     let service = {
         let (config, generator, shutdown) = (config.clone(), Arc::clone(&generator), Arc::clone(&shutdown));
         std::thread::spawn(move || service::run(&config, generator as Arc<dyn ImageGenerator>, shutdown))
     };
     let result = drive(opts, &generator, &samples, &host, port, &prefix, config.mqtt.max_packet_bytes);
+    if let Ok(latencies) = &result {
+        let mean = latencies.iter().sum::<f64>() / latencies.len().max(1) as f64;
+        println!("{} images, mean latency {mean:.0} ms per image ({} DDIM steps)", latencies.len(), opts.steps);
+    }
+    let served = match (&result, &opts.serve) {
+        (Ok(_), Some(listen)) => serve_until_stopped(listen, &config, &shutdown),
+        _ => Ok(()),
+    };
     shutdown.store(true, Ordering::SeqCst);
     match service.join() {
         Ok(r) => {
@@ -89,7 +118,28 @@ pub fn run(opts: &DemoOptions) -> Result<Vec<f64>> {
         }
         Err(_) => bail!("the service thread panicked"),
     }
+    served?;
     result
+}
+
+/// The WebSocket listener's address for a page served on `listen`: the same interface, a free
+/// port.
+fn ws_listen(listen: &str) -> Result<SocketAddr> {
+    let (host, _) = listen.rsplit_once(':').with_context(|| format!("--serve {listen:?}: expected HOST:PORT"))?;
+    let ip: IpAddr = host.trim_matches(['[', ']']).parse().with_context(|| format!("--serve {listen:?}: expected an IP address"))?;
+    Ok(SocketAddr::new(ip, 0))
+}
+
+/// Serve the tablet page on `listen` until `shutdown` (Ctrl-C).
+fn serve_until_stopped(listen: &str, config: &EdgeConfig, shutdown: &AtomicBool) -> Result<()> {
+    let page = web::serve(listen, &service::page_config(config))?;
+    println!("tablet page: {}", page.local_url());
+    println!("open it in a browser (on a tablet: this machine's address instead of 127.0.0.1 with --serve 0.0.0.0:PORT); Ctrl-C stops");
+    while !shutdown.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    page.stop();
+    Ok(())
 }
 
 /// The tablet side: publish requests one at a time, collect the answers, write files.

@@ -1,0 +1,197 @@
+//! The HTTP server of the tablet page: the embedded files and `config.json`, on a thread of its
+//! own, until [`WebServer::stop`] (or the process) ends it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use serde::Serialize;
+use tiny_http::{Header, Method, Response, Server};
+
+use super::assets::asset;
+
+/// Why the page could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum WebError {
+    /// The address could not be bound (in use, not an address of this machine, ...).
+    #[error("web: cannot listen on {listen}: {message}")]
+    Listen { listen: String, message: String },
+    /// The server thread could not be started.
+    #[error("web: cannot start the server thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Where the page finds the broker's MQTT-over-WebSocket listener (`config.json` `broker`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BrokerWs {
+    /// Full `ws://` / `wss://` URL; `None`: the page's own host name with `port` and `path`.
+    pub url: Option<String>,
+    pub port: u16,
+    pub path: String,
+}
+
+/// `config.json`: what the page needs to know to talk to this device. Never credentials.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PageConfig {
+    pub device_id: String,
+    /// Topic prefix `P` of the device, with its trailing `/`.
+    pub topic_prefix: String,
+    pub broker: BrokerWs,
+    /// MQTT protocol level the page speaks over WebSocket: 4 (3.1.1; rumqttd's WebSocket
+    /// listener speaks nothing else).
+    pub mqtt_protocol: u8,
+}
+
+/// A running page server.
+pub struct WebServer {
+    server: Arc<Server>,
+    addr: SocketAddr,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl WebServer {
+    /// The address it listens on (with the port picked when `listen` asked for port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The page's URL on this machine, e.g. `http://127.0.0.1:8080/` (an unspecified listen
+    /// address such as `0.0.0.0` is shown as `127.0.0.1`).
+    pub fn local_url(&self) -> String {
+        let mut addr = self.addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        format!("http://{addr}/")
+    }
+
+    /// Stop serving and wait for the thread.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.server.unblock();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for WebServer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Serve the embedded page and `page` as `/config.json` on `listen` (`HOST:PORT`, port 0 picks
+/// a free one). Only `GET`/`HEAD` of embedded paths are answered (404 otherwise, 405 for other
+/// methods); nothing is read from the file system.
+///
+/// # Errors
+/// [`WebError::Listen`] when the address cannot be bound, [`WebError::Thread`].
+pub fn serve(listen: &str, page: &PageConfig) -> Result<WebServer, WebError> {
+    let server = Server::http(listen).map_err(|e| WebError::Listen { listen: listen.to_string(), message: e.to_string() })?;
+    let addr = server
+        .server_addr()
+        .to_ip()
+        .ok_or_else(|| WebError::Listen { listen: listen.to_string(), message: "not an IP address".into() })?;
+    let server = Arc::new(server);
+    let config_json = serde_json::to_vec_pretty(page).unwrap_or_default();
+    let thread = {
+        let server = Arc::clone(&server);
+        std::thread::Builder::new().name("web".into()).spawn(move || answer_all(&server, &config_json)).map_err(WebError::Thread)?
+    };
+    log::info!("tablet page on http://{addr}/");
+    Ok(WebServer { server, addr, thread: Some(thread) })
+}
+
+/// Answer requests until the server is unblocked.
+fn answer_all(server: &Server, config_json: &[u8]) {
+    for request in server.incoming_requests() {
+        let response = respond(request.method(), request.url(), config_json);
+        if let Err(e) = request.respond(response) {
+            log::debug!("web: answering a request: {e}");
+        }
+    }
+}
+
+/// The response to `method url`.
+fn respond(method: &Method, url: &str, config_json: &[u8]) -> Response<std::io::Cursor<Vec<u8>>> {
+    if !matches!(method, Method::Get | Method::Head) {
+        return text(405, "only GET and HEAD");
+    }
+    let (bytes, content_type) = if url.split('?').next() == Some("/config.json") {
+        (config_json.to_vec(), "application/json")
+    } else if let Some(a) = asset(url) {
+        (a.bytes.to_vec(), a.content_type())
+    } else {
+        return text(404, "not found");
+    };
+    Response::from_data(bytes)
+        .with_header(header("Content-Type", content_type))
+        .with_header(header("Cache-Control", "no-cache"))
+        .with_header(header("X-Content-Type-Options", "nosniff"))
+}
+
+fn text(status: u16, body: &str) -> Response<std::io::Cursor<Vec<u8>>> {
+    Response::from_data(body.as_bytes().to_vec()).with_status_code(status).with_header(header("Content-Type", "text/plain; charset=utf-8"))
+}
+
+fn header(name: &str, value: &str) -> Header {
+    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("static header")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    use super::*;
+
+    fn get(addr: SocketAddr, request: &str) -> String {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[test]
+    fn serves_the_page_and_its_config_only() {
+        let page = PageConfig {
+            device_id: "edge-1".into(),
+            topic_prefix: "mcm/edge-1/".into(),
+            broker: BrokerWs { url: None, port: 9001, path: "/mqtt".into() },
+            mqtt_protocol: 4,
+        };
+        let server = serve("127.0.0.1:0", &page).unwrap();
+        let addr = server.addr();
+        assert!(server.local_url().starts_with("http://127.0.0.1:"));
+        let index = get(addr, "GET / HTTP/1.0\r\n\r\n");
+        assert!(index.starts_with("HTTP/1.0 200") || index.starts_with("HTTP/1.1 200"), "{}", &index[..80.min(index.len())]);
+        assert!(index.contains("text/html") && index.contains("<html"));
+        let config = get(addr, "GET /config.json HTTP/1.0\r\n\r\n");
+        let body: serde_json::Value = serde_json::from_str(config.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert_eq!(body["topic_prefix"], "mcm/edge-1/");
+        assert_eq!(body["broker"]["port"], 9001);
+        assert!(body["broker"]["url"].is_null());
+        for bad in ["/../Cargo.toml", "/src/main.rs", "/vendor/README.md", "/%2e%2e/Cargo.toml"] {
+            let r = get(addr, &format!("GET {bad} HTTP/1.0\r\n\r\n"));
+            assert!(r.contains(" 404 "), "{bad}: {}", &r[..40.min(r.len())]);
+        }
+        let r = get(addr, "POST / HTTP/1.0\r\nContent-Length: 0\r\n\r\n");
+        assert!(r.contains(" 405 "), "{r}");
+        server.stop();
+        assert!(TcpStream::connect(addr).is_err() || get(addr, "GET / HTTP/1.0\r\n\r\n").is_empty());
+    }
+
+    #[test]
+    fn a_taken_port_is_a_clear_error() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let listen = taken.local_addr().unwrap().to_string();
+        let page = PageConfig { device_id: "d".into(), topic_prefix: "p/".into(), broker: BrokerWs { url: None, port: 1, path: "/".into() }, mqtt_protocol: 4 };
+        let err = serve(&listen, &page).err().expect("refused").to_string();
+        assert!(err.contains(&listen), "{err}");
+    }
+}
