@@ -16,7 +16,7 @@ pub const PALETTE_TOLERANCE: f32 = 40.0;
 
 /// Distance within which a colour always keeps its nearest class, even where it could also be a
 /// mix of two other classes (JPEG noise on a flat region stays well within it).
-const SURE_DISTANCE: f32 = 16.0;
+const SURE_DISTANCE: f32 = 24.0;
 
 /// How a colour relates to its nearest class colour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

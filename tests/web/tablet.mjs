@@ -27,7 +27,7 @@ import { loadConfig } from '../../web/config.js';
 import { deviceTopics } from '../../web/connection.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
-const DEFAULT_DEMO_CMD = 'target/release/mcm-edge demo --out "$TABLET_TMP/demo"';
+const DEFAULT_DEMO_CMD = 'target/release/mcm-edge demo --out "$TABLET_TMP/demo" --serve 127.0.0.1:0';
 const PAGE_URL_LINE = /tablet page: (http\S+)/;
 const PNG_SIGNATURE = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a];
 const GENERATE_TIMEOUT_MS = 60_000;

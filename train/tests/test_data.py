@@ -52,20 +52,36 @@ def test_loader_reads_maps_back(scenes: Path) -> None:
     assert depth.shape == (12, 1, 16, 16) and depth.dtype == np.float32 and 0 <= depth.min() and depth.max() <= 1
 
 
-def test_loader_accepts_single_channel_ids_and_refuses_far_colours(tmp_path: Path, scenes: Path) -> None:
+def test_loader_accepts_single_channel_ids_and_brushed_maps_and_refuses_photos(tmp_path: Path, scenes: Path) -> None:
     for sub in ("images", "segmentation"):
         (tmp_path / sub).mkdir()
     Image.open(scenes / "images" / "00000.png").save(tmp_path / "images" / "x.png")
     ids = np.arange(16 * 16, dtype=np.uint8).reshape(16, 16) % 8
     Image.fromarray(ids, mode="L").save(tmp_path / "segmentation" / "x.png")
     assert np.array_equal(load_dataset(tmp_path).maps["segmentation"][0], ids)
-    bad = np.full((16, 16, 3), tuple(load_classes()[0].color), np.uint8)
-    bad[5, 9] = [200, 0, 200]
-    Image.fromarray(bad).save(tmp_path / "segmentation" / "x.png")
-    # Named like the device names it: the map file (not the photo), the pixel, its colour, the nearest class.
-    with pytest.raises(DataError, match=r"segmentation/x\.png: pixel \(x=9, y=5\) has colour #c800c8, not within 40 "
-                                        r"of any class colour \(nearest: '\w+' #[0-9a-f]{6}, distance [0-9.]+\)"):
+    # A far pixel (a brush's edge) takes the class of its neighbourhood.
+    brushed = np.full((16, 16, 3), tuple(load_classes()[0].color), np.uint8)
+    brushed[5, 9] = [200, 0, 200]
+    Image.fromarray(brushed).save(tmp_path / "segmentation" / "x.png")
+    assert (load_dataset(tmp_path).maps["segmentation"][0] == 0).all()
+    # A photo is refused, named like the device names it: the map file (not the photo), the share.
+    photo = np.random.default_rng(0).integers(0, 256, (16, 16, 3)).astype(np.uint8)
+    Image.fromarray(photo).save(tmp_path / "segmentation" / "x.png")
+    with pytest.raises(DataError, match=r"segmentation/x\.png: not a segmentation map: [0-9.]+ % of the pixels"):
         load_dataset(tmp_path)
+
+
+def test_soft_brush_edges_split_in_the_middle() -> None:
+    from mcm_train.data.labels import colour_labels
+
+    palette = np.array([[50, 160, 60], [30, 80, 200], [135, 206, 235]], np.uint8)
+    hard = np.where(np.arange(20)[None, :] < 10, 0, 1).repeat(6, 0)
+    rgb = palette[hard].astype(np.float32)
+    for x, a in ((8, 0.2), (9, 0.4), (10, 0.6), (11, 0.8)):  # a soft edge, 4 pixels wide
+        rgb[:, x] = (1 - a) * palette[0] + a * palette[1]
+    ids, far_share = colour_labels(np.round(rgb).astype(np.uint8), palette)
+    assert 0 < far_share <= 0.2
+    assert np.array_equal(ids, hard)
 
 
 def test_sketch_polarity_and_transparency_are_detected() -> None:

@@ -7,8 +7,9 @@ maps computed here (`write_preprocess_vectors`) for the Rust tests to replay.
 Rules (README "Frames"):
 - EXIF orientation is applied first (`ImageOps.exif_transpose`).
 - Segmentation: single-channel images (1, 2, 4, 8 or 16-bit grey, grey + alpha) hold class ids
-  directly (raw values, not rescaled); colour images (RGB, RGBA, palette PNGs) map every pixel to
-  the nearest palette colour within `PALETTE_TOLERANCE` (Euclidean, 0-255 units). Alpha is ignored.
+  directly (raw values, not rescaled); colour images (RGB, RGBA, palette PNGs; alpha ignored) may
+  come from ordinary brushes: nearest class colours, with blended and far pixels taken from their
+  neighbourhood (`labels`); more than 20 % far pixels is not a label map.
 - Sketch: luminance is Rec. 709 luma (0.2126 R + 0.7152 G + 0.0722 B) in [0, 1]; pixels with
   alpha < 0.5 are transparent. When more than half of the pixels are transparent the stroke is
   the alpha coverage; otherwise the background level B is the lower median of the opaque
@@ -28,9 +29,7 @@ from PIL import Image, ImageOps
 
 from ..contract.modalities import ClassInfo, ModalitySpec
 from .classes import DataError
-
-#: Largest distance (Euclidean, 0-255 RGB units) between a pixel and its nearest palette colour.
-PALETTE_TOLERANCE = 40.0
+from .labels import MAX_FAR_SHARE, PALETTE_TOLERANCE, colour_labels
 #: Pixels with alpha below this (alpha in [0, 1]) are transparent (sketches).
 TRANSPARENT_BELOW = 0.5
 #: Rec. 709 luma coefficients (the ones the `image` crate uses on the device).
@@ -83,9 +82,9 @@ def labels_from_image(img: Image.Image, classes: list[ClassInfo], path: Path | s
     """Class ids uint8 [H, W] from a segmentation image (rules in the module doc).
 
     Raises:
-        DataError: an id is out of range, or a colour is farther than `PALETTE_TOLERANCE` from every
-            palette colour; the message names `path`, the first such pixel (x, y), its value and,
-            for colours, the nearest class and its distance, as the device does.
+        DataError: an id is out of range (the message names `path`, the first such pixel (x, y) and
+            its value), or a colour map with more than 20 % of its pixels farther than
+            `PALETTE_TOLERANCE` from every class colour (the share in the message), as the device.
     """
     if img.mode in _GREY_MODES:
         ids = _grey_values(img)
@@ -95,20 +94,12 @@ def labels_from_image(img: Image.Image, classes: list[ClassInfo], path: Path | s
             raise DataError(f"{path}: pixel (x={x}, y={y}) has class id {ids[y, x]}, but there are "
                            f"{len(classes)} classes (ids 0..={len(classes) - 1})")
         return ids.astype(np.uint8)
-    rgb = _rgb_u8(img).astype(np.int32)
-    palette = palette_array(classes).astype(np.int32)
-    d2 = ((rgb[:, :, None, :] - palette[None, None]) ** 2).sum(-1)
-    ids = d2.argmin(-1)
-    nearest = np.take_along_axis(d2, ids[..., None], -1)[..., 0]
-    bad = np.argwhere(nearest > PALETTE_TOLERANCE**2)
-    if bad.size:
-        y, x = bad[0]
-        c, near = rgb[y, x], classes[ids[y, x]]
-        raise DataError(f"{path}: pixel (x={x}, y={y}) has colour #{c[0]:02x}{c[1]:02x}{c[2]:02x}, not within "
-                       f"{PALETTE_TOLERANCE:.0f} of any class colour (nearest: {near.name!r} "
-                       f"#{near.color[0]:02x}{near.color[1]:02x}{near.color[2]:02x}, distance "
-                       f"{float(np.sqrt(nearest[y, x])):.1f})")
-    return ids.astype(np.uint8)
+    ids, far_share = colour_labels(_rgb_u8(img), palette_array(classes))
+    if ids is None:
+        raise DataError(f"{path}: not a segmentation map: {100 * far_share:.1f} % of the pixels are further "
+                        f"than {PALETTE_TOLERANCE:.0f} RGB units from every one of the {len(classes)} class "
+                        f"colours (at most {100 * MAX_FAR_SHARE:.1f} % may be)")
+    return ids
 
 
 def luma_alpha(img: Image.Image) -> tuple[np.ndarray, np.ndarray]:
