@@ -31,8 +31,9 @@ pub enum ContractViolation {
     /// `[image]` size is 0.
     #[error("[image] size must be positive")]
     EmptyImage,
-    /// `[image]` channels is not 3: the device writes RGB images of pixel-space bases.
-    #[error("[image] channels = {0}: the device supports RGB pixel-space bases only (channels = 3)")]
+    /// `[image]` channels outside 1..=4: the device writes its images as RGB PNGs from 1 (grey)
+    /// to 4 channels (see `diffusion::to_image`).
+    #[error("[image] channels = {0}: the device turns 1 to 4 image channels into RGB images, not {0}")]
     ImageChannels(usize),
     /// `[image]` value_range is not increasing.
     #[error("[image] value_range {0:?} must be increasing")]
@@ -264,7 +265,7 @@ impl ModelInfo {
         if self.image.size == 0 {
             return Err(ContractViolation::EmptyImage);
         }
-        if self.image.channels != 3 {
+        if !(1..=4).contains(&self.image.channels) {
             return Err(ContractViolation::ImageChannels(self.image.channels));
         }
         if self.image.value_range[0] >= self.image.value_range[1] {

@@ -184,15 +184,19 @@ pub fn to_eps(prediction: Array4<f32>, x_t: &Array4<f32>, alpha_bar: f64, kind: 
     }
 }
 
-/// `[1, 3, H, W]` in `range` (e.g. [-1, 1]) -> RGB image, values clamped.
+/// `[1, C, H, W]` in `range` (e.g. [-1, 1]) -> RGB image, values clamped. C = 3 is RGB; C = 4
+/// (e.g. a 4-channel benchmark base) shows its first three channels as RGB; C = 1 or 2 (grey, grey
+/// + alpha) the first channel as grey. `model.toml` refuses other C at load.
 pub fn to_image(x: &Array4<f32>, range: [f32; 2]) -> RgbImage {
-    let (_, _, h, w) = x.dim();
+    let (_, c, h, w) = x.dim();
+    // RGB from the first three channels; with fewer, the first (grey) in all three.
+    let rgb = if c >= 3 { [0, 1, 2] } else { [0, 0, 0] };
     RgbImage::from_fn(w as u32, h as u32, |px, py| {
         let v = |ch: usize| {
             let u = (x[[0, ch, py as usize, px as usize]] - range[0]) / (range[1] - range[0]);
             (u.clamp(0.0, 1.0) * 255.0).round() as u8
         };
-        image::Rgb([v(0), v(1), v(2)])
+        image::Rgb(rgb.map(v))
     })
 }
 
@@ -207,6 +211,17 @@ pub fn from_image(img: &RgbImage, range: [f32; 2]) -> Array4<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn images_of_one_to_four_channels() {
+        // A grey or 4-channel base (export-diffusers writes `in_channels`) must not panic the worker.
+        let x = Array4::from_shape_fn([1, 4, 2, 3], |(_, c, y, x)| -1.0 + 0.25 * c as f32 + 0.1 * (x + y) as f32);
+        let rgba = to_image(&x, [-1.0, 1.0]);
+        assert_eq!(rgba.dimensions(), (3, 2));
+        assert_eq!(rgba.get_pixel(0, 0).0, [0, 32, 64]);
+        let grey = to_image(&x.slice(ndarray::s![.., 0..1, .., ..]).to_owned(), [-1.0, 1.0]);
+        assert_eq!(grey.get_pixel(2, 1).0, [38, 38, 38]);
+    }
 
     #[test]
     fn every_prediction_type_gives_back_the_same_eps() {

@@ -510,6 +510,19 @@ async function desktopChecks(browser, url, config, broker) {
     return `${await page.locator('#history li').count()} thumbnails`;
   });
 
+  await check('random seed: the page draws it, sends it and shows it', async () => {
+    await page.getByRole('checkbox', { name: 'Random seed' }).check();
+    const before = broker.seen.requests.length;
+    await page.getByRole('button', { name: 'Generate' }).click();
+    await waitUnlessError(page, page.locator('#history li').nth(2), GENERATE_TIMEOUT_MS);
+    await until(async () => broker.seen.requests.length > before, 10_000, 'the request on P/request');
+    const request = broker.seen.requests.at(-1);
+    const shown = Number(await page.getByRole('spinbutton', { name: 'Seed' }).inputValue());
+    assert(Number.isInteger(request.seed) && request.seed === shown, `request seed ${request.seed}, field ${shown}`);
+    await page.getByRole('checkbox', { name: 'Random seed' }).uncheck();
+    return `seed ${request.seed}`;
+  });
+
   await check('download PNG of the shown result', async () => {
     const [download] = await Promise.all([page.waitForEvent('download'), page.getByRole('button', { name: 'Download PNG' }).click()]);
     const bytes = readFileSync(await download.path());

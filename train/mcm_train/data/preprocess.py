@@ -30,6 +30,7 @@ from PIL import Image, ImageOps
 from ..contract.modalities import ClassInfo, ModalitySpec
 from .classes import DataError
 from .labels import MAX_FAR_SHARE, PALETTE_TOLERANCE, colour_labels
+
 #: Pixels with alpha below this (alpha in [0, 1]) are transparent (sketches).
 TRANSPARENT_BELOW = 0.5
 #: Rec. 709 luma coefficients (the ones the `image` crate uses on the device).
