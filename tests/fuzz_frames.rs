@@ -242,10 +242,12 @@ fn decode_checked(
     };
     prop_assert!(
         peak <= alloc_bound(limits),
-        "{} bytes allocated at once, bound {} ({limits:?}, {} input bytes)",
+        "{} bytes allocated at once, bound {} ({limits:?}, {} input bytes, header dimensions {:?}, {:?})",
         peak,
         alloc_bound(limits),
-        bytes.len()
+        bytes.len(),
+        image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().ok().and_then(|r| r.into_dimensions().ok()),
+        result.as_ref().map(|_| "decoded").map_err(|e| e.code())
     );
     match &result {
         Ok(map) => {

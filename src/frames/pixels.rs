@@ -60,8 +60,14 @@ pub(super) fn resize_plane(values: Vec<f32>, w: u32, h: u32, size: usize) -> Vec
     if (w as usize, h as usize) == (size, size) {
         return values;
     }
-    match ImageBuffer::<Luma<f32>, Vec<f32>>::from_raw(w, h, values) {
-        Some(buf) => image::imageops::resize(&buf, side, side, FilterType::Triangle).into_raw(),
-        None => vec![0.0; size * size],
+    let Some(buf) = ImageBuffer::<Luma<f32>, Vec<f32>>::from_raw(w, h, values) else { return vec![0.0; size * size] };
+    // image's resize samples vertically first, through an RGBA f32 buffer of source width x new
+    // height (16 bytes a pixel): for a wide frame (e.g. 40,000 x 1) that is far larger than the
+    // frame itself. Resizing the transpose keeps it at min(w, h) x size.
+    if w > h {
+        let resized = image::imageops::resize(&image::imageops::rotate90(&buf), side, side, FilterType::Triangle);
+        image::imageops::rotate270(&resized).into_raw()
+    } else {
+        image::imageops::resize(&buf, side, side, FilterType::Triangle).into_raw()
     }
 }

@@ -83,8 +83,7 @@ fn colour_ids<T: Copy>(
     if palette.is_empty() || far_share > max_far_share {
         return Err(FrameError::NotASegmentationMap { far_share, max_far_share, classes: modality.classes.len() });
     }
-    let mut ids: Vec<u8> = matches.iter().map(|m| m.0).collect();
-    let sure: Vec<bool> = matches.iter().map(|m| m.1 == Certainty::Sure).collect();
+    let (mut ids, sure): (Vec<u8>, Vec<bool>) = matches.into_iter().map(|(id, c)| (id, c == Certainty::Sure)).unzip();
     fill_from_neighbours(&mut ids, sure, width.max(1) as usize);
     Ok(ids)
 }
@@ -104,28 +103,28 @@ fn fill_from_neighbours(ids: &mut [u8], mut sure: Vec<bool>, width: usize) {
         })
     };
     let mut queued = sure.clone();
-    let mut wave: Vec<usize> = Vec::new();
-    for i in (0..ids.len()).filter(|&i| !sure[i]) {
-        if neighbours(i).any(|n| sure[n]) {
-            queued[i] = true;
-            wave.push(i);
-        }
-    }
+    let mut wave: Vec<usize> = (0..ids.len()).filter(|&i| !sure[i] && neighbours(i).any(|n| sure[n])).collect();
+    let mut winners: Vec<u8> = Vec::new();
     while !wave.is_empty() {
-        let settled: Vec<(usize, u8)> = wave.iter().map(|&i| (i, majority(neighbours(i).filter(|&n| sure[n]).map(|n| ids[n]), ids[i]))).collect();
-        for &(i, id) in &settled {
+        for &i in &wave {
+            queued[i] = true;
+        }
+        winners.clear();
+        winners.extend(wave.iter().map(|&i| majority(neighbours(i).filter(|&n| sure[n]).map(|n| ids[n]), ids[i])));
+        for (&i, &id) in wave.iter().zip(&winners) {
             ids[i] = id;
             sure[i] = true;
         }
-        wave.clear();
-        for (i, _) in settled {
+        let mut next = Vec::new();
+        for &i in &wave {
             for n in neighbours(i) {
                 if !queued[n] {
                     queued[n] = true;
-                    wave.push(n);
+                    next.push(n);
                 }
             }
         }
+        wave = next;
     }
 }
 
