@@ -81,10 +81,17 @@ export class Layer {
     this.ctx.putImageData(image, 0, 0);
   }
 
-  /** True when no pixel has any opacity (an empty sketch). */
+  /**
+   * True when nothing is drawn: a sketch without any opaque pixel, a map that is all its
+   * background class (e.g. fresh or cleared: "no map", not "all sky").
+   */
   isBlank() {
     const { data } = this.snapshot();
-    for (let i = 3; i < data.length; i += 4) if (data[i] !== 0) return false;
+    const bg = this.background;
+    for (let i = 0; i < data.length; i += 4) {
+      const drawn = bg ? data[i] !== bg[0] || data[i + 1] !== bg[1] || data[i + 2] !== bg[2] : data[i + 3] !== 0;
+      if (drawn) return false;
+    }
     return true;
   }
 

@@ -19,15 +19,17 @@ export function toBase64(bytes) {
 }
 
 /**
- * `frames` of a request: every layer bound to a modality of the device, as base64 PNG; an empty
- * sketch is left out (the device then generates without it).
+ * `frames` of a request: every drawn layer bound to a modality of the device, as base64 PNG. A
+ * blank layer (an empty sketch, a map all of its first class) is left out, so that a sketch alone
+ * is a sketch-only request; with nothing drawn the map is sent as it is shown.
  */
 export async function encodeFrames(layers) {
+  const usable = [...layers].filter((layer) => layer.modality);
+  const drawn = usable.filter((layer) => !layer.isBlank());
+  // Nothing drawn at all: the map as shown (all the first class) is still a request.
+  const chosen = drawn.length > 0 ? drawn : usable.filter((layer) => layer.kind === 'segmentation');
   const frames = {};
-  for (const layer of layers) {
-    if (!layer.modality || (layer.kind === 'sketch' && layer.isBlank())) continue;
-    frames[layer.modality] = toBase64(await layer.png());
-  }
+  for (const layer of chosen) frames[layer.modality] = toBase64(await layer.png());
   return frames;
 }
 

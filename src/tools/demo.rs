@@ -134,6 +134,10 @@ fn ws_listen(listen: &str) -> Result<SocketAddr> {
 fn serve_until_stopped(listen: &str, config: &EdgeConfig, shutdown: &AtomicBool) -> Result<()> {
     let page = web::serve(listen, &service::page_config(config))?;
     println!("tablet page: {}", page.local_url());
+    println!(
+        "broker: mqtt://{}:{} (MQTT 3.1.1), WebSocket port {}; device topics {}#",
+        config.mqtt.host, config.mqtt.port, config.web.broker_ws_port, config.mqtt.topic_prefix()
+    );
     println!("open it in a browser (on a tablet: this machine's address instead of 127.0.0.1 with --serve 0.0.0.0:PORT); Ctrl-C stops");
     while !shutdown.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(100));

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 
 use serde::Serialize;
@@ -106,12 +107,30 @@ pub fn serve(listen: &str, page: &PageConfig) -> Result<WebServer, WebError> {
     Ok(WebServer { server, addr, thread: Some(thread) })
 }
 
-/// Answer requests until the server is unblocked.
+/// Most responses written at once; more wait (a slow client must not hold up the others).
+const MAX_WRITERS: usize = 16;
+
+/// Answer requests until the server is unblocked. Each response is written on a thread of its
+/// own (at most [`MAX_WRITERS`] at a time), so that a tablet on a slow link reading the 340 KB
+/// MQTT.js does not hold up the other files of the page.
 fn answer_all(server: &Server, config_json: &[u8]) {
+    let writers = Arc::new(AtomicUsize::new(0));
     for request in server.incoming_requests() {
         let response = respond(request.method(), request.url(), config_json);
-        if let Err(e) = request.respond(response) {
-            log::debug!("web: answering a request: {e}");
+        while writers.load(Ordering::SeqCst) >= MAX_WRITERS {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        writers.fetch_add(1, Ordering::SeqCst);
+        let done = Arc::clone(&writers);
+        let spawned = std::thread::Builder::new().name("web-writer".into()).spawn(move || {
+            if let Err(e) = request.respond(response) {
+                log::debug!("web: answering a request: {e}");
+            }
+            done.fetch_sub(1, Ordering::SeqCst);
+        });
+        if let Err(e) = spawned {
+            writers.fetch_sub(1, Ordering::SeqCst);
+            log::warn!("web: cannot start a writer thread: {e}");
         }
     }
 }

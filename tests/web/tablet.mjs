@@ -27,7 +27,7 @@ import { loadConfig } from '../../web/config.js';
 import { deviceTopics } from '../../web/connection.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
-const DEFAULT_DEMO_CMD = 'target/release/mcm-edge demo --out "$TABLET_TMP/demo" --serve 127.0.0.1:0';
+const DEFAULT_DEMO_CMD = '"${CARGO_TARGET_DIR:-target}"/release/mcm-edge demo --out "$TABLET_TMP/demo" --serve 127.0.0.1:0';
 const PAGE_URL_LINE = /tablet page: (http\S+)/;
 const PNG_SIGNATURE = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a];
 const GENERATE_TIMEOUT_MS = 60_000;
@@ -521,6 +521,22 @@ async function desktopChecks(browser, url, config, broker) {
     assert(Number.isInteger(request.seed) && request.seed === shown, `request seed ${request.seed}, field ${shown}`);
     await page.getByRole('checkbox', { name: 'Random seed' }).uncheck();
     return `seed ${request.seed}`;
+  });
+
+  await check('a sketch alone (map cleared) is a sketch-only request', async () => {
+    await page.getByRole('radio', { name: 'Segmentation' }).check();
+    await page.getByRole('button', { name: 'Clear layer' }).click();
+    await page.getByRole('radio', { name: 'Sketch' }).check();
+    await page.getByRole('radio', { name: 'Brush' }).check();
+    await mouseStroke(page, line(100, 300, 400, 300));
+    const before = broker.seen.requests.length;
+    await page.getByRole('button', { name: 'Generate' }).click();
+    await waitUnlessError(page, page.locator('#history li').nth(3), GENERATE_TIMEOUT_MS);
+    await until(async () => broker.seen.requests.length > before, 10_000, 'the request on P/request');
+    const keys = Object.keys(broker.seen.requests.at(-1).frames);
+    assert(keys.length === 1 && keys[0] === sketchModality.name, `frames ${keys}`);
+    await page.getByRole('radio', { name: 'Segmentation' }).check();
+    return `frames ${keys}`;
   });
 
   await check('download PNG of the shown result', async () => {
