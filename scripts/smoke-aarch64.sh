@@ -33,6 +33,6 @@ run generate --model models/tiny --steps 2 --out "$OUT/out.png" segmentation=con
 [ "$(head -c 8 "$OUT/out.png" | od -An -tx1 | tr -d ' \n')" = "89504e470d0a1a0a" ] || { echo "not a PNG" >&2; exit 1; }
 
 # 3. The whole loop over MQTT on the ARM binary.
-run demo --model models/tiny --steps 2 --out "$OUT/demo"
+run demo --model models/tiny --steps 2 --out "$OUT/demo" --no-serve
 [ -s "$OUT/demo/sheet.png" ] || { echo "no contact sheet" >&2; exit 1; }
 echo "aarch64 smoke test passed"
