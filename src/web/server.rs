@@ -3,11 +3,15 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
+use axum::Router;
+use axum::extract::State;
+use axum::http::{Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use tiny_http::{Header, Method, Response, Server};
 
 use super::assets::asset;
 
@@ -17,8 +21,8 @@ pub enum WebError {
     /// The address could not be bound (in use, not an address of this machine, ...).
     #[error("web: cannot listen on {listen}: {message}")]
     Listen { listen: String, message: String },
-    /// The server thread could not be started.
-    #[error("web: cannot start the server thread: {0}")]
+    /// The server thread or its runtime could not be started.
+    #[error("web: cannot start the server: {0}")]
     Thread(std::io::Error),
 }
 
@@ -45,8 +49,8 @@ pub struct PageConfig {
 
 /// A running page server.
 pub struct WebServer {
-    server: Arc<Server>,
     addr: SocketAddr,
+    stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -66,13 +70,13 @@ impl WebServer {
         format!("http://{addr}/")
     }
 
-    /// Stop serving and wait for the thread.
+    /// Stop serving (open connections finish their responses) and wait for the thread.
     pub fn stop(mut self) {
         self.shutdown();
     }
 
     fn shutdown(&mut self) {
-        self.server.unblock();
+        self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -86,79 +90,62 @@ impl Drop for WebServer {
 }
 
 /// Serve the embedded page and `page` as `/config.json` on `listen` (`HOST:PORT`, port 0 picks
-/// a free one). Only `GET`/`HEAD` of embedded paths are answered (404 otherwise, 405 for other
-/// methods); nothing is read from the file system.
+/// a free one), with axum on a thread of its own. Only `GET`/`HEAD` of embedded paths are
+/// answered (404 otherwise, 405 for other methods); nothing is read from the file system.
 ///
 /// # Errors
 /// [`WebError::Listen`] when the address cannot be bound, [`WebError::Thread`].
 pub fn serve(listen: &str, page: &PageConfig) -> Result<WebServer, WebError> {
-    let server = Server::http(listen).map_err(|e| WebError::Listen { listen: listen.to_string(), message: e.to_string() })?;
-    let addr = server
-        .server_addr()
-        .to_ip()
-        .ok_or_else(|| WebError::Listen { listen: listen.to_string(), message: "not an IP address".into() })?;
-    let server = Arc::new(server);
-    let config_json = serde_json::to_vec_pretty(page).unwrap_or_default();
-    let thread = {
-        let server = Arc::clone(&server);
-        std::thread::Builder::new().name("web".into()).spawn(move || answer_all(&server, &config_json)).map_err(WebError::Thread)?
-    };
+    let listen_error = |e: std::io::Error| WebError::Listen { listen: listen.to_string(), message: e.to_string() };
+    let listener = std::net::TcpListener::bind(listen).map_err(listen_error)?;
+    listener.set_nonblocking(true).map_err(listen_error)?;
+    let addr = listener.local_addr().map_err(listen_error)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(WebError::Thread)?;
+    let config_json: Arc<Vec<u8>> = Arc::new(serde_json::to_vec_pretty(page).unwrap_or_default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = Arc::clone(&stop);
+    let thread = std::thread::Builder::new()
+        .name("web".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => return log::error!("web: {e}"),
+                };
+                let app = Router::new().fallback(answer).with_state(config_json);
+                let until_stopped = async move {
+                    while !stopped.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                };
+                if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(until_stopped).await {
+                    log::error!("web: {e}");
+                }
+            });
+        })
+        .map_err(WebError::Thread)?;
     log::info!("tablet page on http://{addr}/");
-    Ok(WebServer { server, addr, thread: Some(thread) })
+    Ok(WebServer { addr, stop, thread: Some(thread) })
 }
 
-/// Most responses written at once; more wait (a slow client must not hold up the others).
-const MAX_WRITERS: usize = 16;
-
-/// Answer requests until the server is unblocked. Each response is written on a thread of its
-/// own (at most [`MAX_WRITERS`] at a time), so that a tablet on a slow link reading the 340 KB
-/// MQTT.js does not hold up the other files of the page.
-fn answer_all(server: &Server, config_json: &[u8]) {
-    let writers = Arc::new(AtomicUsize::new(0));
-    for request in server.incoming_requests() {
-        let response = respond(request.method(), request.url(), config_json);
-        while writers.load(Ordering::SeqCst) >= MAX_WRITERS {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        writers.fetch_add(1, Ordering::SeqCst);
-        let done = Arc::clone(&writers);
-        let spawned = std::thread::Builder::new().name("web-writer".into()).spawn(move || {
-            if let Err(e) = request.respond(response) {
-                log::debug!("web: answering a request: {e}");
-            }
-            done.fetch_sub(1, Ordering::SeqCst);
-        });
-        if let Err(e) = spawned {
-            writers.fetch_sub(1, Ordering::SeqCst);
-            log::warn!("web: cannot start a writer thread: {e}");
-        }
+/// The response to `method uri`.
+async fn answer(State(config_json): State<Arc<Vec<u8>>>, method: Method, uri: Uri) -> Response {
+    if method != Method::GET && method != Method::HEAD {
+        return (StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD").into_response();
     }
-}
-
-/// The response to `method url`.
-fn respond(method: &Method, url: &str, config_json: &[u8]) -> Response<std::io::Cursor<Vec<u8>>> {
-    if !matches!(method, Method::Get | Method::Head) {
-        return text(405, "only GET and HEAD");
-    }
-    let (bytes, content_type) = if url.split('?').next() == Some("/config.json") {
+    let (bytes, content_type) = if uri.path() == "/config.json" {
         (config_json.to_vec(), "application/json")
-    } else if let Some(a) = asset(url) {
+    } else if let Some(a) = asset(uri.path()) {
         (a.bytes.to_vec(), a.content_type())
     } else {
-        return text(404, "not found");
+        return (StatusCode::NOT_FOUND, "not found").into_response();
     };
-    Response::from_data(bytes)
-        .with_header(header("Content-Type", content_type))
-        .with_header(header("Cache-Control", "no-cache"))
-        .with_header(header("X-Content-Type-Options", "nosniff"))
-}
-
-fn text(status: u16, body: &str) -> Response<std::io::Cursor<Vec<u8>>> {
-    Response::from_data(body.as_bytes().to_vec()).with_status_code(status).with_header(header("Content-Type", "text/plain; charset=utf-8"))
-}
-
-fn header(name: &str, value: &str) -> Header {
-    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("static header")
+    let headers = [
+        (header::CONTENT_TYPE, content_type),
+        (header::CACHE_CONTROL, "no-cache"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    ];
+    (headers, bytes).into_response()
 }
 
 #[cfg(test)]
