@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -101,7 +102,7 @@ pub fn serve(listen: &str, page: &PageConfig) -> Result<WebServer, WebError> {
     listener.set_nonblocking(true).map_err(listen_error)?;
     let addr = listener.local_addr().map_err(listen_error)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(WebError::Thread)?;
-    let config_json: Arc<Vec<u8>> = Arc::new(serde_json::to_vec_pretty(page).unwrap_or_default());
+    let config_json = Bytes::from(serde_json::to_vec_pretty(page).unwrap_or_default());
     let stop = Arc::new(AtomicBool::new(false));
     let stopped = Arc::clone(&stop);
     let thread = std::thread::Builder::new()
@@ -129,14 +130,14 @@ pub fn serve(listen: &str, page: &PageConfig) -> Result<WebServer, WebError> {
 }
 
 /// The response to `method uri`.
-async fn answer(State(config_json): State<Arc<Vec<u8>>>, method: Method, uri: Uri) -> Response {
+async fn answer(State(config_json): State<Bytes>, method: Method, uri: Uri) -> Response {
     if method != Method::GET && method != Method::HEAD {
         return (StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD").into_response();
     }
     let (bytes, content_type) = if uri.path() == "/config.json" {
-        (config_json.to_vec(), "application/json")
+        (config_json, "application/json")
     } else if let Some(a) = asset(uri.path()) {
-        (a.bytes.to_vec(), a.content_type())
+        (Bytes::from_static(a.bytes), a.content_type())
     } else {
         return (StatusCode::NOT_FOUND, "not found").into_response();
     };
