@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::display::DisplayConfig;
 pub use crate::mqtt::{MqttConfig, MqttProtocol, Secret, TlsConfig};
 use crate::contract::ModelInfo;
-use crate::diffusion::MAX_STRENGTH;
+use crate::diffusion::{MAX_GUIDANCE_SCALE, MAX_PROMPT_CHARS, MAX_STRENGTH, TextParams};
 use crate::mqtt::{parse_url, topic_text_ok, valid_filter};
 pub use crate::runtime::RuntimeConfig;
 pub use crate::web::WebConfig;
@@ -105,6 +105,13 @@ pub struct GenerationConfig {
     pub seed_policy: SeedPolicy,
     /// The seed of the `fixed` policy and the first seed of the `counter` policy.
     pub fixed_seed: u64,
+    /// Text-conditional models: the prompt of requests that give none, and of stream frames.
+    pub prompt: String,
+    /// Text-conditional models: the negative prompt of requests that give none ("" = unconditional).
+    pub negative_prompt: String,
+    /// Text-conditional models: the classifier-free guidance scale of requests that give none
+    /// (0..=30); absent: the model's own (`[text] guidance_scale` of its model.toml).
+    pub guidance_scale: Option<f32>,
 }
 
 impl GenerationConfig {
@@ -113,11 +120,29 @@ impl GenerationConfig {
     pub fn steps_for(&self, info: &ModelInfo) -> usize {
         info.schedule.timesteps.as_ref().map_or(self.steps, Vec::len)
     }
+
+    /// The prompt settings of requests that give none and of stream frames, for a model with
+    /// text (`info.text`); none at all for a model without.
+    pub fn text_for(&self, info: &ModelInfo) -> TextParams {
+        match info.text {
+            Some(_) => TextParams { prompt: self.prompt.clone(), negative_prompt: self.negative_prompt.clone(), guidance_scale: self.guidance_scale },
+            None => TextParams::default(),
+        }
+    }
 }
 
 impl Default for GenerationConfig {
     fn default() -> Self {
-        GenerationConfig { steps: 20, eta: 0.0, strength: 1.0, seed_policy: SeedPolicy::Fixed, fixed_seed: 0 }
+        GenerationConfig {
+            steps: 20,
+            eta: 0.0,
+            strength: 1.0,
+            seed_policy: SeedPolicy::Fixed,
+            fixed_seed: 0,
+            prompt: String::new(),
+            negative_prompt: String::new(),
+            guidance_scale: None,
+        }
     }
 }
 
@@ -308,6 +333,16 @@ fn check_generation(g: &GenerationConfig, l: &LimitsConfig) -> Result<(), BadVal
     }
     if !g.strength.is_finite() || g.strength < 0.0 || g.strength > l.max_strength {
         return bad("generation.strength", format!("{} must be within 0..={} (limits.max_strength)", g.strength, l.max_strength));
+    }
+    if let Some(scale) = g.guidance_scale
+        && !(scale.is_finite() && (0.0..=MAX_GUIDANCE_SCALE).contains(&scale))
+    {
+        return bad("generation.guidance_scale", format!("{scale} must be within 0..={MAX_GUIDANCE_SCALE}"));
+    }
+    for (key, p) in [("generation.prompt", &g.prompt), ("generation.negative_prompt", &g.negative_prompt)] {
+        if p.chars().count() > MAX_PROMPT_CHARS {
+            return bad(key, format!("{} characters, at most {MAX_PROMPT_CHARS}", p.chars().count()));
+        }
     }
     Ok(())
 }

@@ -23,6 +23,10 @@ pub enum ErrorCode {
     InvalidSteps,
     /// A request `strength` out of range.
     InvalidStrength,
+    /// A request `prompt` or `negative_prompt` for a model without text, or too long.
+    InvalidPrompt,
+    /// A request `guidance_scale` out of range, or for a model without text.
+    InvalidGuidanceScale,
     /// A frame of 0 bytes.
     EmptyFrame,
     /// A frame above `limits.max_payload_bytes`.
@@ -63,7 +67,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the order of the README's list.
-    pub const ALL: [ErrorCode; 26] = [
+    pub const ALL: [ErrorCode; 28] = [
         ErrorCode::InvalidJson,
         ErrorCode::InvalidRequest,
         ErrorCode::InvalidId,
@@ -72,6 +76,8 @@ impl ErrorCode {
         ErrorCode::InvalidBase64,
         ErrorCode::InvalidSteps,
         ErrorCode::InvalidStrength,
+        ErrorCode::InvalidPrompt,
+        ErrorCode::InvalidGuidanceScale,
         ErrorCode::EmptyFrame,
         ErrorCode::FrameTooLarge,
         ErrorCode::TooManyPixels,
@@ -103,6 +109,8 @@ impl ErrorCode {
             ErrorCode::InvalidBase64 => "invalid_base64",
             ErrorCode::InvalidSteps => "invalid_steps",
             ErrorCode::InvalidStrength => "invalid_strength",
+            ErrorCode::InvalidPrompt => "invalid_prompt",
+            ErrorCode::InvalidGuidanceScale => "invalid_guidance_scale",
             ErrorCode::EmptyFrame => "empty_frame",
             ErrorCode::FrameTooLarge => "frame_too_large",
             ErrorCode::TooManyPixels => "too_many_pixels",

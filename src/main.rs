@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use mcm_edge::config::{EdgeConfig, GenerationConfig};
 use mcm_edge::contract::{Maps, ModelInfo};
-use mcm_edge::diffusion::{GenerationParams, ImageGenerator, Pipeline};
+use mcm_edge::diffusion::{GenerationParams, ImageGenerator, Pipeline, TextParams};
 use mcm_edge::display::StatusDisplay;
 use mcm_edge::frames::{FrameLimits, decode_frame};
 use mcm_edge::mqtt::Settings;
@@ -18,6 +18,7 @@ use mcm_edge::service;
 use mcm_edge::tools::bench;
 use mcm_edge::tools::demo::{self, DemoOptions};
 use mcm_edge::tools::eval::{EvalOptions, evaluate};
+use mcm_edge::tools::verify;
 
 #[derive(Parser)]
 #[command(name = "mcm-edge", version, about = "Sketch / segmentation frames -> images with an MCM-steered frozen diffusion model")]
@@ -60,11 +61,42 @@ struct GenerationArgs {
 }
 
 impl GenerationArgs {
+    /// `[generation]` of `--config`, or the built-in defaults when the file is absent.
+    fn generation(&self) -> Result<GenerationConfig> {
+        Ok(if self.config.exists() { EdgeConfig::load(&self.config)?.generation } else { GenerationConfig::default() })
+    }
+
     /// `(steps, strength, eta)` for the model in `model_dir`, `steps` unless None.
     fn resolve(&self, model_dir: &Path, steps: Option<usize>) -> Result<(usize, f32, f32)> {
-        let generation = if self.config.exists() { EdgeConfig::load(&self.config)?.generation } else { GenerationConfig::default() };
+        let generation = self.generation()?;
         let info = ModelInfo::load(model_dir)?;
         Ok((steps.unwrap_or_else(|| generation.steps_for(&info)), self.strength.unwrap_or(generation.strength), generation.eta))
+    }
+}
+
+/// The prompt options of `generate` (text-conditional models only).
+#[derive(clap::Args)]
+struct PromptArgs {
+    /// What to generate [default: `[generation] prompt` of --config]
+    #[arg(long)]
+    prompt: Option<String>,
+    /// What classifier-free guidance steers away from [default: `[generation] negative_prompt`]
+    #[arg(long)]
+    negative_prompt: Option<String>,
+    /// Classifier-free guidance scale, 0 to 30 [default: `[generation] guidance_scale`, else the model's]
+    #[arg(long)]
+    guidance_scale: Option<f32>,
+}
+
+impl PromptArgs {
+    /// These options over the config's defaults for the model `info`.
+    fn resolve(&self, generation: &GenerationConfig, info: &ModelInfo) -> TextParams {
+        let defaults = generation.text_for(info);
+        TextParams {
+            prompt: self.prompt.clone().unwrap_or(defaults.prompt),
+            negative_prompt: self.negative_prompt.clone().unwrap_or(defaults.negative_prompt),
+            guidance_scale: self.guidance_scale.or(defaults.guidance_scale),
+        }
     }
 }
 
@@ -128,8 +160,8 @@ enum Command {
     Generate {
         #[arg(long, default_value = "models/default")]
         model: PathBuf,
-        /// Map files as MODALITY=PATH, e.g. segmentation=map.png sketch=lines.png.
-        #[arg(required = true)]
+        /// Map files as MODALITY=PATH, e.g. segmentation=map.png sketch=lines.png (none: a
+        /// prompt alone, for a text-conditional model).
         maps: Vec<String>,
         #[arg(long, default_value = "out.png")]
         out: PathBuf,
@@ -143,6 +175,8 @@ enum Command {
         /// DDIM eta [default: `[generation] eta` of --config]
         #[arg(long)]
         eta: Option<f32>,
+        #[command(flatten)]
+        prompt: PromptArgs,
         #[command(flatten)]
         backend: BackendArgs,
     },
@@ -178,6 +212,18 @@ enum Command {
         /// onnxruntime intra-op thread counts, comma-separated: one onnxruntime report each.
         #[arg(long, value_delimiter = ',', default_value = "1", value_parser = clap::value_parser!(u16).range(1..=256))]
         threads: Vec<u16>,
+    },
+    /// Replay a model directory's test vectors (written by mcm-train from PyTorch and diffusers)
+    /// through the backend: every net, the tokenizer, and diffusers' own pipeline runs; exit
+    /// status 1 when any output differs beyond its tolerance.
+    Verify {
+        /// The model directory (e.g. the output of `mcm-train export-diffusers`).
+        model: PathBuf,
+        /// Print the checks as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        backend: BackendArgs,
     },
     /// Evaluate a model through the device pipeline and write the metrics as JSON.
     Eval {
@@ -281,11 +327,16 @@ fn run(cli: Cli) -> Result<()> {
             let opts = DemoOptions { model, samples, out, broker, steps, seed, strength, backend: backend.backend(), serve, broker_ws_url };
             demo::run(&opts)?;
         }
-        Command::Generate { model, maps, out, seed, steps, generation, eta, backend } => {
+        Command::Generate { model, maps, out, seed, steps, generation, eta, prompt, backend } => {
             let (steps, strength, default_eta) = generation.resolve(&model, steps)?;
             let eta = eta.unwrap_or(default_eta);
             let generator = Pipeline::load(&model, &backend.backend())?;
             let info = generator.info();
+            let text = prompt.resolve(&generation.generation()?, info);
+            if maps.is_empty() && text.prompt.is_empty() {
+                let or_prompt = if info.text.is_some() { ", or a --prompt" } else { "" };
+                anyhow::bail!("give at least one map as MODALITY=PATH{or_prompt}");
+            }
             let mut decoded = Maps::new();
             for arg in &maps {
                 let (name, path) = arg.split_once('=').with_context(|| format!("{arg:?}: expected MODALITY=PATH"))?;
@@ -298,7 +349,7 @@ fn run(cli: Cli) -> Result<()> {
                 decoded.insert(name.to_string(), map);
             }
             let start = std::time::Instant::now();
-            let img = generator.generate(&decoded, &GenerationParams { seed, steps, strength, eta })?;
+            let img = generator.generate(&decoded, &GenerationParams { seed, steps, strength, eta, text })?;
             img.save(&out).with_context(|| format!("writing {}", out.display()))?;
             println!("wrote {} in {:.0} ms", out.display(), start.elapsed().as_secs_f64() * 1e3);
         }
@@ -328,6 +379,21 @@ fn run(cli: Cli) -> Result<()> {
                 std::fs::write(&json, &text).with_context(|| format!("writing {}", json.display()))?;
             }
             println!("{text}");
+        }
+        Command::Verify { model, json, backend } => {
+            let checks = verify::verify(&model, &backend.backend())?;
+            let failed = checks.iter().filter(|c| !c.ok()).count();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&checks)?);
+            } else {
+                for c in &checks {
+                    println!("{} {}: max abs diff {:.2e} (tolerance {:.0e})", if c.ok() { "ok  " } else { "FAIL" }, c.what, c.max_abs_diff, c.tolerance);
+                }
+                println!("{}: {} of {} checks passed", model.display(), checks.len() - failed, checks.len());
+            }
+            if failed > 0 {
+                std::process::exit(1);
+            }
         }
         Command::Eval { model, data, json, limit, steps, generation, seed, backend } => {
             let counts: Vec<Option<usize>> = if steps.is_empty() { vec![None] } else { steps.into_iter().map(Some).collect() };

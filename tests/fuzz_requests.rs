@@ -32,8 +32,12 @@ fn rules() -> RequestRules<'static> {
         max_strength: 4.0,
         default_steps: 20,
         default_strength: 1.0,
+        default_text: &NO_TEXT,
     }
 }
+
+static NO_TEXT: mcm_edge::diffusion::TextParams =
+    mcm_edge::diffusion::TextParams { prompt: String::new(), negative_prompt: String::new(), guidance_scale: None };
 
 fn sample_b64() -> &'static str {
     static B64: std::sync::OnceLock<String> = std::sync::OnceLock::new();

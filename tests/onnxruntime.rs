@@ -51,13 +51,13 @@ mod with_the_feature {
 
     use image::RgbImage;
     use mcm_edge::contract::{Maps, ModalityMap, build_cond};
-    use mcm_edge::runtime::{Net, load_segmenter, timestep_tensor};
+    use mcm_edge::runtime::{Net, base_inputs, load_segmenter, timestep_tensor, InputSpec};
     use mcm_edge::runtime::ModelError;
-    use mcm_edge::diffusion::{GenerationParams, ImageGenerator, Pipeline};
+    use mcm_edge::diffusion::{GenerationParams, ImageGenerator, Pipeline, TextParams};
     use mcm_edge::diffusion::Noise;
     use ndarray::Array2;
     use tract_onnx::prelude::{IntoTensor, Tensor};
-    use super::support::vectors::{max_abs_diff, model_dirs, replay, segmenter_outputs};
+    use super::support::vectors::{max_abs_diff, model_dirs, random_inputs, verify_dir};
 
     /// A fresh scratch folder under the temp dir.
     fn scratch(name: &str) -> PathBuf {
@@ -114,15 +114,20 @@ mod with_the_feature {
                 assert_eq!(onnx.base.backend_description(), format!("onnxruntime {}, {threads} thread{}", expected_version(), if threads == 1 { "" } else { "s" }));
                 assert_eq!(onnx.base.onnxruntime_library().unwrap().canonicalize().unwrap(), library().canonicalize().unwrap());
                 assert_eq!(tract.base.onnxruntime_library(), None);
-                let (c, s) = (tract.info.image.channels, tract.info.image.size);
+                let [c, h, w] = tract.info.sample_shape();
+                let s = tract.info.image.size;
                 let mut noise = Noise::new(7);
-                let x = noise.randn([1, c, s, s]);
+                let x = noise.randn([1, c, h, w]);
                 let label = format!("{} ({threads} thread(s))", dir.display());
                 for t in [999.0, 500.0, 0.0] {
-                    agree(&format!("{label} base t={t}"), &tract.base, &onnx.base, vec![x.clone().into_tensor(), timestep_tensor(t, 1)]);
+                    let inputs = random_inputs(&base_inputs(&tract.info), &mut noise, t);
+                    agree(&format!("{label} base t={t}"), &tract.base, &onnx.base, inputs);
+                }
+                if let (Some(t_dec), Some(o_dec)) = (&tract.decoder, &onnx.decoder) {
+                    agree(&format!("{label} decoder"), t_dec, o_dec, random_inputs(&[InputSpec::float("latent", vec![1, c, h, w])], &mut noise, 0.0));
                 }
                 if let (Some(m_tract), Some(m_onnx), Some(info)) = (&tract.mcm, &onnx.mcm, &tract.info.mcm) {
-                    let eps = noise.randn([1, c, s, s]);
+                    let eps = noise.randn([1, c, h, w]);
                     let cond = noise.randn([1, info.cond_channels, s, s]).mapv(|v| f32::from(v > 0.0));
                     let inputs = vec![x.clone().into_tensor(), eps.into_tensor(), cond.into_tensor(), timestep_tensor(250.0, 1)];
                     agree(&format!("{label} mcm"), m_tract, m_onnx, inputs);
@@ -140,15 +145,7 @@ mod with_the_feature {
     #[test]
     fn onnxruntime_reproduces_pytorch_test_vectors() {
         for dir in model_dirs() {
-            let models = Models::load(&dir, &ort(1)).unwrap();
-            replay("onnxruntime", &dir, "base", &models.base, &["sample", "timestep"], &[models.info.schedule.prediction().output()]);
-            if let Some(mcm) = &models.mcm {
-                replay("onnxruntime", &dir, "mcm", mcm, &["sample", "eps", "cond", "timestep"], &["gamma", "beta"]);
-            }
-            if dir.join("test_vectors/segmenter.image.npy").exists() {
-                let seg = load_segmenter(&dir, &models.info, &ort(1)).unwrap();
-                replay("onnxruntime", &dir, "segmenter", &seg, &["image"], segmenter_outputs(&models.info));
-            }
+            verify_dir("onnxruntime", &dir, &ort(1));
         }
     }
 
@@ -160,14 +157,14 @@ mod with_the_feature {
         let seg = info.modalities.iter().find(|m| m.name == "segmentation").unwrap();
         let map = Array2::from_shape_fn((16, 16), |(y, x)| ((x / 4 + y / 8) % seg.channels) as u8);
         let maps: Maps = [("segmentation".to_string(), ModalityMap::Segmentation(map))].into();
-        let params = GenerationParams { seed: 3, steps: 5, strength: 1.0, eta: 0.0 };
+        let params = GenerationParams { seed: 3, steps: 5, strength: 1.0, eta: 0.0, text: TextParams::default() };
         let (a, b): (RgbImage, RgbImage) = (tract.generate(&maps, &params).unwrap(), onnx.generate(&maps, &params).unwrap());
         let worst = a.as_raw().iter().zip(b.as_raw()).map(|(p, q)| p.abs_diff(*q)).max().unwrap();
         assert!(worst <= 1, "images differ by up to {worst}/255");
         let x = Noise::new(11).randn([1, 3, 16, 16]);
         let cond = build_cond(&info, &maps).unwrap();
         for t in [900, 10] {
-            let diff = max_abs_diff(&tract.eps(&x, t, &cond, 1.5).unwrap(), &onnx.eps(&x, t, &cond, 1.5).unwrap());
+            let diff = max_abs_diff(&tract.eps(&x, t, &cond, None, 1.5).unwrap(), &onnx.eps(&x, t, &cond, None, 1.5).unwrap());
             assert!(diff < AGREEMENT, "guided eps at t={t} differs by {diff}");
         }
     }

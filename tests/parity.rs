@@ -67,7 +67,7 @@ fn alpha_bar_matches_the_trainer_in_f64() {
     for dir in model_dirs() {
         let info = ModelInfo::load(&dir).unwrap();
         let want: Array1<f64> = npy(&dir, "schedule.alpha_bar.npy");
-        let got = Schedule::new(&info.schedule).unwrap().alpha_bar;
+        let got = Schedule::new(&info.schedule, info.format).unwrap().alpha_bar;
         assert_eq!(got.len(), want.len(), "{}", dir.display());
         let diff = got.iter().zip(want.iter()).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
         assert!(diff < 1e-12, "{}: alpha_bar differs by {diff}", dir.display());

@@ -10,7 +10,7 @@ use base64::Engine;
 use image::{Rgb, RgbImage};
 use mcm_edge::config::EdgeConfig;
 use mcm_edge::contract::{Maps, ModalityMap};
-use mcm_edge::diffusion::{GenerationParams, ImageGenerator, Pipeline};
+use mcm_edge::diffusion::{GenerationParams, ImageGenerator, Pipeline, TextParams};
 use mcm_edge::runtime::Backend;
 use mcm_edge::service;
 use mcm_edge::tools::broker;
@@ -32,7 +32,7 @@ fn generation_is_seeded_and_strength_matters() {
     let g = tiny();
     let ids = Array2::from_shape_fn((16, 16), |(y, _)| if y < 8 { 0u8 } else { 4 });
     let maps: Maps = [("segmentation".to_string(), ModalityMap::Segmentation(ids))].into();
-    let p = GenerationParams { seed: 3, steps: 5, strength: 1.0, eta: 0.0 };
+    let p = GenerationParams { seed: 3, steps: 5, strength: 1.0, eta: 0.0, text: TextParams::default() };
     let a = g.generate(&maps, &p).unwrap();
     assert_eq!(a.dimensions(), (16, 16));
     assert_eq!(a, g.generate(&maps, &p).unwrap(), "same seed, same image");
@@ -50,7 +50,7 @@ fn generation_is_seeded_and_strength_matters() {
 fn a_distilled_base_of_either_prediction_samples_its_own_grid_only() {
     // models/tiny-v and models/tiny-x0: the tiny base's weights, read as v and as x_0, with a 4-step grid
     let maps: Maps = [("sketch".to_string(), ModalityMap::Sketch(Array2::zeros((16, 16))))].into();
-    let p = GenerationParams { seed: 3, steps: 4, strength: 1.0, eta: 0.0 };
+    let p = GenerationParams { seed: 3, steps: 4, strength: 1.0, eta: 0.0, text: TextParams::default() };
     let eps_image = tiny().generate(&maps, &p).unwrap();
     let mut images = Vec::new();
     for fixture in ["models/tiny-v", "models/tiny-x0"] {
@@ -131,10 +131,10 @@ fn request_over_mqtt_is_answered_with_a_png_from_tract() {
         .into_iter()
         .map(|(n, b)| (n.to_string(), mcm_edge::frames::decode_frame(&b, info.modality(n).unwrap(), 16, &limits).unwrap()))
         .collect();
-    let direct = g.generate(&maps, &GenerationParams { seed: 5, steps: 3, strength: 1.0, eta: 0.0 }).unwrap();
+    let direct = g.generate(&maps, &GenerationParams { seed: 5, steps: 3, strength: 1.0, eta: 0.0, text: TextParams::default() }).unwrap();
     assert_eq!(img, direct);
     let without_depth: Maps = maps.into_iter().filter(|(n, _)| n != "depth").collect();
-    let other = g.generate(&without_depth, &GenerationParams { seed: 5, steps: 3, strength: 1.0, eta: 0.0 }).unwrap();
+    let other = g.generate(&without_depth, &GenerationParams { seed: 5, steps: 3, strength: 1.0, eta: 0.0, text: TextParams::default() }).unwrap();
     assert_ne!(img, other, "the depth map reaches the MCM");
     service.join().unwrap().unwrap();
 }

@@ -7,5 +7,5 @@ mod model_toml;
 
 pub use cond::{CondError, Maps, ModalityMap, build_cond};
 pub use model_toml::{
-    ClassInfo, ContractViolation, ImageInfo, McmInfo, ModalityInfo, ModalityKind, ModelInfo, ModelTomlError, NetInfo, Prediction, ScheduleInfo, SegmenterInfo,
+    ClassInfo, ContractViolation, ImageInfo, LatentInfo, McmInfo, ModalityInfo, ModalityKind, ModelInfo, ModelTomlError, NetInfo, Prediction, SamplerKind, ScheduleInfo, SegmenterInfo, TextInfo,
 };

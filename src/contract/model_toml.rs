@@ -25,9 +25,26 @@ pub enum ModelTomlError {
 /// A `model.toml` whose values break the contract (README "Model contract").
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ContractViolation {
-    /// `format` is not 1.
-    #[error("format {0} is not supported (expected 1)")]
+    /// `format` is neither 1 nor 2.
+    #[error("format {0} is not supported (expected 1, or 2 for latent and text-conditional models)")]
     Format(u32),
+    /// A section of contract 2 (`[latent]`, `[text]`, a sampler other than DDIM) in a format 1 file.
+    #[error("{0} needs format = 2")]
+    NeedsFormat2(&'static str),
+    /// `[latent]` whose channels, downsampling or scaling factor is 0, or whose downsampling does
+    /// not divide the image size.
+    #[error("[latent] channels = {channels}, downsampling = {downsampling} (image size {size}), scaling_factor = {scaling_factor}: \
+             expected positive values and a downsampling that divides the image size")]
+    Latent { channels: usize, downsampling: usize, size: usize, scaling_factor: f32 },
+    /// `[text]` with a zero max_length or hidden_size.
+    #[error("[text] max_length = {max_length}, hidden_size = {hidden_size}: both must be positive")]
+    Text { max_length: usize, hidden_size: usize },
+    /// `[schedule]` timestep_spacing unknown, or not one the sampler uses.
+    #[error("[schedule] timestep_spacing {spacing:?} with sampler {sampler:?}: expected \"leading\", \"trailing\" or \"linspace\" (\"lcm\" with the lcm sampler)")]
+    Spacing { spacing: String, sampler: String },
+    /// The lcm sampler without its settings.
+    #[error("[schedule] sampler \"lcm\" needs original_inference_steps (1..=num_train_timesteps) and timestep_scaling")]
+    LcmSettings,
     /// `[image]` size is 0.
     #[error("[image] size must be positive")]
     EmptyImage,
@@ -67,11 +84,18 @@ pub enum ContractViolation {
 /// The whole `model.toml`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct ModelInfo {
-    /// Format version of the file (1).
+    /// Format version of the file: 1 (pixel space, unconditional base) or 2 (adds `[latent]`,
+    /// `[text]` and the samplers of imported diffusers pipelines).
     pub format: u32,
     pub image: ImageInfo,
     pub schedule: ScheduleInfo,
     pub base: NetInfo,
+    /// Format 2: the base denoises latents, which `decoder.onnx` turns into the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latent: Option<LatentInfo>,
+    /// Format 2: the base takes a prompt's text embedding (`encoder_hidden_states`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<TextInfo>,
     /// Absent for a base without an MCM (then only strength 0 is possible).
     pub mcm: Option<McmInfo>,
     /// Modalities in `cond` order.
@@ -111,9 +135,109 @@ pub struct ScheduleInfo {
     pub prediction_type: String,
     /// The timestep grid a distilled base was trained for, noisiest first (`mcm-train distill`):
     /// the sampler uses exactly these, and only their count of steps. Absent: any step count, on
-    /// the trailing grid.
+    /// the grid of `timestep_spacing`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timesteps: Option<Vec<usize>>,
+    /// The sampler (format 2; format 1 is always DDIM): `ddim`, `euler` (diffusers'
+    /// EulerDiscreteScheduler, deterministic: DDIM stepping to the next grid timestep) or `lcm`
+    /// (Latent Consistency Models' multistep sampler, Luo et al. 2023, Alg. 1).
+    #[serde(default)]
+    pub sampler: SamplerKind,
+    /// How a step count becomes timesteps (diffusers' `timestep_spacing`; Lin et al. 2024,
+    /// Table 2): `leading`, `trailing` or `linspace`, or `lcm` for the lcm sampler. Absent:
+    /// `trailing` (format 1's only grid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestep_spacing: Option<String>,
+    /// Added to `leading` timesteps (diffusers' `steps_offset`; Stable Diffusion uses 1).
+    #[serde(default)]
+    pub steps_offset: usize,
+    /// DDIM's alpha_bar after the last step: 1 when true, alpha_bar_0 when false (diffusers'
+    /// `set_alpha_to_one`). Absent: true.
+    #[serde(default = "yes")]
+    pub set_alpha_to_one: bool,
+    /// Format 2: predicted x_0 is clipped to `[-r, r]` (diffusers' `clip_sample_range`); absent:
+    /// no clipping. Format 1 always clips x_0 to the image's value range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip_sample_range: Option<f32>,
+    /// lcm: the distillation grid's step count (LCMScheduler's `original_inference_steps`, 50).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_inference_steps: Option<usize>,
+    /// lcm: the boundary condition's timestep scaling (LCMScheduler's `timestep_scaling`, 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestep_scaling: Option<f64>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The sampler of a model (`[schedule] sampler`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SamplerKind {
+    /// DDIM (Song et al. 2021, Eq. 12), stepping to `t - T / steps` as diffusers' DDIMScheduler.
+    #[default]
+    Ddim,
+    /// Euler on the probability-flow ODE (diffusers' EulerDiscreteScheduler without churn), which
+    /// is DDIM with eta 0 stepping to the next timestep of the grid, and to alpha_bar = 1 at the end.
+    Euler,
+    /// The multistep consistency sampler of Latent Consistency Models (Luo et al. 2023, Alg. 1;
+    /// diffusers' LCMScheduler).
+    Lcm,
+}
+
+impl SamplerKind {
+    /// The sampler's name in model.toml.
+    pub fn name(self) -> &'static str {
+        match self {
+            SamplerKind::Ddim => "ddim",
+            SamplerKind::Euler => "euler",
+            SamplerKind::Lcm => "lcm",
+        }
+    }
+}
+
+/// `[latent]` (format 2): the latent space the base denoises in.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct LatentInfo {
+    /// Latent channels c (4 for Stable Diffusion's VAE and TAESD).
+    pub channels: usize,
+    /// Image pixels per latent cell along each axis (8): latents are `[1, c, size / f, size / f]`.
+    pub downsampling: usize,
+    /// The VAE's `scaling_factor` (0.18215 for SD 1.x, 1.0 for TAESD): the base sees latents
+    /// times it, `decoder.onnx` divides it out itself.
+    pub scaling_factor: f32,
+    /// The autoencoder class it came from (`AutoencoderKL`, `AutoencoderTiny`), for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vae: Option<String>,
+    /// `decoder.onnx`: `latent` f32 [B, c, h, w] (scaled) -> `image` f32 [B, 3, H, W] in the image value range.
+    pub decoder: NetInfo,
+    /// `encoder.onnx` (training only): `image` -> `latent` (the posterior mean, scaled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder: Option<NetInfo>,
+}
+
+/// `[text]` (format 2): the prompt's text encoder and tokenizer.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct TextInfo {
+    /// `text_encoder.onnx`: `input_ids` int64 [B, L] -> `last_hidden_state` f32 [B, L, D].
+    pub file: String,
+    /// The tokenizer in Hugging Face `tokenizers` format (`tokenizer.json`).
+    pub tokenizer: String,
+    /// L: prompts are truncated and padded to this many tokens (77 for CLIP).
+    pub max_length: usize,
+    /// D: the width of the embedding (the U-Net's cross_attention_dim).
+    pub hidden_size: usize,
+    /// The id prompts are padded with (CLIP's end token for SD 1.x).
+    pub pad_token_id: u32,
+    /// The model's usual classifier-free guidance scale (7.5 for SD 1.x, 8.5 for LCM, 0 for
+    /// SD-Turbo), used when neither the request nor `[generation]` gives one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guidance_scale: Option<f32>,
+    pub parameters: Option<u64>,
+    /// Multiply-adds x 2 of one run at batch 1, as tract estimates them (`mcm-edge info`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flops: Option<u64>,
 }
 
 /// What a base predicts, from `[schedule] prediction_type` (diffusers' names).
@@ -165,6 +289,14 @@ pub struct NetInfo {
     pub final_loss: Option<f64>,
     pub wall_time_s: Option<f64>,
     pub dataset: Option<String>,
+    /// Multiply-adds x 2 of one run at batch 1 (one sampling step for a base), as tract estimates
+    /// them (`mcm-edge info --write`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flops: Option<u64>,
+    /// A base only: the width of LCM's guidance embedding, its `timestep_cond` input `[B, Dc]`
+    /// (diffusers' `time_cond_proj_dim`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestep_cond: Option<usize>,
 }
 
 /// `[segmenter]`: the reference segmenter (`image` [B, 3, H, W] in the image value range ->
@@ -259,9 +391,10 @@ impl ModelInfo {
     }
 
     fn check(&self) -> Result<(), ContractViolation> {
-        if self.format != 1 {
+        if !(1..=2).contains(&self.format) {
             return Err(ContractViolation::Format(self.format));
         }
+        self.check_format_2()?;
         if self.image.size == 0 {
             return Err(ContractViolation::EmptyImage);
         }
@@ -291,6 +424,54 @@ impl ModelInfo {
             return Err(ContractViolation::CondChannels { declared: mcm.cond_channels, needed: self.cond_channels() });
         }
         Ok(())
+    }
+
+    /// The sections of contract 2: only in format 2, and self-consistent.
+    fn check_format_2(&self) -> Result<(), ContractViolation> {
+        let s = &self.schedule;
+        if self.format == 1 {
+            let extra = [
+                (self.latent.is_some(), "[latent]"),
+                (self.text.is_some(), "[text]"),
+                (s.sampler != SamplerKind::Ddim, "[schedule] sampler"),
+                (self.base.timestep_cond.is_some(), "[base] timestep_cond"),
+            ];
+            if let Some((_, what)) = extra.iter().find(|(present, _)| *present) {
+                return Err(ContractViolation::NeedsFormat2(what));
+            }
+        }
+        if let Some(l) = &self.latent
+            && (l.channels == 0 || l.downsampling == 0 || !self.image.size.is_multiple_of(l.downsampling) || !l.scaling_factor.is_finite() || l.scaling_factor <= 0.0)
+        {
+            return Err(ContractViolation::Latent { channels: l.channels, downsampling: l.downsampling, size: self.image.size, scaling_factor: l.scaling_factor });
+        }
+        if let Some(t) = &self.text
+            && (t.max_length == 0 || t.hidden_size == 0)
+        {
+            return Err(ContractViolation::Text { max_length: t.max_length, hidden_size: t.hidden_size });
+        }
+        let spacing = s.timestep_spacing.as_deref().unwrap_or("trailing");
+        let known = match s.sampler {
+            SamplerKind::Lcm => spacing == "lcm",
+            SamplerKind::Ddim | SamplerKind::Euler => ["leading", "trailing", "linspace"].contains(&spacing),
+        };
+        if !known || (self.format == 1 && spacing != "trailing") {
+            return Err(ContractViolation::Spacing { spacing: spacing.to_string(), sampler: s.sampler.name().to_string() });
+        }
+        if s.sampler == SamplerKind::Lcm
+            && (s.timestep_scaling.is_none() || s.original_inference_steps.is_none_or(|n| n == 0 || n > s.num_train_timesteps))
+        {
+            return Err(ContractViolation::LcmSettings);
+        }
+        Ok(())
+    }
+
+    /// The shape `[C, h, w]` of what the base denoises: the latent grid with `[latent]`, else the image.
+    pub fn sample_shape(&self) -> [usize; 3] {
+        match &self.latent {
+            Some(l) => [l.channels, self.image.size / l.downsampling, self.image.size / l.downsampling],
+            None => [self.image.channels, self.image.size, self.image.size],
+        }
     }
 
     /// K: channels of `cond`, the sum of `channels + 1` over the modalities.

@@ -1,4 +1,5 @@
-//! Seeded noise: the same seed gives the same tensors on every platform.
+//! Seeded noise: the same seed gives the same tensors on every platform; and replayed noise, for
+//! reproducing another implementation's sampling (the exporter's pipeline vectors).
 
 use ndarray::Array4;
 use rand::SeedableRng;
@@ -17,6 +18,56 @@ impl Noise {
     /// A tensor of the given shape with i.i.d. N(0, 1) entries.
     pub fn randn(&mut self, shape: [usize; 4]) -> Array4<f32> {
         Array4::from_shape_simple_fn(shape, || StandardNormal.sample(&mut self.0))
+    }
+}
+
+/// Where a sampler's noise comes from: [`Noise`] on the device, [`Replay`] to reproduce a
+/// recorded sampling.
+pub trait NoiseSource {
+    /// The next noise tensor of `shape`, `[B, C, H, W]`.
+    fn next(&mut self, shape: [usize; 4]) -> Array4<f32>;
+}
+
+impl NoiseSource for Noise {
+    fn next(&mut self, shape: [usize; 4]) -> Array4<f32> {
+        self.randn(shape)
+    }
+}
+
+/// Recorded noise tensors handed out in order. Past the end, or for another shape, it hands out
+/// zeros and counts the miss ([`Replay::misses`]), so that a replay that needed other noise
+/// than recorded is reported rather than crashing.
+pub struct Replay {
+    tensors: std::collections::VecDeque<Array4<f32>>,
+    misses: usize,
+}
+
+impl Replay {
+    /// Hand out `tensors`, first to last.
+    pub fn new(tensors: Vec<Array4<f32>>) -> Self {
+        Self { tensors: tensors.into(), misses: 0 }
+    }
+
+    /// Requests that got zeros: no recorded tensor was left, or it had another shape.
+    pub fn misses(&self) -> usize {
+        self.misses
+    }
+
+    /// Recorded tensors not asked for.
+    pub fn left(&self) -> usize {
+        self.tensors.len()
+    }
+}
+
+impl NoiseSource for Replay {
+    fn next(&mut self, shape: [usize; 4]) -> Array4<f32> {
+        match self.tensors.pop_front() {
+            Some(t) if t.dim() == shape.into() => t,
+            _ => {
+                self.misses += 1;
+                Array4::zeros(shape)
+            }
+        }
     }
 }
 

@@ -1,30 +1,78 @@
-//! Generation: maps -> `cond` -> DDIM over the MCM-modulated base -> RGB image.
+//! Generation: maps -> `cond` -> the sampler (DDIM, Euler or LCM) over the MCM-modulated base
+//! (with a prompt's text embedding and classifier-free guidance for a text-conditional base) ->
+//! the latent decoder of a latent base -> RGB image.
 
 use std::path::{Path, PathBuf};
 
 use image::RgbImage;
-use ndarray::Array4;
-use tract_onnx::prelude::IntoTensor;
+use ndarray::{Array3, Array4};
+use tract_onnx::prelude::{IntoTensor, Tensor};
 
 use super::ddim::ddim_step;
-use super::guidance::{MAX_STRENGTH, apply_strength};
-use super::noise::Noise;
+use super::guidance::{MAX_STRENGTH, apply_strength, classifier_free_guidance, guidance_scale_embedding};
+use super::lcm::lcm_step;
+use super::noise::{Noise, NoiseSource};
 use super::schedule::{Schedule, ScheduleError};
-use crate::contract::{CondError, Maps, ModelInfo, Prediction, build_cond};
+use crate::contract::{CondError, Maps, ModelInfo, Prediction, SamplerKind, build_cond};
 use crate::error_code::ErrorCode;
 use crate::runtime::{Backend, ModelError, Models, timestep_tensor};
+
+/// Largest classifier-free guidance scale a generation accepts (diffusers' pipelines use 1-15;
+/// far beyond, the guided eps leaves the range the base was trained on).
+pub const MAX_GUIDANCE_SCALE: f32 = 30.0;
+
+/// diffusers' default guidance scale, where `[text] guidance_scale` does not give the model's own.
+pub const DEFAULT_GUIDANCE_SCALE: f32 = 7.5;
+
+/// Longest prompt, in characters, a generation accepts (the tokenizer truncates to `max_length`
+/// tokens anyway; this bounds the work of tokenizing).
+pub const MAX_PROMPT_CHARS: usize = 2000;
 
 /// Settings of one generation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerationParams {
-    /// Seed of the initial noise `x_T` (and of the DDIM noise when `eta > 0`).
+    /// Seed of the initial noise `x_T` (and of the sampler's noise: DDIM with `eta > 0`, LCM).
     pub seed: u64,
-    /// DDIM steps, `1..=num_train_timesteps`.
+    /// Sampling steps, `1..=num_train_timesteps` (a distilled base: its count only).
     pub steps: usize,
     /// Conditioning strength `s`: `eps = eps_base + s * (eps_hat - eps_base)`; 0 = base alone, 1 = MCM.
     pub strength: f32,
-    /// DDIM eta (0 = deterministic DDIM, 1 = DDPM-like).
+    /// DDIM eta (0 = deterministic DDIM, 1 = DDPM-like); the Euler and LCM samplers ignore it.
     pub eta: f32,
+    /// The prompt of a text-conditional base.
+    pub text: TextParams,
+}
+
+/// The prompt settings of one generation (text-conditional bases only).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TextParams {
+    /// What to generate; "" is the unconditional embedding (what a model without a prompt sees).
+    pub prompt: String,
+    /// What classifier-free guidance steers away from ("" = unconditional).
+    pub negative_prompt: String,
+    /// Classifier-free guidance scale, 0..=[`MAX_GUIDANCE_SCALE`]; None: the model's `[text]
+    /// guidance_scale`, else [`DEFAULT_GUIDANCE_SCALE`]. At <= 1 there is no unconditional pass;
+    /// a base with LCM's guidance embedding gets `scale - 1` embedded instead of a second pass.
+    pub guidance_scale: Option<f32>,
+}
+
+impl TextParams {
+    /// Whether these settings ask for anything a model without text could not do.
+    pub fn is_given(&self) -> bool {
+        !self.prompt.is_empty() || !self.negative_prompt.is_empty() || self.guidance_scale.is_some()
+    }
+}
+
+/// A prompt made ready for a text-conditional base: the inputs its passes take at every step.
+pub struct PromptEmbedding {
+    /// `encoder_hidden_states` of the prompt, `[1, L, D]`.
+    cond: Tensor,
+    /// Of the negative prompt, when classifier-free guidance runs a second pass.
+    uncond: Option<Tensor>,
+    /// The guidance scale of that second pass.
+    scale: f32,
+    /// LCM's `timestep_cond` `[1, Dc]`, for a guidance-embedding base.
+    timestep_cond: Option<Tensor>,
 }
 
 /// Why a model directory could not be loaded as a [`Pipeline`].
@@ -107,8 +155,8 @@ impl Pipeline {
     /// noise schedule of model.toml cannot be built.
     pub fn load(dir: &Path, backend: &Backend) -> Result<Self, LoadError> {
         let models = Models::load(dir, backend)?;
-        let schedule =
-            Schedule::new(&models.info.schedule).map_err(|source| LoadError::Schedule { path: dir.join("model.toml"), source })?;
+        let schedule = Schedule::new(&models.info.schedule, models.info.format)
+            .map_err(|source| LoadError::Schedule { path: dir.join("model.toml"), source })?;
         Ok(Self { models, schedule })
     }
 
@@ -117,17 +165,65 @@ impl Pipeline {
         &self.models
     }
 
+    /// The noise schedule and its timestep grids.
+    pub fn schedule(&self) -> &Schedule {
+        &self.schedule
+    }
+
+    /// The prompt inputs of one generation, or None for a base without text.
+    ///
+    /// # Errors
+    /// [`GenerateError::Param`] for a prompt given to a model without text, a prompt longer than
+    /// [`MAX_PROMPT_CHARS`] or a guidance scale out of range; tokenizer and text-encoder failures.
+    pub fn prompt(&self, params: &TextParams) -> Result<Option<PromptEmbedding>, GenerateError> {
+        let info = &self.models.info;
+        let Some(text) = &self.models.text else {
+            if params.is_given() {
+                return Err(GenerateError::Param("this model takes no prompt (no [text] in its model.toml)".into()));
+            }
+            return Ok(None);
+        };
+        let scale = params.guidance_scale.or(text.info.guidance_scale).unwrap_or(DEFAULT_GUIDANCE_SCALE);
+        if !scale.is_finite() || !(0.0..=MAX_GUIDANCE_SCALE).contains(&scale) {
+            return Err(GenerateError::Param(format!("guidance_scale must be in [0, {MAX_GUIDANCE_SCALE}], got {scale}")));
+        }
+        if let Some(long) = [&params.prompt, &params.negative_prompt].into_iter().find(|p| p.chars().count() > MAX_PROMPT_CHARS) {
+            return Err(GenerateError::Param(format!("a prompt has at most {MAX_PROMPT_CHARS} characters, got {}", long.chars().count())));
+        }
+        let embed = |p: &str| text.embed(p).map(Array3::into_tensor);
+        let timestep_cond = info.base.timestep_cond.map(|dim| guidance_scale_embedding(scale - 1.0, dim).into_tensor());
+        let uncond = if timestep_cond.is_none() && scale > 1.0 { Some(embed(&params.negative_prompt)?) } else { None };
+        Ok(Some(PromptEmbedding { cond: embed(&params.prompt)?, uncond, scale, timestep_cond }))
+    }
+
+    /// The base's prediction converted to eps, for the text embedding `hidden` when there is one.
+    fn base_eps(&self, x_t: &Array4<f32>, t: &Tensor, timestep: usize, hidden: Option<&Tensor>, timestep_cond: Option<&Tensor>) -> Result<Array4<f32>, GenerateError> {
+        let mut inputs = vec![x_t.clone().into_tensor(), t.clone()];
+        inputs.extend(hidden.cloned());
+        inputs.extend(timestep_cond.cloned());
+        let prediction = self.models.base.run(inputs)?.remove(0);
+        Ok(to_eps(prediction, x_t, self.schedule.alpha_bar[timestep], self.models.info.schedule.prediction()))
+    }
+
     /// The guided noise prediction at one step: `eps_base` (the base's prediction converted to
     /// eps first, whatever its `prediction_type`, so that the MCM formula and `strength` keep
-    /// their meaning), and when `strength != 0` the MCM's `eps_hat = eps * (1 + gamma) + beta`
-    /// (Ham et al. 2023, Eq. 2) mixed in by `strength`. `x_t` `[1, C, H, W]`, `cond` `[1, K, H, W]`.
+    /// their meaning; for a text-conditional base, with classifier-free guidance of the prompt
+    /// against the negative prompt, Ho & Salimans 2022, as two batch-1 passes), and when
+    /// `strength != 0` the MCM's `eps_hat = eps * (1 + gamma) + beta` (Ham et al. 2023, Eq. 2) on
+    /// the guided eps, mixed in by `strength`. `x_t` `[1, c, h, w]`, `cond` `[1, K, H, W]`.
     ///
     /// # Errors
     /// [`GenerateError::Param`] when strength != 0 and the model has no MCM; inference failures.
-    pub fn eps(&self, x_t: &Array4<f32>, timestep: usize, cond: &Array4<f32>, strength: f32) -> Result<Array4<f32>, GenerateError> {
+    pub fn eps(&self, x_t: &Array4<f32>, timestep: usize, cond: &Array4<f32>, prompt: Option<&PromptEmbedding>, strength: f32) -> Result<Array4<f32>, GenerateError> {
         let t = timestep_tensor(timestep as f32, 1);
-        let prediction = self.models.base.run(vec![x_t.clone().into_tensor(), t.clone()])?.remove(0);
-        let eps_base = to_eps(prediction, x_t, self.schedule.alpha_bar[timestep], self.models.info.schedule.prediction());
+        let timestep_cond = prompt.and_then(|p| p.timestep_cond.as_ref());
+        let mut eps_base = self.base_eps(x_t, &t, timestep, prompt.map(|p| &p.cond), timestep_cond)?;
+        if let Some(p) = prompt
+            && let Some(uncond) = &p.uncond
+        {
+            let eps_uncond = self.base_eps(x_t, &t, timestep, Some(uncond), timestep_cond)?;
+            classifier_free_guidance(&mut eps_base, &eps_uncond, p.scale);
+        }
         if strength == 0.0 {
             return Ok(eps_base);
         }
@@ -138,6 +234,46 @@ impl Pipeline {
         let mut eps_hat = &eps_base * &(gamma + 1.0) + beta;
         apply_strength(&mut eps_hat, &eps_base, strength);
         Ok(eps_hat)
+    }
+
+    /// The shape `[1, c, h, w]` of `x_T`: the latent grid of a latent base, else the image.
+    pub fn sample_shape(&self) -> [usize; 4] {
+        let [c, h, w] = self.models.info.sample_shape();
+        [1, c, h, w]
+    }
+
+    /// Sample from `x_T` (`[1, c, h, w]`, unit normal) for `maps` and return the image `[1, C, H,
+    /// W]` in the image value range (decoded by `decoder.onnx` for a latent base), with the
+    /// sampler's noise from `noise` (what [`ImageGenerator::generate`] seeds, or a replay).
+    ///
+    /// # Errors
+    /// As [`ImageGenerator::generate`].
+    pub fn sample(&self, maps: &Maps, params: &GenerationParams, x_t: Array4<f32>, noise: &mut dyn NoiseSource) -> Result<Array4<f32>, GenerateError> {
+        self.check_params(params)?;
+        let info = &self.models.info;
+        let timesteps = self.schedule.timesteps(params.steps)?;
+        let cond = build_cond(info, maps)?;
+        let prompt = self.prompt(&params.text)?;
+        let clip = match info.format {
+            1 => Some(info.image.value_range),
+            _ => info.schedule.clip_sample_range.map(|r| [-r, r]),
+        };
+        let mut x = x_t * self.schedule.init_noise_scale(timesteps[0].1) as f32;
+        for (i, &(t, ab_t, ab_prev)) in timesteps.iter().enumerate() {
+            let eps = self.eps(&x, t, &cond, prompt.as_ref(), params.strength)?;
+            match info.schedule.sampler {
+                SamplerKind::Ddim => ddim_step(&mut x, &eps, ab_t, ab_prev, params.eta, clip, noise),
+                SamplerKind::Euler => ddim_step(&mut x, &eps, ab_t, ab_prev, 0.0, clip, noise),
+                SamplerKind::Lcm => {
+                    let scaling = info.schedule.timestep_scaling.unwrap_or(10.0);
+                    lcm_step(&mut x, &eps, t, (ab_t, ab_prev), scaling, clip, i + 1 == timesteps.len(), noise);
+                }
+            }
+        }
+        match &self.models.decoder {
+            Some(decoder) => Ok(decoder.run(vec![x.into_tensor()])?.remove(0)),
+            None => Ok(x),
+        }
     }
 
     fn check_params(&self, params: &GenerationParams) -> Result<(), GenerateError> {
@@ -157,18 +293,10 @@ impl ImageGenerator for Pipeline {
     }
 
     fn generate(&self, maps: &Maps, params: &GenerationParams) -> Result<RgbImage, GenerateError> {
-        self.check_params(params)?;
-        let info = &self.models.info;
-        let timesteps = self.schedule.timesteps(params.steps)?;
-        let cond = build_cond(info, maps)?;
-        let (c, s) = (info.image.channels, info.image.size);
         let mut noise = Noise::new(params.seed);
-        let mut x = noise.randn([1, c, s, s]);
-        for (t, ab_t, ab_prev) in timesteps {
-            let eps = self.eps(&x, t, &cond, params.strength)?;
-            ddim_step(&mut x, &eps, ab_t, ab_prev, params.eta, info.image.value_range, &mut noise);
-        }
-        Ok(to_image(&x, info.image.value_range))
+        let x_t = noise.randn(self.sample_shape());
+        let image = self.sample(maps, params, x_t, &mut noise)?;
+        Ok(to_image(&image, self.models.info.image.value_range))
     }
 }
 

@@ -13,9 +13,13 @@ pub enum ContractMismatch {
     /// An input is not a tensor (onnxruntime's view of the file).
     #[error("input {name:?} is not a tensor")]
     NotATensor { name: String },
-    /// An input's element type is not f32 (`ty` as the backend names it).
-    #[error("input {name:?} is {ty}, the contract needs f32")]
-    ElementType { name: String, ty: String },
+    /// An input's element type is not one the contract feeds it with (`ty`, `accepted` as tract
+    /// names them; e.g. a float16 export: export in float32).
+    #[error("input {name:?} is {ty}, the device feeds it as {accepted}")]
+    ElementType { name: String, ty: String, accepted: String },
+    /// `model.toml` has no `[latent] encoder`.
+    #[error("no [latent] encoder: export the model with `mcm-train export-diffusers`, which writes encoder.onnx")]
+    NoEncoder,
     /// `model.toml` has no `[segmenter]` section.
     #[error("no [segmenter] section: train one with `mcm-train segmenter`")]
     NoSegmenter,
@@ -26,7 +30,7 @@ pub enum ContractMismatch {
 
 /// `D1, D2, ...`: the dims of `shape` after the batch axis.
 fn dims_after_batch(shape: &[usize]) -> String {
-    shape[1..].iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")
+    shape.iter().skip(1).map(|s| s.to_string()).collect::<Vec<_>>().join(", ")
 }
 
 /// `1 thread` or `N threads`.
@@ -34,24 +38,11 @@ pub(crate) fn thread_count(threads: usize) -> String {
     format!("{threads} thread{}", if threads == 1 { "" } else { "s" })
 }
 
-/// Check that a file's input or output names (`what`: "inputs" / "outputs") are the contract's
-/// `want`, in order.
+/// Check that a file's output names are the contract's `want`, in order (`what`: "outputs").
 pub(crate) fn check_names(what: &'static str, got: &[String], want: &[&str]) -> Result<(), ContractMismatch> {
     if got == want {
         Ok(())
     } else {
         Err(ContractMismatch::Names { what, got: got.to_vec(), want: want.iter().map(|w| w.to_string()).collect() })
-    }
-}
-
-/// Check one input's declared dims (`"?"` or a symbol for a dynamic axis) against the contract's
-/// `shape` (batch first; the batch is not compared).
-pub(crate) fn check_input_dims(name: &str, declared: &[String], shape: &[usize]) -> Result<(), ContractMismatch> {
-    let rank_ok = declared.len() == shape.len();
-    let dims_ok = rank_ok && declared.iter().zip(shape).skip(1).all(|(d, s)| d == "?" || d.parse::<usize>().map_or(true, |d| d == *s));
-    if dims_ok {
-        Ok(())
-    } else {
-        Err(ContractMismatch::InputDims { name: name.to_string(), declared: declared.to_vec(), shape: shape.to_vec() })
     }
 }

@@ -23,6 +23,9 @@ pub enum ModelError {
     /// onnxruntime could not load, optimize or run the ONNX file at `path`.
     #[error("{path}: onnxruntime failed: {message}")]
     Onnxruntime { path: PathBuf, message: String },
+    /// `tokenizer.json` could not be loaded, or failed on a prompt.
+    #[error("{path}: tokenizer: {message}")]
+    Tokenizer { path: PathBuf, message: String },
     /// The chosen inference backend cannot be used: this binary was built without it, or its
     /// shared library is missing or cannot be loaded (the message names the library path).
     #[error("{0}")]

@@ -5,14 +5,18 @@
 mod backend;
 mod checks;
 mod error;
+mod feed;
 mod models;
 mod net;
 #[cfg(feature = "onnxruntime")]
 mod onnxruntime;
+mod text;
 mod tract;
 
 pub use backend::{Backend, BackendKind, NO_ONNXRUNTIME, ONNXRUNTIME_BUILT_IN, RuntimeConfig};
 pub use checks::ContractMismatch;
 pub use error::ModelError;
-pub use models::{Models, load_estimator, load_segmenter};
-pub use net::{Net, OpTime, timestep_tensor};
+pub use models::{Models, base_inputs, load_encoder, load_estimator, load_segmenter};
+pub use feed::{InputKind, InputSpec, timestep_tensor};
+pub use net::{Net, OpTime};
+pub use text::TextEncoder;

@@ -1,50 +1,95 @@
-//! [`Models`]: the nets of a model directory (`base.onnx`, `mcm.onnx`), loaded once and checked
-//! against `model.toml`; and the reference nets of `mcm-edge eval` ([`load_segmenter`],
-//! [`load_estimator`]).
+//! [`Models`]: the nets of a model directory (`base.onnx`, `mcm.onnx`, and in contract 2
+//! `decoder.onnx`, `text_encoder.onnx` + `tokenizer.json`), loaded once and checked against
+//! `model.toml`; and the reference nets of `mcm-edge eval` ([`load_segmenter`], [`load_estimator`]).
 
 use std::path::{Path, PathBuf};
 
 use super::backend::Backend;
 use super::checks::ContractMismatch;
 use super::error::ModelError;
+use super::feed::InputSpec;
 use super::net::Net;
+use super::text::TextEncoder;
 use crate::contract::ModelInfo;
 
 /// The nets of a model directory, loaded once.
 pub struct Models {
     pub info: ModelInfo,
     pub dir: PathBuf,
-    /// `base.onnx`: (sample [1,C,H,W], timestep [1]) -> its prediction [1,C,H,W], named after
-    /// `[schedule] prediction_type` (eps, v or x_0).
+    /// `base.onnx`: (sample [1, c, h, w], timestep [1], and in contract 2 encoder_hidden_states
+    /// [1, L, D] with `[text]`, timestep_cond [1, Dc] with `[base] timestep_cond`) -> its
+    /// prediction [1, c, h, w], named after `[schedule] prediction_type` (eps, v or x_0). c, h, w:
+    /// the latent grid with `[latent]`, else the image.
     pub base: Net,
-    /// `mcm.onnx`: (sample, eps [1,C,H,W], cond [1,K,H,W], timestep [1]) -> gamma, beta [1,C,H,W].
+    /// `mcm.onnx`: (sample, eps [1, c, h, w], cond [1, K, H, W] at the image size, timestep [1])
+    /// -> gamma, beta [1, c, h, w].
     pub mcm: Option<Net>,
+    /// `[latent] decoder`: latent [1, c, h, w] -> image [1, 3, H, W] in the image value range.
+    pub decoder: Option<Net>,
+    /// `[text]`: the tokenizer and the text encoder.
+    pub text: Option<TextEncoder>,
 }
 
 impl Models {
-    /// Load and check `DIR/model.toml`, `base.onnx` and (when listed) `mcm.onnx` with `backend`
-    /// (the same contract checks for every backend).
+    /// Load and check `DIR/model.toml` and the nets it lists with `backend` (the same contract
+    /// checks for every backend).
     ///
     /// # Errors
     /// Any [`ModelError`] of the files, naming the file; [`ModelError::Backend`] when the backend
     /// cannot be used.
     pub fn load(dir: &Path, backend: &Backend) -> Result<Self, ModelError> {
         let info = ModelInfo::load(dir)?;
-        let (c, s) = (info.image.channels, info.image.size);
-        let image = vec![1, c, s, s];
-        let output = info.schedule.prediction().output();
-        let base = Net::load(&dir.join(&info.base.file), &[("sample", image.clone()), ("timestep", vec![1])], &[output], backend)?;
+        let [c, h, w] = info.sample_shape();
+        let sample = vec![1, c, h, w];
+        let base = Net::load(&dir.join(&info.base.file), &base_inputs(&info), &[info.schedule.prediction().output()], backend)?;
         let mcm = match &info.mcm {
-            Some(m) => Some(Net::load(
-                &dir.join(&m.file),
-                &[("sample", image.clone()), ("eps", image.clone()), ("cond", vec![1, m.cond_channels, s, s]), ("timestep", vec![1])],
-                &["gamma", "beta"],
-                backend,
-            )?),
+            Some(m) => {
+                let s = info.image.size;
+                let inputs = [
+                    InputSpec::float("sample", sample.clone()),
+                    InputSpec::float("eps", sample.clone()),
+                    InputSpec::float("cond", vec![1, m.cond_channels, s, s]),
+                    InputSpec::timestep(),
+                ];
+                Some(Net::load(&dir.join(&m.file), &inputs, &["gamma", "beta"], backend)?)
+            }
             None => None,
         };
-        Ok(Self { info, dir: dir.to_path_buf(), base, mcm })
+        let decoder = match &info.latent {
+            Some(l) => Some(Net::load(&dir.join(&l.decoder.file), &[InputSpec::float("latent", sample.clone())], &["image"], backend)?),
+            None => None,
+        };
+        let text = info.text.as_ref().map(|t| TextEncoder::load(dir, t, backend)).transpose()?;
+        Ok(Self { info, dir: dir.to_path_buf(), base, mcm, decoder, text })
     }
+}
+
+/// The inputs of `base.onnx` under `info`: sample and timestep, and the text embedding and
+/// LCM's guidance embedding where model.toml declares them.
+pub fn base_inputs(info: &ModelInfo) -> Vec<InputSpec> {
+    let [c, h, w] = info.sample_shape();
+    let mut inputs = vec![InputSpec::float("sample", vec![1, c, h, w]), InputSpec::timestep()];
+    if let Some(t) = &info.text {
+        inputs.push(InputSpec::float("encoder_hidden_states", vec![1, t.max_length, t.hidden_size]));
+    }
+    if let Some(dim) = info.base.timestep_cond {
+        inputs.push(InputSpec::float("timestep_cond", vec![1, dim]));
+    }
+    inputs
+}
+
+/// Load `[latent] encoder` of a contract-2 directory (training only; `mcm-edge verify` checks it):
+/// image [1, 3, H, W] in the image value range -> latent [1, c, h, w].
+///
+/// # Errors
+/// No `[latent] encoder`, or any [`ModelError`] of the file.
+pub fn load_encoder(dir: &Path, info: &ModelInfo, backend: &Backend) -> Result<Net, ModelError> {
+    let enc = info.latent.as_ref().and_then(|l| l.encoder.as_ref()).ok_or_else(|| ModelError::Contract {
+        path: dir.join("model.toml"),
+        source: ContractMismatch::NoEncoder,
+    })?;
+    let s = info.image.size;
+    Net::load(&dir.join(&enc.file), &[InputSpec::float("image", vec![1, 3, s, s])], &["latent"], backend)
 }
 
 /// Load the reference segmenter of a model directory (`[segmenter]` in model.toml) with
@@ -61,7 +106,7 @@ pub fn load_segmenter(dir: &Path, info: &ModelInfo, backend: &Backend) -> Result
         .ok_or_else(|| ModelError::Contract { path: dir.join("model.toml"), source: ContractMismatch::NoSegmenter })?;
     let s = info.image.size;
     let outputs: &[&str] = if seg.features.is_some() { &["logits", "features"] } else { &["logits"] };
-    Net::load(&dir.join(&seg.net.file), &[("image", vec![1, 3, s, s])], outputs, backend)
+    Net::load(&dir.join(&seg.net.file), &[InputSpec::float("image", vec![1, 3, s, s])], outputs, backend)
 }
 
 /// Load the reference estimator of the dense modality `name` (`[estimators.NAME]` in
@@ -77,7 +122,7 @@ pub fn load_estimator(dir: &Path, info: &ModelInfo, name: &str, backend: &Backen
         source: ContractMismatch::NoEstimator { name: name.to_string() },
     })?;
     let s = info.image.size;
-    Net::load(&dir.join(&est.file), &[("image", vec![1, 3, s, s])], &["map"], backend)
+    Net::load(&dir.join(&est.file), &[InputSpec::float("image", vec![1, 3, s, s])], &["map"], backend)
 }
 
 #[cfg(test)]

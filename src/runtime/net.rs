@@ -1,15 +1,16 @@
 //! [`Net`]: one ONNX file of a model directory, loaded once for batch 1 by the chosen
-//! [`Backend`] and checked against the contract's input and output names and shapes.
+//! [`Backend`] and checked against the contract's input and output names, types and shapes.
 
 use std::path::{Path, PathBuf};
 
-use ndarray::Array4;
-use tract_onnx::prelude::{IntoTensor, Tensor, tract_ndarray};
+use ndarray::{Array4, ArrayD, Ix4};
+use tract_onnx::prelude::Tensor;
 
 use super::backend::Backend;
 #[cfg(not(feature = "onnxruntime"))]
 use super::backend::NO_ONNXRUNTIME;
 use super::error::ModelError;
+use super::feed::InputSpec;
 #[cfg(feature = "onnxruntime")]
 use super::onnxruntime::OrtNet;
 use super::tract::TractNet;
@@ -40,16 +41,17 @@ pub struct OpTime {
 }
 
 impl Net {
-    /// Load `path` with `backend`, check that its inputs are `inputs` (name, shape with batch
-    /// first; the batch axis may be symbolic in the file; element type f32) and its outputs are
-    /// `outputs` (names, in this order), and prepare it for batch 1 (tract: fix the batch, optimize
-    /// and plan; onnxruntime: a session with all graph optimizations).
+    /// Load `path` with `backend`, match its declared inputs to `inputs` by name (any order; shape
+    /// with batch first, the batch axis may be symbolic in the file; each fed with the element type
+    /// and rank the file declares, [`InputSpec`]) and check that its outputs are `outputs` (names,
+    /// in this order), and prepare it for batch 1 (tract: fix the inputs, optimize and plan;
+    /// onnxruntime: a session with all graph optimizations).
     ///
     /// # Errors
     /// [`ModelError::Io`] if missing, [`ModelError::Contract`] on a name/shape mismatch,
     /// [`ModelError::Tract`] / [`ModelError::Onnxruntime`] if the backend cannot load or optimize
     /// it, [`ModelError::Backend`] if the backend is not built in or its library cannot be loaded.
-    pub fn load(path: &Path, inputs: &[(&str, Vec<usize>)], outputs: &[&str], backend: &Backend) -> Result<Self, ModelError> {
+    pub fn load(path: &Path, inputs: &[InputSpec], outputs: &[&str], backend: &Backend) -> Result<Self, ModelError> {
         if !path.is_file() {
             return Err(ModelError::Io {
                 path: path.to_path_buf(),
@@ -92,17 +94,40 @@ impl Net {
         }
     }
 
-    /// Run on `inputs` (f32 tensors in contract order, batch 1) and return the outputs, in
-    /// contract order, as `[B, C, H, W]` arrays.
+    /// Run on `inputs` (in the order of the [`InputSpec`]s it was loaded with, batch 1: f32 for
+    /// floats and timesteps, int64 for token ids; each is converted to what the file takes) and
+    /// return the outputs, in contract order, as `[B, C, H, W]` arrays.
     ///
     /// # Errors
     /// [`ModelError::Tract`] / [`ModelError::Onnxruntime`] when the backend fails (wrong input
     /// count, type or shape) or an output is not 4-D.
     pub fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Array4<f32>>, ModelError> {
+        self.run_dyn(&inputs)?
+            .into_iter()
+            .map(|a| {
+                a.into_dimensionality::<Ix4>().map_err(|e| self.backend_error(format!("output is not [B, C, H, W]: {e}")))
+            })
+            .collect()
+    }
+
+    /// As [`Net::run`], with outputs of any rank (e.g. a text encoder's `[B, L, D]`).
+    ///
+    /// # Errors
+    /// As [`Net::run`], except for the rank.
+    pub fn run_dyn(&self, inputs: &[Tensor]) -> Result<Vec<ArrayD<f32>>, ModelError> {
         match &self.engine {
             Engine::Tract(net) => net.run(&self.path, inputs, self.outputs),
             #[cfg(feature = "onnxruntime")]
-            Engine::Onnxruntime(net) => net.run(&self.path, &inputs),
+            Engine::Onnxruntime(net) => net.run(&self.path, inputs),
+        }
+    }
+
+    /// A backend error naming this net's file.
+    fn backend_error(&self, message: String) -> ModelError {
+        match &self.engine {
+            Engine::Tract(_) => ModelError::Tract { path: self.path.clone(), message },
+            #[cfg(feature = "onnxruntime")]
+            Engine::Onnxruntime(_) => ModelError::Onnxruntime { path: self.path.clone(), message },
         }
     }
 
@@ -113,16 +138,11 @@ impl Net {
     /// [`ModelError::Tract`] when tract fails, [`ModelError::Backend`] for another backend.
     pub fn profile(&self, inputs: Vec<Tensor>, runs: usize) -> Result<Vec<OpTime>, ModelError> {
         match &self.engine {
-            Engine::Tract(net) => net.profile(&self.path, inputs, runs),
+            Engine::Tract(net) => net.profile(&self.path, &inputs, runs),
             #[cfg(feature = "onnxruntime")]
             Engine::Onnxruntime(_) => {
                 Err(ModelError::Backend(format!("{}: operator profiles need the tract backend", self.path.display())))
             }
         }
     }
-}
-
-/// A `[B]` timestep tensor.
-pub fn timestep_tensor(t: f32, batch: usize) -> Tensor {
-    tract_ndarray::Array1::from_elem(batch, t).into_tensor()
 }

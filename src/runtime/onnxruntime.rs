@@ -12,15 +12,17 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
-use ndarray::Array4;
+use ndarray::{ArrayD, IxDyn};
 use ort::environment::Environment;
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
+use ort::session::SessionInputValue;
 use ort::value::{TensorElementType, TensorRef, ValueType};
-use tract_onnx::prelude::Tensor;
+use tract_onnx::prelude::{DatumType, Tensor};
 
-use super::checks::{ContractMismatch, check_input_dims, check_names, thread_count};
+use super::checks::{ContractMismatch, check_names, thread_count};
 use super::error::ModelError;
+use super::feed::{Declared, Feed, InputSpec, resolve_feeds};
 
 /// The environment variable naming the library when no path is configured (the `ort` crate's).
 pub const ORT_DYLIB_PATH: &str = "ORT_DYLIB_PATH";
@@ -100,7 +102,8 @@ pub(crate) struct OrtNet {
     /// `Session::run` takes `&mut self` (onnxruntime internals are not thread safe); calls are
     /// serialized here, as generations are anyway.
     session: Mutex<Session>,
-    inputs: Vec<String>,
+    /// The feed of each input, in the file's order.
+    feeds: Vec<Feed>,
     outputs: Vec<String>,
     description: String,
     library: PathBuf,
@@ -108,14 +111,14 @@ pub(crate) struct OrtNet {
 
 impl OrtNet {
     /// Create a session for `path` with `threads` intra-op threads and check the contract
-    /// (input names, order, f32 element type and dims; output names and order).
+    /// (inputs matched by name, [`resolve_feeds`]; output names and order).
     ///
     /// # Errors
     /// [`ModelError::Backend`] for the library (see [`runtime`]), [`ModelError::Onnxruntime`] when
     /// onnxruntime refuses the file, [`ModelError::Contract`] on a name/shape/type mismatch.
     pub(crate) fn load(
         path: &Path,
-        inputs: &[(&str, Vec<usize>)],
+        inputs: &[InputSpec],
         outputs: &[&str],
         library: Option<&Path>,
         threads: usize,
@@ -140,31 +143,13 @@ impl OrtNet {
             .map_err(|e| ort_err(&e))?
             .commit_from_file(path)
             .map_err(|e| ort_err(&e))?;
-        let in_names: Vec<String> = session.inputs().iter().map(|o| o.name().to_string()).collect();
-        let want: Vec<&str> = inputs.iter().map(|(n, _)| *n).collect();
-        check_names("inputs", &in_names, &want).map_err(contract)?;
-        for (outlet, (name, shape)) in session.inputs().iter().zip(inputs) {
-            let ValueType::Tensor { ty, shape: dims, dimension_symbols } = outlet.dtype() else {
-                return Err(contract(ContractMismatch::NotATensor { name: name.to_string() }));
-            };
-            if *ty != TensorElementType::Float32 {
-                return Err(contract(ContractMismatch::ElementType { name: name.to_string(), ty: format!("{ty:?}") }));
-            }
-            let declared: Vec<String> = dims
-                .iter()
-                .enumerate()
-                .map(|(i, &d)| match d {
-                    d if d >= 0 => d.to_string(),
-                    _ => dimension_symbols.get(i).filter(|s| !s.is_empty()).cloned().unwrap_or_else(|| "?".into()),
-                })
-                .collect();
-            check_input_dims(name, &declared, shape).map_err(contract)?;
-        }
+        let declared = session.inputs().iter().map(|o| declared(o.name(), o.dtype())).collect::<Result<Vec<_>, _>>().map_err(contract)?;
+        let feeds = resolve_feeds(&declared, inputs).map_err(contract)?;
         let out_names: Vec<String> = session.outputs().iter().map(|o| o.name().to_string()).collect();
         check_names("outputs", &out_names, outputs).map_err(contract)?;
         Ok(Self {
             session: Mutex::new(session),
-            inputs: in_names,
+            feeds,
             outputs: out_names,
             description: format!("onnxruntime {version}, {}", thread_count(threads)),
             library,
@@ -181,22 +166,24 @@ impl OrtNet {
         &self.library
     }
 
-    /// Run on `inputs` (f32, contract order) and return the outputs in contract order as 4-D arrays.
+    /// Run on `inputs` (contract order; each converted to what the file takes) and return the
+    /// outputs in contract order as f32 arrays.
     ///
     /// # Errors
     /// [`ModelError::Onnxruntime`] naming `path` when the inputs do not fit or onnxruntime fails.
-    pub(crate) fn run(&self, path: &Path, inputs: &[Tensor]) -> Result<Vec<Array4<f32>>, ModelError> {
+    pub(crate) fn run(&self, path: &Path, inputs: &[Tensor]) -> Result<Vec<ArrayD<f32>>, ModelError> {
         let err = |message: String| ModelError::Onnxruntime { path: path.to_path_buf(), message };
-        if inputs.len() != self.inputs.len() {
-            return Err(err(format!("{} inputs given, the net takes {:?}", inputs.len(), self.inputs)));
-        }
-        let mut feeds = Vec::with_capacity(inputs.len());
-        for (t, name) in inputs.iter().zip(&self.inputs) {
-            let view = t.to_plain_array_view::<f32>().map_err(|e| err(format!("input {name:?}: {e:#}")))?;
-            let data = view.to_slice().ok_or_else(|| err(format!("input {name:?} is not contiguous")))?;
-            let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-            let value = TensorRef::from_array_view((shape, data)).map_err(|e| err(format!("input {name:?}: {e}")))?;
-            feeds.push((name.as_str(), value));
+        let fed: Vec<Tensor> = self
+            .feeds
+            .iter()
+            .map(|f| {
+                let t = inputs.get(f.spec).ok_or_else(|| err(format!("{} inputs given, input {:?} missing", inputs.len(), f.name)))?;
+                f.convert(t).map_err(|e| err(format!("input {:?}: {e:#}", f.name)))
+            })
+            .collect::<Result<_, _>>()?;
+        let mut feeds = Vec::with_capacity(fed.len());
+        for (t, f) in fed.iter().zip(&self.feeds) {
+            feeds.push((f.name.as_str(), ort_value(t).map_err(|e| err(format!("input {:?}: {e}", f.name)))?));
         }
         let mut session = self.session.lock().unwrap_or_else(PoisonError::into_inner);
         let out = session.run(feeds).map_err(|e| err(e.to_string()))?;
@@ -205,12 +192,57 @@ impl OrtNet {
             .map(|name| {
                 let value = out.get(name).ok_or_else(|| err(format!("no output {name:?}")))?;
                 let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| err(format!("output {name:?}: {e}")))?;
-                let &[b, c, h, w] = &shape[..] else {
-                    return Err(err(format!("output {name:?} is not [B, C, H, W]: shape {:?}", &shape[..])));
-                };
-                Array4::from_shape_vec([b as usize, c as usize, h as usize, w as usize], data.to_vec())
-                    .map_err(|e| err(format!("output {name:?}: {e}")))
+                let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+                ArrayD::from_shape_vec(IxDyn(&dims), data.to_vec()).map_err(|e| err(format!("output {name:?}: {e}")))
             })
             .collect()
+    }
+}
+
+/// An input as onnxruntime declares it, in the terms of [`resolve_feeds`].
+///
+/// # Errors
+/// [`ContractMismatch::NotATensor`] for a sequence or map input.
+fn declared(name: &str, ty: &ValueType) -> Result<Declared, ContractMismatch> {
+    let ValueType::Tensor { ty, shape, dimension_symbols } = ty else {
+        return Err(ContractMismatch::NotATensor { name: name.to_string() });
+    };
+    let datum_type = match ty {
+        TensorElementType::Float32 => DatumType::F32,
+        TensorElementType::Float64 => DatumType::F64,
+        TensorElementType::Float16 => DatumType::F16,
+        TensorElementType::Int64 => DatumType::I64,
+        TensorElementType::Int32 => DatumType::I32,
+        TensorElementType::Uint8 => DatumType::U8,
+        TensorElementType::Bool => DatumType::Bool,
+        _ => DatumType::String, // refused by resolve_feeds, named by its debug form below
+    };
+    let dims = shape
+        .iter()
+        .enumerate()
+        .map(|(i, &d)| match d {
+            d if d >= 0 => d.to_string(),
+            _ => dimension_symbols.get(i).filter(|s| !s.is_empty()).cloned().unwrap_or_else(|| "?".into()),
+        })
+        .collect();
+    Ok(Declared { name: name.to_string(), datum_type: Some(datum_type), dims: Some(dims) })
+}
+
+/// A borrowed onnxruntime tensor of `t` (f32, f64, int64 or int32: what [`Feed`]s produce).
+fn ort_value(t: &Tensor) -> Result<SessionInputValue<'_>, String> {
+    fn view<'a, T: tract_onnx::prelude::Datum + ort::value::PrimitiveTensorElementType + std::fmt::Debug>(
+        t: &'a Tensor,
+    ) -> Result<SessionInputValue<'a>, String> {
+        let view = t.to_plain_array_view::<T>().map_err(|e| format!("{e:#}"))?;
+        let data = view.to_slice().ok_or("not contiguous")?;
+        let shape: Vec<i64> = t.shape().iter().map(|&d| d as i64).collect();
+        TensorRef::from_array_view((shape, data)).map(SessionInputValue::from).map_err(|e| e.to_string())
+    }
+    match t.datum_type() {
+        DatumType::F32 => view::<f32>(t),
+        DatumType::F64 => view::<f64>(t),
+        DatumType::I64 => view::<i64>(t),
+        DatumType::I32 => view::<i32>(t),
+        other => Err(format!("element type {other:?} is not fed")),
     }
 }

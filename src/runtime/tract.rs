@@ -1,45 +1,62 @@
-//! The tract backend of [`Net`](super::Net): an ONNX file as an optimized tract plan for batch 1,
-//! run on one thread, with an operator profiler.
+//! The tract backend of [`Net`](super::Net): an ONNX file as an optimized tract plan for batch 1
+//! (inputs fixed to the types and shapes the file declares, [`Feed`]), run on one thread, with an
+//! operator profiler.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
-use ndarray::{Array4, ArrayD, Ix4};
+use ndarray::ArrayD;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 
-use super::checks::{check_input_dims, check_names};
+use super::checks::check_names;
 use super::error::ModelError;
+use super::feed::{Declared, Feed, InputSpec, resolve_feeds};
 use super::net::OpTime;
 
-/// One ONNX file as a runnable tract plan.
-pub(super) struct TractNet(Arc<TypedRunnableModel>);
+/// One ONNX file as a runnable tract plan, with the feed of each of its inputs (file order).
+pub(super) struct TractNet {
+    plan: Arc<TypedRunnableModel>,
+    feeds: Vec<Feed>,
+}
 
 /// A [`ModelError::Tract`] naming `path`.
 fn tract_error(path: &Path, e: &TractError) -> ModelError {
     ModelError::Tract { path: path.to_path_buf(), message: format!("{e:#}") }
 }
 
+/// The inputs of `model` as the file declares them (names, element types, dims).
+fn declared_inputs(model: &InferenceModel) -> TractResult<Vec<Declared>> {
+    let outlets = model.input_outlets()?.to_vec();
+    outlets
+        .iter()
+        .enumerate()
+        .map(|(ix, o)| {
+            let fact = model.input_fact(ix)?;
+            let dims = fact.shape.rank().concretize().map(|_| {
+                fact.shape.dims().map(|d| d.concretize().map(|d| d.to_string()).unwrap_or("?".into())).collect()
+            });
+            Ok(Declared { name: model.node(o.node).name.clone(), datum_type: fact.datum_type.concretize(), dims })
+        })
+        .collect()
+}
+
 impl TractNet {
-    /// Load `path`, check its input and output names and its declared input dims, fix the batch
-    /// to 1, optimize and plan.
+    /// Load `path`, match its declared inputs to `inputs` ([`resolve_feeds`]) and its outputs to
+    /// `outputs` (names, in order), fix every input to its feed's type and shape (batch 1),
+    /// optimize and plan.
     ///
     /// # Errors
-    /// [`ModelError::Contract`] on a name/shape mismatch, [`ModelError::Tract`] if tract cannot
+    /// [`ModelError::Contract`] on a name/type/shape mismatch, [`ModelError::Tract`] if tract cannot
     /// load or optimize it.
-    pub(super) fn load(path: &Path, inputs: &[(&str, Vec<usize>)], outputs: &[&str]) -> Result<Self, ModelError> {
+    pub(super) fn load(path: &Path, inputs: &[InputSpec], outputs: &[&str]) -> Result<Self, ModelError> {
         let tract_err = |e: TractError| tract_error(path, &e);
         let contract = |source| ModelError::Contract { path: path.to_path_buf(), source };
         let mut model = tract_onnx::onnx().model_for_path(path).map_err(tract_err)?;
-        let in_names: Vec<String> = model.input_outlets().map_err(tract_err)?.iter().map(|o| model.node(o.node).name.clone()).collect();
-        let want: Vec<&str> = inputs.iter().map(|(n, _)| *n).collect();
-        check_names("inputs", &in_names, &want).map_err(contract)?;
-        for (ix, (name, shape)) in inputs.iter().enumerate() {
-            let fact = model.input_fact(ix).map_err(tract_err)?;
-            let declared: Vec<String> = fact.shape.dims().map(|d| d.concretize().map(|d| d.to_string()).unwrap_or("?".into())).collect();
-            check_input_dims(name, &declared, shape).map_err(contract)?;
-            model.set_input_fact(ix, f32::fact(shape).into()).map_err(tract_err)?;
+        let feeds = resolve_feeds(&declared_inputs(&model).map_err(tract_err)?, inputs).map_err(contract)?;
+        for (ix, feed) in feeds.iter().enumerate() {
+            model.set_input_fact(ix, InferenceFact::dt_shape(feed.datum_type, &feed.shape)).map_err(tract_err)?;
         }
         let out_names: Vec<String> = model
             .output_outlets()
@@ -49,22 +66,32 @@ impl TractNet {
             .collect();
         check_names("outputs", &out_names, outputs).map_err(contract)?;
         let plan = model.into_optimized().map_err(tract_err)?.into_runnable().map_err(tract_err)?;
-        Ok(Self(plan))
+        Ok(Self { plan, feeds })
     }
 
-    /// Run on `inputs` and return the first `outputs` outputs as `[B, C, H, W]` arrays.
+    /// `inputs` (contract order) converted to the file's types and shapes, in file order.
+    fn feed(&self, path: &Path, inputs: &[Tensor]) -> Result<TVec<TValue>, ModelError> {
+        self.feeds
+            .iter()
+            .map(|f| {
+                let t = inputs.get(f.spec).ok_or_else(|| ModelError::Tract {
+                    path: path.to_path_buf(),
+                    message: format!("{} inputs given, input {:?} missing", inputs.len(), f.name),
+                })?;
+                f.convert(t).map(|t| t.into_tvalue()).map_err(|e| tract_error(path, &e))
+            })
+            .collect()
+    }
+
+    /// Run on `inputs` (contract order) and return the first `outputs` outputs as f32 arrays.
     ///
     /// # Errors
-    /// [`ModelError::Tract`] naming `path` when tract fails or an output is not 4-D.
-    pub(super) fn run(&self, path: &Path, inputs: Vec<Tensor>, outputs: usize) -> Result<Vec<Array4<f32>>, ModelError> {
-        let err = |message: String| ModelError::Tract { path: path.to_path_buf(), message };
-        let out = self.0.run(inputs.into_iter().map(|t| t.into_tvalue()).collect()).map_err(|e| tract_error(path, &e))?;
+    /// [`ModelError::Tract`] naming `path` when tract fails or an output is not f32.
+    pub(super) fn run(&self, path: &Path, inputs: &[Tensor], outputs: usize) -> Result<Vec<ArrayD<f32>>, ModelError> {
+        let out = self.plan.run(self.feed(path, inputs)?).map_err(|e| tract_error(path, &e))?;
         out.into_iter()
             .take(outputs)
-            .map(|v| {
-                let a: ArrayD<f32> = v.into_tensor().into_plain_array::<f32>().map_err(|e| tract_error(path, &e))?;
-                a.into_dimensionality::<Ix4>().map_err(|e| err(format!("output is not [B, C, H, W]: {e}")))
-            })
+            .map(|v| v.into_tensor().into_plain_array::<f32>().map_err(|e| tract_error(path, &e)))
             .collect()
     }
 
@@ -73,13 +100,13 @@ impl TractNet {
     ///
     /// # Errors
     /// [`ModelError::Tract`] naming `path` when tract fails.
-    pub(super) fn profile(&self, path: &Path, inputs: Vec<Tensor>, runs: usize) -> Result<Vec<OpTime>, ModelError> {
-        let mut state = tract_core::plan::SimpleState::new(&self.0).map_err(|e| tract_error(path, &e))?;
+    pub(super) fn profile(&self, path: &Path, inputs: &[Tensor], runs: usize) -> Result<Vec<OpTime>, ModelError> {
+        let mut state = tract_core::plan::SimpleState::new(&self.plan).map_err(|e| tract_error(path, &e))?;
         let mut total: BTreeMap<String, f64> = BTreeMap::new();
         let mut nodes: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
         let runs = runs.max(1);
         for _ in 0..runs {
-            let inputs = inputs.iter().map(|t| t.clone().into_tvalue()).collect();
+            let inputs = self.feed(path, inputs)?;
             state
                 .run_plan_with_eval(inputs, |ctx, op_state, node, input| {
                     let start = std::time::Instant::now();

@@ -180,6 +180,7 @@ fn parse_request(ctx: &Ctx, payload: &[u8], stopping: bool) -> Result<Parsed, Re
         return Err(Refusal::new(Some(&body.id), ErrorCode::ShuttingDown, "the device is shutting down"));
     }
     let (config, info) = (&ctx.config, ctx.generator.info());
+    let default_text = config.generation.text_for(info);
     let rules = RequestRules {
         info,
         frames: ctx.frame_limits(),
@@ -187,6 +188,7 @@ fn parse_request(ctx: &Ctx, payload: &[u8], stopping: bool) -> Result<Parsed, Re
         max_strength: config.limits.max_strength,
         default_steps: config.generation.steps_for(info),
         default_strength: config.generation.strength,
+        default_text: &default_text,
     };
     Ok(Parsed::Job(Job { request: body.check(&rules)?, reply: None, ack: None }))
 }

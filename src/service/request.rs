@@ -1,6 +1,7 @@
 //! Requests on `P/request` (README "MQTT interface"): JSON
-//! `{"id", "frames": {modality: base64 PNG/JPEG}, "seed"?, "steps"?, "strength"?}`, parsed and
-//! checked against the model and the configured limits. Every refusal carries the request id
+//! `{"id", "frames": {modality: base64 PNG/JPEG}, "seed"?, "steps"?, "strength"?, "prompt"?,
+//! "negative_prompt"?, "guidance_scale"?}`, parsed and checked against the model and the
+//! configured limits. Every refusal carries the request id
 //! when it could be read, an error code and a message.
 
 use std::collections::BTreeMap;
@@ -9,6 +10,7 @@ use base64::Engine;
 use serde::Deserialize;
 
 use crate::contract::{Maps, ModelInfo};
+use crate::diffusion::{MAX_GUIDANCE_SCALE, MAX_PROMPT_CHARS, TextParams};
 use crate::error_code::ErrorCode;
 use crate::frames::{FrameLimits, decode_frame};
 use crate::mqtt::topic_text_ok;
@@ -41,10 +43,14 @@ pub struct RequestBody {
     /// 1..=[`MAX_ID_CHARS`] characters, no `/`, `+`, `#` or what [`topic_text_ok`] refuses (it
     /// ends the topic `image/<id>`).
     pub id: String,
+    #[serde(default)]
     frames: BTreeMap<String, String>,
     seed: Option<u64>,
     steps: Option<i64>,
     strength: Option<f64>,
+    prompt: Option<String>,
+    negative_prompt: Option<String>,
+    guidance_scale: Option<f64>,
 }
 
 /// What a request is checked against.
@@ -63,6 +69,9 @@ pub struct RequestRules<'a> {
     pub default_steps: usize,
     /// `strength` when the request does not give it.
     pub default_strength: f32,
+    /// The prompt settings when the request does not give them (`[generation] prompt`,
+    /// `negative_prompt`, `guidance_scale`); used only for a model with text.
+    pub default_text: &'a TextParams,
 }
 
 /// A checked request with its frames decoded to maps of the model's size.
@@ -78,6 +87,8 @@ pub struct Request {
     pub steps: usize,
     /// Conditioning strength, 0..=max_strength.
     pub strength: f32,
+    /// The prompt of a text-conditional model (the config's defaults where the request gives none).
+    pub text: TextParams,
 }
 
 /// Parse the JSON and check the id (cheap: frames are not decoded yet).
@@ -113,15 +124,18 @@ impl RequestBody {
     /// Check the parameters against `rules` and decode the frames.
     ///
     /// # Errors
-    /// `no_frames`, `unknown_modality`, `invalid_steps`, `invalid_strength`, `frame_too_large`,
+    /// `no_frames` (none, and no prompt for a text model), `unknown_modality`, `invalid_steps`,
+    /// `invalid_strength`, `invalid_prompt`, `invalid_guidance_scale`, `frame_too_large`,
     /// `invalid_base64`, or the frame decoder's code ([`crate::frames::FrameError::code`]).
     pub fn check(self, rules: &RequestRules<'_>) -> Result<Request, Refusal> {
         let id = self.id.as_str();
         let refuse = |code: ErrorCode, message: String| Refusal::new(Some(id), code, message);
         let info = rules.info;
         let names = || format!("{:?}", info.modalities.iter().map(|m| m.name.as_str()).collect::<Vec<_>>());
-        if self.frames.is_empty() {
-            return Err(refuse(ErrorCode::NoFrames, format!("frames is empty; give at least one of {}", names())));
+        let text = self.text(rules).map_err(|(code, message)| refuse(code, message))?;
+        if self.frames.is_empty() && text.prompt.is_empty() {
+            let or_prompt = if info.text.is_some() { " or a prompt" } else { "" };
+            return Err(refuse(ErrorCode::NoFrames, format!("frames is empty; give at least one of {}{or_prompt}", names())));
         }
         let max_steps = rules.max_steps.min(info.schedule.num_train_timesteps);
         let distilled = info.schedule.timesteps.as_ref().map(Vec::len);
@@ -158,7 +172,38 @@ impl RequestBody {
                 .map_err(|e| refuse(e.code(), format!("frames.{name}: {e}")))?;
             maps.insert(name.clone(), map);
         }
-        Ok(Request { id: self.id, maps, seed: self.seed, steps, strength })
+        Ok(Request { id: self.id, maps, seed: self.seed, steps, strength, text })
+    }
+
+    /// The prompt settings: the request's, else the config's for a model with text; a prompt
+    /// or guidance scale for a model without text is refused.
+    fn text(&self, rules: &RequestRules<'_>) -> Result<TextParams, (ErrorCode, String)> {
+        if rules.info.text.is_none() {
+            if self.prompt.is_some() || self.negative_prompt.is_some() {
+                return Err((ErrorCode::InvalidPrompt, "this model takes no prompt (it has no text encoder)".into()));
+            }
+            if self.guidance_scale.is_some() {
+                return Err((ErrorCode::InvalidGuidanceScale, "guidance_scale: this model takes no prompt (it has no text encoder)".into()));
+            }
+            return Ok(TextParams::default());
+        }
+        for (field, p) in [("prompt", &self.prompt), ("negative_prompt", &self.negative_prompt)] {
+            let chars = p.as_deref().map_or(0, |p| p.chars().count());
+            if chars > MAX_PROMPT_CHARS {
+                return Err((ErrorCode::InvalidPrompt, format!("{field}: {chars} characters, at most {MAX_PROMPT_CHARS}")));
+            }
+        }
+        let guidance_scale = match self.guidance_scale {
+            None => rules.default_text.guidance_scale,
+            Some(g) if g.is_finite() && (0.0..=f64::from(MAX_GUIDANCE_SCALE)).contains(&g) => Some(g as f32),
+            Some(g) => return Err((ErrorCode::InvalidGuidanceScale, format!("guidance_scale {g} must be within 0..={MAX_GUIDANCE_SCALE}"))),
+        };
+        let or_default = |p: &Option<String>, d: &str| p.clone().unwrap_or_else(|| d.to_string());
+        Ok(TextParams {
+            prompt: or_default(&self.prompt, &rules.default_text.prompt),
+            negative_prompt: or_default(&self.negative_prompt, &rules.default_text.negative_prompt),
+            guidance_scale,
+        })
     }
 }
 
@@ -187,7 +232,16 @@ mod tests {
             image::GrayImage::from_pixel(16, 16, image::Luma([255])).write_to(&mut png, image::ImageFormat::Png).unwrap();
             base64::Engine::encode(&base64::engine::general_purpose::STANDARD, png.into_inner())
         };
-        let body = RequestBody { id: "r".into(), frames: [("sketch".into(), sketch)].into(), seed: None, steps, strength: None };
+        let body = RequestBody {
+            id: "r".into(),
+            frames: [("sketch".into(), sketch)].into(),
+            seed: None,
+            steps,
+            strength: None,
+            prompt: None,
+            negative_prompt: None,
+            guidance_scale: None,
+        };
         let rules = RequestRules {
             info,
             frames: FrameLimits::default(),
@@ -195,6 +249,7 @@ mod tests {
             max_strength: 3.0,
             default_steps: crate::config::GenerationConfig::default().steps_for(info),
             default_strength: 1.5,
+            default_text: &TextParams::default(),
         };
         body.check(&rules)
     }

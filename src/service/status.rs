@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::state::{Ctx, lock};
 use crate::contract::{Maps, ModalityInfo};
+use crate::diffusion::DEFAULT_GUIDANCE_SCALE;
 use crate::display::{BrokerState, PanelState, render_map};
 
 /// `P/status` payload.
@@ -43,6 +44,14 @@ struct GenerationSummary {
     max_strength: f32,
     /// The only step counts a distilled model takes; `None`: any in `1..=max_steps`.
     sample_steps: Option<Vec<usize>>,
+    /// Whether requests may carry `prompt`, `negative_prompt` and `guidance_scale`.
+    text: bool,
+    /// The prompt of requests that give none (text models only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt: Option<String>,
+    /// The guidance scale of requests that give none (text models only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    guidance_scale: Option<f32>,
 }
 
 #[derive(Serialize)]
@@ -53,6 +62,12 @@ struct ModelSummary<'a> {
     base: &'a str,
     mcm: Option<&'a str>,
     cond_channels: usize,
+    /// `pixel` or `latent` (contract 2's `[latent]`: the base denoises latents that decoder.onnx decodes).
+    space: &'static str,
+    /// Whether the base takes a prompt (contract 2's `[text]`).
+    text: bool,
+    /// The sampler: `ddim`, `euler` or `lcm`.
+    sampler: &'static str,
 }
 
 impl Ctx {
@@ -109,7 +124,18 @@ impl Ctx {
         let (g, l, info) = (&self.config.generation, &self.config.limits, self.generator.info());
         let sample_steps = info.schedule.timesteps.as_ref().map(|grid| vec![grid.len()]);
         let max_steps = l.max_steps.min(info.schedule.num_train_timesteps);
-        GenerationSummary { steps: g.steps_for(info), strength: g.strength, max_steps, max_strength: l.max_strength, sample_steps }
+        let text = g.text_for(info);
+        let guidance_scale = info.text.as_ref().map(|t| text.guidance_scale.or(t.guidance_scale).unwrap_or(DEFAULT_GUIDANCE_SCALE));
+        GenerationSummary {
+            steps: g.steps_for(info),
+            strength: g.strength,
+            max_steps,
+            max_strength: l.max_strength,
+            sample_steps,
+            text: info.text.is_some(),
+            prompt: info.text.as_ref().map(|_| text.prompt),
+            guidance_scale,
+        }
     }
 
     /// Publish the retained status (and refresh the display).
@@ -131,6 +157,9 @@ impl Ctx {
                 base: &info.base.file,
                 mcm: info.mcm.as_ref().map(|m| m.file.as_str()),
                 cond_channels: info.cond_channels(),
+                space: if info.latent.is_some() { "latent" } else { "pixel" },
+                text: info.text.is_some(),
+                sampler: info.schedule.sampler.name(),
             },
             modalities: &info.modalities,
             generation: self.generation_summary(),

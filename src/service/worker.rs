@@ -98,6 +98,7 @@ fn answer_request(ctx: &Ctx, job: &Job) {
         steps: job.request.steps,
         strength: job.request.strength,
         eta: ctx.config.generation.eta,
+        text: job.request.text.clone(),
     };
     log::info!("request {id:?}: generating ({} steps, strength {}, seed {})", params.steps, params.strength, params.seed);
     let start = Instant::now();
@@ -136,6 +137,7 @@ fn run_frames(ctx: &Ctx, latest: &mut Maps, frames: BTreeMap<String, Vec<u8>>) {
         steps: ctx.config.generation.steps_for(info).min(info.schedule.num_train_timesteps),
         strength: ctx.config.generation.strength,
         eta: ctx.config.generation.eta,
+        text: ctx.config.generation.text_for(info),
     };
     let start = Instant::now();
     match generate_png(ctx, latest, &params) {

@@ -13,7 +13,7 @@ use anyhow::Context;
 use tract_onnx::prelude::IntoTensor;
 
 use crate::contract::{Maps, build_cond};
-use crate::diffusion::{GenerationParams, ImageGenerator, Noise, Pipeline};
+use crate::diffusion::{GenerationParams, ImageGenerator, Noise, Pipeline, TextParams};
 use crate::frames::{FrameLimits, decode_frame};
 use crate::runtime::{Backend, OpTime, timestep_tensor};
 
@@ -227,7 +227,7 @@ pub fn bench(dir: &Path, frame: &[u8], steps: usize, runs: usize, profile: bool,
     let runs = runs.max(1);
     for (generator, _) in &loaded {
         for _ in 0..3 {
-            generator.eps(&x, 500, &cond, 1.0)?; // warm-up (onnxruntime's first calls are slower)
+            generator.eps(&x, 500, &cond, None, 1.0)?; // warm-up (onnxruntime's first calls are slower)
         }
     }
     let generators: Vec<&Pipeline> = loaded.iter().map(|(g, _)| g).collect();
@@ -235,8 +235,8 @@ pub fn bench(dir: &Path, frame: &[u8], steps: usize, runs: usize, profile: bool,
     let t = timestep_tensor(500.0, 1);
     let eps = generators[0].models().base.run(vec![x.clone().into_tensor(), t.clone()])?.remove(0);
     let mcm_inputs = vec![x.clone().into_tensor(), eps.into_tensor(), cond.clone().into_tensor(), t];
-    let mut base_f = |g: &Pipeline| g.eps(&x, 500, &cond, 0.0).map(drop).map_err(Into::into);
-    let mut mcm_f = |g: &Pipeline| g.eps(&x, 500, &cond, 1.0).map(drop).map_err(Into::into);
+    let mut base_f = |g: &Pipeline| g.eps(&x, 500, &cond, None, 0.0).map(drop).map_err(Into::into);
+    let mut mcm_f = |g: &Pipeline| g.eps(&x, 500, &cond, None, 1.0).map(drop).map_err(Into::into);
     let mut net_f = |g: &Pipeline| {
         let mcm = g.models().mcm.as_ref().ok_or_else(|| anyhow::anyhow!("no MCM"))?;
         mcm.run(mcm_inputs.clone())?;
@@ -252,7 +252,7 @@ pub fn bench(dir: &Path, frame: &[u8], steps: usize, runs: usize, profile: bool,
         Some(net) => net.iter().copied().map(Some).collect(),
         None => vec![None; generators.len()],
     };
-    let params = GenerationParams { seed: 0, steps, strength: 1.0, eta: 0.0 };
+    let params = GenerationParams { seed: 0, steps, strength: 1.0, eta: 0.0, text: TextParams::default() };
     let mut image_f = |g: &Pipeline| {
         let img = g.generate(&decode()?, &params)?;
         let mut png = std::io::Cursor::new(Vec::new());

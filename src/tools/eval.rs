@@ -30,7 +30,7 @@ use serde::Serialize;
 use tract_onnx::prelude::IntoTensor;
 
 use crate::contract::{Maps, ModalityKind, ModalityMap};
-use crate::diffusion::{GenerateError, GenerationParams, ImageGenerator, LoadError, Pipeline, from_image};
+use crate::diffusion::{GenerateError, GenerationParams, ImageGenerator, LoadError, Pipeline, TextParams, from_image};
 use crate::frames::{FrameLimits, decode_frame};
 use crate::runtime::{Backend, ModelError, Net, load_estimator, load_segmenter};
 
@@ -537,7 +537,7 @@ pub fn evaluate(model_dir: &Path, data: &Path, opts: &EvalOptions, backend: &Bac
     // counts[j][v]: scored modality j judged on the images of variant v
     let mut counts: Vec<Vec<Counts>> = scored.iter().map(|s| vec![s.counts(); variants.len()]).collect();
     for (i, ex) in examples.iter().enumerate() {
-        let params = |strength| GenerationParams { seed: opts.seed + i as u64, steps: opts.steps, strength, eta: 0.0 };
+        let params = |strength| GenerationParams { seed: opts.seed + i as u64, steps: opts.steps, strength, eta: 0.0, text: TextParams::default() };
         let given = |js: &[usize]| -> Maps { js.iter().map(|&j| (scored[j].name.clone(), ex.maps[j].clone())).collect() };
         let every: Vec<usize> = (0..scored.len()).collect();
         for (v, variant) in variants.iter().enumerate() {

@@ -1,16 +1,14 @@
 //! Replaying the exporter's test vectors (`models/*/test_vectors/*.npy`, written by `mcm-train`
-//! from the PyTorch weights) through a loaded [`Net`], whatever backend runs it.
+//! from the PyTorch weights and diffusers' pipelines) through the device, whatever backend runs it.
 #![allow(dead_code)] // each test file uses a part of it
 
 use std::path::{Path, PathBuf};
 
-use mcm_edge::runtime::Net;
-use ndarray::{Array4, ArrayD, Ix4};
-use ndarray_npy::read_npy;
+use mcm_edge::diffusion::Noise;
+use mcm_edge::runtime::{Backend, InputKind, InputSpec, timestep_tensor};
+use mcm_edge::tools::verify::verify;
+use ndarray::Array4;
 use tract_onnx::prelude::*;
-
-/// Largest accepted max abs difference between a backend's output and PyTorch's.
-pub const TOLERANCE: f32 = 1e-4;
 
 /// The model directories under `models/` that have `test_vectors/` (models/tiny at least).
 pub fn model_dirs() -> Vec<PathBuf> {
@@ -25,41 +23,35 @@ pub fn model_dirs() -> Vec<PathBuf> {
     dirs
 }
 
-/// `DIR/test_vectors/NAME.npy`.
-pub fn vector(dir: &Path, name: &str) -> ArrayD<f32> {
-    let path = dir.join("test_vectors").join(format!("{name}.npy"));
-    read_npy(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
 /// Largest absolute element difference.
 pub fn max_abs_diff(a: &Array4<f32>, b: &Array4<f32>) -> f32 {
     assert_eq!(a.shape(), b.shape());
     (a - b).mapv(f32::abs).fold(0.0f32, |m, &v| m.max(v))
 }
 
-/// Run `net` one batch row at a time (nets are loaded for batch 1) and compare with the vectors
-/// `NET_NAME.OUTPUT`; `label` names the backend in the messages.
-pub fn replay(label: &str, dir: &Path, net_name: &str, net: &Net, inputs: &[&str], outputs: &[&str]) {
-    let ins: Vec<ArrayD<f32>> = inputs.iter().map(|i| vector(dir, &format!("{net_name}.{i}"))).collect();
-    let batch = ins[0].shape()[0];
-    for b in 0..batch {
-        let row: Vec<Tensor> = ins.iter().map(|a| a.slice_axis(ndarray::Axis(0), (b..b + 1).into()).to_owned().into_tensor()).collect();
-        let got = net.run(row).unwrap();
-        for (o, g) in outputs.iter().zip(got) {
-            let want: Array4<f32> = vector(dir, &format!("{net_name}.{o}")).into_dimensionality::<Ix4>().unwrap();
-            let want = want.slice_axis(ndarray::Axis(0), (b..b + 1).into()).to_owned();
-            let diff = max_abs_diff(&g, &want);
-            assert!(diff <= TOLERANCE, "{label}: {}: {net_name}.{o}[{b}] differs from PyTorch by {diff}", dir.display());
-            println!("{label}: {}: {net_name}.{o}[{b}] max abs diff {diff:.2e}", dir.display());
-        }
+/// Replay every test vector of `dir` through `backend` (`mcm-edge verify`): each net, the
+/// tokenizer and diffusers' pipeline runs must be within their tolerances; `label` names the
+/// backend in the messages.
+pub fn verify_dir(label: &str, dir: &Path, backend: &Backend) {
+    let checks = verify(dir, backend).unwrap_or_else(|e| panic!("{label}: {}: {e}", dir.display()));
+    assert!(!checks.is_empty(), "{}: no checks", dir.display());
+    for c in &checks {
+        println!("{label}: {}: {}: max abs diff {:.2e} (tolerance {:.0e})", dir.display(), c.what, c.max_abs_diff, c.tolerance);
+        assert!(c.ok(), "{label}: {}: {} differs from PyTorch by {} (tolerance {})", dir.display(), c.what, c.max_abs_diff, c.tolerance);
     }
 }
 
-/// The segmenter's outputs in a model directory: `logits`, and `features` where model.toml
-/// declares them (`[segmenter] features`).
-pub fn segmenter_outputs(info: &mcm_edge::contract::ModelInfo) -> &'static [&'static str] {
-    match info.segmenter.as_ref().and_then(|s| s.features) {
-        Some(_) => &["logits", "features"],
-        None => &["logits"],
-    }
+/// Random inputs for a net loaded with `specs` (floats from `noise`, timesteps `t`, token ids 1).
+pub fn random_inputs(specs: &[InputSpec], noise: &mut Noise, t: f32) -> Vec<Tensor> {
+    specs
+        .iter()
+        .map(|s| match s.kind {
+            InputKind::Timestep => timestep_tensor(t, 1),
+            InputKind::TokenIds => ndarray::ArrayD::<i64>::ones(s.shape.clone()).into_tensor(),
+            InputKind::Float => {
+                let n: usize = s.shape.iter().product();
+                ndarray::ArrayD::from_shape_vec(s.shape.clone(), noise.randn([1, 1, 1, n]).into_raw_vec_and_offset().0).unwrap().into_tensor()
+            }
+        })
+        .collect()
 }

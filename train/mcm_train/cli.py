@@ -180,17 +180,29 @@ def _carry_base(a: argparse.Namespace, doc: dict, modalities: list[ModalitySpec]
         _carry_nets(a.base, a.out, doc, skip=("mcm", "modalities"), modalities={m.name for m in modalities})
 
 
+def _net_files(section: dict) -> list[str]:
+    """The files a model.toml section names: its `file` and `tokenizer`, and those of the nets
+    nested in it (`[latent.decoder]`, `[latent.encoder]`)."""
+    files = [section[k] for k in ("file", "tokenizer") if isinstance(section.get(k), str)]
+    return files + [f for v in section.values() if isinstance(v, dict) for f in _net_files(v)]
+
+
 def _carry_nets(src: Path, out: Path, doc: dict, skip: tuple[str, ...], modalities: set[str]) -> None:
     """Copy the nets of the model directory `src` (model.toml `doc`) to `out` with their test
-    vectors and sections, except the sections in `skip`; estimators only of `modalities`."""
+    vectors and sections, except the sections in `skip`; estimators only of `modalities`. A
+    contract-2 directory's decoder, encoder, text encoder and tokenizer go along, with the
+    tokenizer's and diffusers' pipeline vectors."""
     estimators = {k: v for k, v in doc.get("estimators", {}).items() if k in modalities}
     nets = {name: section for name, section in doc.items()
-            if name not in skip and isinstance(section, dict) and "file" in section}
+            if name not in (*skip, "estimators") and isinstance(section, dict)}
     (out / "test_vectors").mkdir(parents=True, exist_ok=True)
-    for section in [*nets.values(), *estimators.values()]:
-        if (src / section["file"]).exists():
-            shutil.copy2(src / section["file"], out / section["file"])
-        for vec in (src / "test_vectors").glob(f"{Path(section['file']).stem}.*.npy"):
+    stems = ["tokenizer", "pipeline"] if "text" in nets else []
+    for file in [f for section in [*nets.values(), *estimators.values()] for f in _net_files(section)]:
+        if (src / file).exists():
+            shutil.copy2(src / file, out / file)
+        stems.append(Path(file).stem)
+    for stem in stems:
+        for vec in (src / "test_vectors").glob(f"{stem}.*"):
             shutil.copy2(vec, out / "test_vectors" / vec.name)
     carried = {k: v for k, v in doc.items() if k not in (*skip, "estimators")}
     update_model_toml(out, **carried, **({"estimators": estimators} if estimators else {}))
@@ -249,19 +261,26 @@ def cmd_mcm(a: argparse.Namespace) -> None:
 
     doc, ds, modalities = _conditioning_inputs(a)
     _refuse_other_base(a, a.base)
+    latent = doc.get("latent")
+    if latent and (a.base_run or a.distill_from or a.init_from):
+        raise CliError(f"{a.base}: a latent base trains its MCM from base.onnx only (no --base-run, --distill-from, --init-from)")
+    batches, timestep_cond = (_latent_batches(a, doc, ds) if latent else (None, None))
     base_fn = (torch_base_fn(load_base_run(a.base_run), resolve_device(a.device)) if a.base_run
-              else onnx_base_fn(a.base / "base.onnx", a.threads))
+               else onnx_base_fn(a.base / doc["base"].get("file", "base.onnx"), a.threads, timestep_cond))
     k = cond_channels(modalities)
-    cfg = UNetConfig(channels=_ints(a.channels), num_res_blocks=a.res_blocks,
-                     attention_resolutions=_ints(a.attention), image_size=ds.size, space_to_depth=a.space_to_depth)
-    mcm = MCM(doc["image"]["channels"], k, cfg)
-    print(f"MCM: {count_parameters(mcm):,} parameters, cond channels {k}, base from "
+    fold = int(latent["downsampling"]) if latent else 1
+    channels = int(latent["channels"]) if latent else doc["image"]["channels"]
+    cfg = UNetConfig(channels=_ints(a.channels), num_res_blocks=a.res_blocks, attention_resolutions=_ints(a.attention),
+                     image_size=ds.size // fold, space_to_depth=a.space_to_depth)
+    mcm = MCM(channels, k, cfg, cond_fold=fold)
+    print(f"MCM: {count_parameters(mcm):,} parameters, cond channels {k}"
+          f"{f' folded {fold}x{fold} onto the {ds.size // fold}px latent grid' if fold > 1 else ''}, base from "
           f"{'PyTorch ' + str(a.base_run) if a.base_run else 'onnxruntime ' + str(a.base / 'base.onnx')}")
     init_from = _warm_start(a, mcm, modalities)
     sched, grid = ScheduleConfig.from_toml(doc["schedule"]), doc["schedule"].get("timesteps")
     teaching = {"distill_from": str(a.distill_from.resolve())} if a.distill_from else {}
     identity = _identity(a, base=str(a.base.resolve()), mcm=cfg.to_dict(), modalities=[m.to_toml() for m in modalities],
-                         **init_from, **teaching)
+                         **init_from, **teaching, **({"cond_fold": fold} if fold > 1 else {}))
     tc, losses = _train_config(a, identity), {"drop_prob": a.drop_prob, "l1_weight": a.l1_weight}
     if a.distill_from:
         teacher, teacher_grid = _mcm_teacher(a, doc, modalities)
@@ -270,13 +289,14 @@ def cmd_mcm(a: argparse.Namespace) -> None:
     else:
         if grid:
             print(f"timesteps: the distilled base's grid {grid}")
-        result = train_mcm(ds, mcm, base_fn, modalities, sched, tc, _run_dir(a), **losses, timesteps=grid)
+        result = train_mcm(ds, mcm, base_fn, modalities, sched, tc, _run_dir(a), **losses, timesteps=grid, batches=batches)
     if not result.done and not a.budget_final:
         return
     _carry_base(a, doc, modalities)
     export_mcm(result.model, k, a.out)
     update_model_toml(a.out, modalities=[m.to_toml() for m in modalities],
                       mcm={"file": "mcm.onnx", "method": "mcm", "cond_channels": k, "architecture": cfg.to_dict(),
+                           **({"cond_fold": fold} if fold > 1 else {}),
                            "drop_prob": a.drop_prob, "l1_weight": a.l1_weight,
                            **({"init_from": str(a.init_from)} if init_from else {}),
                            "loss": "distillation" if a.distill_from else "denoising",
@@ -285,6 +305,30 @@ def cmd_mcm(a: argparse.Namespace) -> None:
                            **_provenance(a, result, result.model)})
     write_parity_vectors(a.out)
     print(f"exported {a.out}/mcm.onnx after {result.steps} steps, loss {result.final_loss:.4f}")
+
+
+def _latent_batches(a: argparse.Namespace, doc: dict, ds: Dataset) -> tuple[object, object]:
+    """The training batches of a latent base (contract 2): the images encoded once with its
+    encoder.onnx (cached in the dataset folder), each image's caption embedded with its text
+    encoder; and LCM's guidance embedding at the model's guidance scale for a base that takes one."""
+    from .data.latents import encode_latents, load_captions
+    from .training.batches import Batches
+    from .training.text import TextEmbedder, guidance_embedding
+
+    encoder = doc["latent"].get("encoder")
+    if not encoder:
+        raise CliError(f"{a.base}/model.toml: [latent] has no encoder (re-export it with `mcm-train export-diffusers`)")
+    latents = encode_latents(ds, a.data, a.base / encoder["file"], a.threads)
+    text = doc.get("text")
+    embeddings = None
+    if text:
+        captions = load_captions(a.data, ds.stems)
+        embeddings = TextEmbedder(a.base, text, a.threads).embed(captions)
+        print(f"latents of {len(ds)} images (and their flips) from {encoder['file']}; "
+              f"{sum(1 for c in captions if c)} captions, the others the empty prompt")
+    dim = doc["base"].get("timestep_cond")
+    timestep_cond = guidance_embedding(float(text.get("guidance_scale", 7.5)) - 1 if text else 0.0, int(dim)) if dim else None
+    return Batches(ds, latents, embeddings), timestep_cond
 
 
 def cmd_controlnet(a: argparse.Namespace) -> None:
@@ -489,9 +533,25 @@ def cmd_export_vectors(a: argparse.Namespace) -> None:
 
 def cmd_export_diffusers(a: argparse.Namespace) -> None:
     from .export.diffusers import export_diffusers
+    from .export.pipeline import export_pipeline, is_pipeline
 
+    if is_pipeline(a.source):
+        doc = export_pipeline(a.source, a.out, decoder=a.decoder, size=a.size)
+        print(f"exported {a.source} to {a.out} (contract 2: base.onnx, decoder.onnx, encoder.onnx, text_encoder.onnx, "
+              f"tokenizer.json; {doc['image']['size']} px, sampler {doc['schedule']['sampler']}); "
+              f"check it with `mcm-edge verify {a.out}`")
+        return
+    if a.decoder or a.size:
+        raise CliError(f"{a.source}: --decoder and --size are for pipeline folders with a text-conditional U-Net")
     export_diffusers(a.source, a.out)
     print(f"exported {a.source} to {a.out}/base.onnx + model.toml")
+
+
+def cmd_tiny_diffusers(a: argparse.Namespace) -> None:
+    from .export.tiny_diffusers import write_tiny_pipeline
+
+    write_tiny_pipeline(a.out, a.kind, a.seed)
+    print(f"wrote a tiny random {a.kind} pipeline folder (64 px, 8x8x4 latents) to {a.out}")
 
 
 def cmd_export_random(a: argparse.Namespace) -> None:
@@ -626,10 +686,22 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--model", type=Path, required=True, help="model directory with model.toml")
     v.set_defaults(func=cmd_export_vectors)
 
-    e = sub.add_parser("export-diffusers", help="turn a diffusers UNet2DModel + scheduler into base.onnx + model.toml")
+    e = sub.add_parser("export-diffusers", help="turn a local diffusers folder into a model directory: a "
+                       "text-conditional latent pipeline (SD 1.x/2.x class, LCM, SD-Turbo) into contract 2, a pixel-space "
+                       "UNet2DModel into base.onnx + model.toml")
     e.add_argument("source", type=Path, help="local diffusers folder (a pipeline or a bare UNet2DModel)")
     e.add_argument("--out", type=Path, required=True, help="model directory to write")
+    e.add_argument("--decoder", type=Path, help="an AutoencoderTiny folder (TAESD) to use instead of the pipeline's vae/")
+    e.add_argument("--size", type=int, help="image size in pixels (default: the U-Net's sample_size x the VAE's downsampling)")
     e.set_defaults(func=cmd_export_diffusers)
+
+    t = sub.add_parser("tiny-diffusers", help="write a tiny random diffusers pipeline folder (tests, trying the import)")
+    t.add_argument("--kind", choices=["sd", "lcm", "turbo"], default="sd",
+                   help="sd: DDIM + classifier-free guidance, AutoencoderKL; lcm: LCMScheduler + guidance embedding, "
+                        "TAESD; turbo: Euler on the trailing grid, no guidance, TAESD")
+    t.add_argument("--out", type=Path, required=True, help="pipeline folder to write")
+    t.add_argument("--seed", type=int, default=0, help="seeds the random weights")
+    t.set_defaults(func=cmd_tiny_diffusers)
 
     r = sub.add_parser("export-random", help="a random-weight model directory (tiny fixture, or paper-scale for benchmarks)")
     r.add_argument("--preset", choices=sorted(PRESETS), default="tiny")

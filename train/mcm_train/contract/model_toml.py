@@ -21,7 +21,7 @@ def read_model_toml(out_dir: Path) -> dict:
 def update_model_toml(out_dir: Path, **sections: object) -> dict:
     """Replace the given top-level sections of `out_dir/model.toml` (creating it), keep the others."""
     doc = read_model_toml(out_dir)
-    doc["format"] = FORMAT_VERSION
+    doc.setdefault("format", FORMAT_VERSION)  # contract 2 directories keep their format
     doc.update({k: v for k, v in sections.items() if v is not None})
     (out_dir / "model.toml").write_text(_HEADER + tomli_w.dumps(doc))
     return doc

@@ -60,11 +60,14 @@ def export_onnx(module: nn.Module, inputs: dict[str, torch.Tensor], outputs: lis
     onnx.checker.check_model(onnx.load(str(path)))
 
 
-def _save_vectors(out_dir: Path, net: str, tensors: dict[str, torch.Tensor]) -> None:
+def save_vectors(out_dir: Path, net: str, tensors: dict[str, torch.Tensor]) -> None:
+    """Write `out_dir/test_vectors/NET.NAME.npy` for each tensor: floats as f32, integers (token
+    ids) as int64."""
     vec = out_dir / "test_vectors"
     vec.mkdir(parents=True, exist_ok=True)
     for name, t in tensors.items():
-        np.save(vec / f"{net}.{name}.npy", t.detach().numpy().astype(np.float32))
+        a = t.detach().numpy()
+        np.save(vec / f"{net}.{name}.npy", a.astype(np.int64 if np.issubdtype(a.dtype, np.integer) else np.float32))
 
 
 def _vector_inputs(channels: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,22 +88,24 @@ def export_denoiser(module: nn.Module, channels: int, size: int, out_dir: Path, 
     export_onnx(module, {"sample": sample, "timestep": timestep}, [output], out_dir / "base.onnx")
     with torch.no_grad():
         prediction = module(sample, timestep)
-    _save_vectors(out_dir, "base", {"sample": sample, "timestep": timestep, output: prediction})
+    save_vectors(out_dir, "base", {"sample": sample, "timestep": timestep, output: prediction})
 
 
 def export_mcm(mcm: MCM, cond_channels: int, out_dir: Path) -> None:
     """Write `mcm.onnx` and its test vectors (`mcm.sample`, `.eps`, `.cond`, `.timestep`, `.gamma`, `.beta`).
-    The vector's cond is a random 0/1 map so that every input channel matters."""
+    The vector's cond is a random 0/1 map so that every input channel matters; at image size, which
+    for a latent MCM is `cond_fold` times its grid."""
     cfg = mcm.net.cfg
     sample, timestep = _vector_inputs(mcm.image_channels, cfg.image_size, 2)
     gen = torch.Generator().manual_seed(3)
     eps = torch.randn(sample.shape, generator=gen)
-    cond = (torch.rand(2, cond_channels, cfg.image_size, cfg.image_size, generator=gen) < 0.3).float()
+    s = cfg.image_size * getattr(mcm, "cond_fold", 1)  # maps at image size (a latent MCM folds them)
+    cond = (torch.rand(2, cond_channels, s, s, generator=gen) < 0.3).float()
     inputs = {"sample": sample, "eps": eps, "cond": cond, "timestep": timestep}
     export_onnx(mcm, inputs, ["gamma", "beta"], out_dir / "mcm.onnx")
     with torch.no_grad():
         gamma, beta = mcm(*inputs.values())
-    _save_vectors(out_dir, "mcm", {**inputs, "gamma": gamma, "beta": beta})
+    save_vectors(out_dir, "mcm", {**inputs, "gamma": gamma, "beta": beta})
 
 
 def export_image_net(net: UNet, stem: str, output: str, out_dir: Path) -> None:
@@ -118,7 +123,7 @@ def _export_image_module(module: nn.Module, cfg: UNetConfig, stem: str, outputs:
     with torch.no_grad():
         result = module(image)
     results = dict(zip(outputs, result if isinstance(result, tuple) else (result,), strict=True))
-    _save_vectors(out_dir, stem, {"image": image, **results})
+    save_vectors(out_dir, stem, {"image": image, **results})
     return results
 
 

@@ -45,7 +45,7 @@ def controlnet_loss(data: Dataset, modalities: list[ModalitySpec], sched: Schedu
     T = sched.num_train_timesteps
 
     def loss_fn(net: nn.Module, gen: torch.Generator) -> torch.Tensor:
-        x_t, t, noise, cond = conditioned_batch(batches, ab, T, modalities, batch_size, drop_prob, gen, device)
+        x_t, t, noise, cond, _ = conditioned_batch(batches, ab, T, modalities, batch_size, drop_prob, gen, device)
         return F.mse_loss(net(x_t, cond, t.float()), noise)
 
     return loss_fn

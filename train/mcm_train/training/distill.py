@@ -171,7 +171,7 @@ def distill_mcm(data: Dataset, mcm: MCM, base_fn: BaseFn, modalities: list[Modal
 
     def loss_fn(net: nn.Module, gen: torch.Generator) -> torch.Tensor:
         i = torch.randint(0, student_steps, (tc.batch_size,), generator=gen)
-        x_t, t, _, cond = conditioned_batch(batches, ab, sched.num_train_timesteps, modalities, tc.batch_size,
+        x_t, t, _, cond, _ = conditioned_batch(batches, ab, sched.num_train_timesteps, modalities, tc.batch_size,
                                             drop_prob, gen, tc.device, timesteps=grid[2 * i])
         target = two_step_target(teacher.x0_fn(cond, ab), x_t, t, grid[2 * i + 1], grid[2 * i + 2], ab)
         alpha, sigma = alpha_sigma(ab, t, x_t)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
 import torch
 
@@ -46,10 +47,12 @@ def onnx_mcm_fn(path: Path, threads: int = 2) -> McmFn:
     return mcm_fn
 
 
-def onnx_base_fn(path: Path, threads: int = 2) -> BaseFn:
-    """The prediction of `base.onnx` (inputs `sample` [B, C, H, W], `timestep` [B]; its one output:
-    eps, v or x_0, converted to eps by the trainer) via onnxruntime on the CPU, returned on the
-    device of `sample`.
+def onnx_base_fn(path: Path, threads: int = 2, timestep_cond: np.ndarray | None = None) -> BaseFn:
+    """The prediction of `base.onnx` (inputs `sample` [B, C, H, W], `timestep` [B], and for a
+    text-conditional base `encoder_hidden_states` [B, L, D], the third argument, and with
+    `timestep_cond` (LCM's guidance embedding, f32 [Dc]) that input repeated over the batch; its
+    one output: eps, v or x_0, converted to eps by the trainer) via onnxruntime on the CPU,
+    returned on the device of `sample`.
 
     Raises:
         FileNotFoundError: `path` does not exist.
@@ -57,8 +60,13 @@ def onnx_base_fn(path: Path, threads: int = 2) -> BaseFn:
     session = _session(path, threads, "base model")
     output = session.get_outputs()[0].name  # eps, v or x_0 (`[schedule] prediction_type`)
 
-    def base_fn(x_t: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-        out = session.run([output], {"sample": x_t.cpu().numpy(), "timestep": timestep.cpu().numpy()})[0]
+    def base_fn(x_t: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
+        feed = {"sample": x_t.cpu().numpy(), "timestep": timestep.cpu().numpy()}
+        if text is not None:
+            feed["encoder_hidden_states"] = text.cpu().numpy()
+        if timestep_cond is not None:
+            feed["timestep_cond"] = np.repeat(timestep_cond[None], x_t.shape[0], axis=0)
+        out = session.run([output], feed)[0]
         return torch.from_numpy(out).to(x_t.device)
 
     return base_fn

@@ -17,9 +17,10 @@ from ..nets.unet import UNet
 from .batches import Batches, conditioned_batch, to_device
 from .loop import TrainConfig, TrainResult, train_loop
 
-#: A frozen base: (x_t [B, C, H, W], timestep f32 [B]) -> its prediction [B, C, H, W] (of the
-#: schedule's `prediction_type`), on x_t's device.
-BaseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: A frozen base: (x_t [B, C, H, W], timestep f32 [B][, text embeddings [B, L, D] of a
+#: text-conditional base]) -> its prediction [B, C, H, W] (of the schedule's `prediction_type`),
+#: on x_t's device.
+BaseFn = Callable[..., torch.Tensor]
 #: A frozen MCM: (x_t, eps [B, C, H, W], cond [B, K, H, W], timestep f32 [B]) -> (gamma, beta)
 #: [B, C, H, W], on x_t's device.
 McmFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -42,24 +43,27 @@ def pretrain_base(data: Dataset, model: UNet, sched: ScheduleConfig, tc: TrainCo
 
 def train_mcm(data: Dataset, mcm: MCM, base_fn: BaseFn, modalities: list[ModalitySpec], sched: ScheduleConfig,
               tc: TrainConfig, run_dir: Path, drop_prob: float = 0.3, l1_weight: float = 1e-4,
-              timesteps: list[int] | None = None) -> TrainResult:
+              timesteps: list[int] | None = None, batches: Batches | None = None) -> TrainResult:
     """Train the MCM on the modulated denoising loss (Ham et al. 2023, Sec. 3.2):
     `||eps*(1+gamma)+beta - eps_true||^2 + l1_weight * (|gamma| + |beta|)`, with eps from the frozen
     base `base_fn` (no gradient through it; a v- or x_0-predicting base's output is converted to eps
     first, as the device does) and each modality dropped with probability `drop_prob`. Timesteps
     are uniform over [0, T), or drawn from `timesteps` (a distilled base's grid: the only ones the
-    device samples it at)."""
-    batches, ab = Batches(data), alpha_bar(sched)
+    device samples it at). `batches` (default: the dataset's images) gives a latent base its
+    latents and prompt embeddings (`Batches(data, latents, text)`); the MCM sees only x_t, eps,
+    the maps and t, never the prompt (the paper's setting for Stable Diffusion)."""
+    batches, ab = batches or Batches(data), alpha_bar(sched)
     T = sched.num_train_timesteps
     grid = None if timesteps is None else torch.tensor(timesteps)
 
     def loss_fn(net: nn.Module, gen: torch.Generator) -> torch.Tensor:
         t = None if grid is None else grid[torch.randint(0, len(grid), (tc.batch_size,), generator=gen)]
-        x_t, t, noise, cond = conditioned_batch(batches, ab, T, modalities, tc.batch_size, drop_prob, gen, tc.device,
-                                                timesteps=t)
+        x_t, t, noise, cond, text = conditioned_batch(batches, ab, T, modalities, tc.batch_size, drop_prob, gen, tc.device,
+                                                      timesteps=t)
         with torch.no_grad():
             alpha, sigma = alpha_sigma(ab, t, x_t)
-            eps = to_x0_eps(base_fn(x_t, t.float()), x_t, alpha, sigma, sched.prediction_type)[1]
+            prediction = base_fn(x_t, t.float()) if text is None else base_fn(x_t, t.float(), text)
+            eps = to_x0_eps(prediction, x_t, alpha, sigma, sched.prediction_type)[1]
         gamma, beta = net(x_t, eps, cond, t.float())
         l1 = gamma.abs().mean() + beta.abs().mean()
         return F.mse_loss(modulate(eps, gamma, beta), noise) + l1_weight * l1
