@@ -106,21 +106,27 @@ def is_pipeline(source: Path) -> bool:
     return _class_name(Path(source) / "unet") == "UNet2DConditionModel"
 
 
-def _check_supported(source: Path, unet: nn.Module) -> None:
-    cfg = unet.config
-    if (source / "text_encoder_2").exists() or cfg.addition_embed_type is not None:
+def _check_supported(source: Path) -> None:
+    """Refuse, from `unet/config.json` alone (before building anything), what the device cannot run.
+
+    Raises:
+        UnsupportedModel: SDXL's added conditioning, class conditioning, non-square or unequal channels.
+    """
+    cfg = json.loads((source / "unet" / "config.json").read_text())
+    added = cfg.get("addition_embed_type")
+    if (source / "text_encoder_2").exists() or added is not None:
         raise UnsupportedModel(
-            f"{source}: this U-Net takes added conditioning ({cfg.addition_embed_type or 'a second text encoder'}: "
+            f"{source}: this U-Net takes added conditioning ({added or 'a second text encoder'}: "
             "SDXL's text_embeds and time_ids); the device supports Stable Diffusion 1.x/2.x-class U-Nets "
             "(encoder_hidden_states, optional timestep_cond) only")
-    if cfg.class_embed_type is not None or cfg.num_class_embeds is not None:
-        raise UnsupportedModel(f"{source}: class-conditional U-Nets (class_embed_type {cfg.class_embed_type!r}) "
+    if cfg.get("class_embed_type") is not None or cfg.get("num_class_embeds") is not None:
+        raise UnsupportedModel(f"{source}: class-conditional U-Nets (class_embed_type {cfg.get('class_embed_type')!r}) "
                                "are not supported")
-    size = cfg.sample_size
+    size = cfg.get("sample_size")
     if isinstance(size, (list, tuple)) and size[0] != size[1]:
         raise UnsupportedModel(f"{source}/unet: sample_size {size}: only square images are supported")
-    if cfg.in_channels != cfg.out_channels:
-        raise UnsupportedModel(f"{source}/unet: in_channels {cfg.in_channels} != out_channels {cfg.out_channels}")
+    if cfg.get("in_channels", 4) != cfg.get("out_channels", 4):
+        raise UnsupportedModel(f"{source}/unet: in_channels {cfg.get('in_channels')} != out_channels {cfg.get('out_channels')}")
 
 
 def load_pipeline(source: Path, decoder: Path | None = None, size: int | None = None) -> Pipeline:
@@ -140,8 +146,8 @@ def load_pipeline(source: Path, decoder: Path | None = None, size: int | None = 
         if not (source / part).is_dir():
             raise FileNotFoundError(f"{source}/{part}: missing (a diffusers pipeline folder has unet/, vae/, "
                                     "text_encoder/, tokenizer/ and scheduler/)")
+    _check_supported(source)
     unet = UNet2DConditionModel.from_pretrained(str(source / "unet")).eval().float()
-    _check_supported(source, unet)
     vae_dir = Path(decoder) if decoder else source / "vae"
     vae_class = {"AutoencoderKL": AutoencoderKL, "AutoencoderTiny": AutoencoderTiny}.get(_class_name(vae_dir) or "")
     if vae_class is None:
