@@ -263,4 +263,24 @@ mod tests {
         assert_eq!(refused.code, ErrorCode::InvalidSteps);
         assert!(refused.message.contains("distilled for 4 steps only"), "{}", refused.message);
     }
+
+    #[test]
+    fn a_model_without_text_refuses_prompt_fields_by_name() {
+        let info = distilled();
+        let rules = |text| RequestRules {
+            info: &info,
+            frames: FrameLimits::default(),
+            max_steps: 50,
+            max_strength: 3.0,
+            default_steps: 4,
+            default_strength: 1.0,
+            default_text: text,
+        };
+        let defaults = TextParams::default();
+        for (json, code) in [(r#"{"id":"p","prompt":"a lake","frames":{}}"#, ErrorCode::InvalidPrompt), (r#"{"id":"g","guidance_scale":3,"frames":{}}"#, ErrorCode::InvalidGuidanceScale)] {
+            let refused = parse_body(json.as_bytes()).unwrap().check(&rules(&defaults)).unwrap_err();
+            assert_eq!(refused.code, code, "{json}: {}", refused.message);
+            assert!(refused.message.contains("takes no prompt"), "{}", refused.message);
+        }
+    }
 }
