@@ -18,7 +18,7 @@ use mcm_edge::service;
 use mcm_edge::tools::bench;
 use mcm_edge::tools::demo::{self, DemoOptions};
 use mcm_edge::tools::eval::{EvalOptions, evaluate};
-use mcm_edge::tools::verify;
+use mcm_edge::tools::{info, verify};
 
 #[derive(Parser)]
 #[command(name = "mcm-edge", version, about = "Sketch / segmentation frames -> images with an MCM-steered frozen diffusion model")]
@@ -213,6 +213,20 @@ enum Command {
         #[arg(long, value_delimiter = ',', default_value = "1", value_parser = clap::value_parser!(u16).range(1..=256))]
         threads: Vec<u16>,
     },
+    /// A model directory's cost: parameters, file sizes and tract's FLOP estimate of each net,
+    /// one sampling step and one image.
+    Info {
+        /// The model directory.
+        model: PathBuf,
+        /// Steps of the image figure [default: the model's distilled count, else `[generation] steps` of --config]
+        #[arg(long)]
+        steps: Option<usize>,
+        /// Print JSON (what `mcm-train export-diffusers` records in model.toml).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        generation: GenerationArgs,
+    },
     /// Replay a model directory's test vectors (written by mcm-train from PyTorch and diffusers)
     /// through the backend: every net, the tokenizer, and diffusers' own pipeline runs; exit
     /// status 1 when any output differs beyond its tolerance.
@@ -379,6 +393,15 @@ fn run(cli: Cli) -> Result<()> {
                 std::fs::write(&json, &text).with_context(|| format!("writing {}", json.display()))?;
             }
             println!("{text}");
+        }
+        Command::Info { model, steps, json, generation } => {
+            let (steps, _, _) = generation.resolve(&model, steps)?;
+            let cost = info::model_cost(&model, steps)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&cost)?);
+            } else {
+                print!("{}", info::format_cost(&model, &cost));
+            }
         }
         Command::Verify { model, json, backend } => {
             let checks = verify::verify(&model, &backend.backend())?;

@@ -39,24 +39,13 @@ impl Models {
     /// cannot be used.
     pub fn load(dir: &Path, backend: &Backend) -> Result<Self, ModelError> {
         let info = ModelInfo::load(dir)?;
-        let [c, h, w] = info.sample_shape();
-        let sample = vec![1, c, h, w];
         let base = Net::load(&dir.join(&info.base.file), &base_inputs(&info), &[info.schedule.prediction().output()], backend)?;
         let mcm = match &info.mcm {
-            Some(m) => {
-                let s = info.image.size;
-                let inputs = [
-                    InputSpec::float("sample", sample.clone()),
-                    InputSpec::float("eps", sample.clone()),
-                    InputSpec::float("cond", vec![1, m.cond_channels, s, s]),
-                    InputSpec::timestep(),
-                ];
-                Some(Net::load(&dir.join(&m.file), &inputs, &["gamma", "beta"], backend)?)
-            }
+            Some(m) => Some(Net::load(&dir.join(&m.file), &mcm_inputs(&info), &["gamma", "beta"], backend)?),
             None => None,
         };
         let decoder = match &info.latent {
-            Some(l) => Some(Net::load(&dir.join(&l.decoder.file), &[InputSpec::float("latent", sample.clone())], &["image"], backend)?),
+            Some(l) => Some(Net::load(&dir.join(&l.decoder.file), &decoder_inputs(&info), &["image"], backend)?),
             None => None,
         };
         let text = info.text.as_ref().map(|t| TextEncoder::load(dir, t, backend)).transpose()?;
@@ -76,6 +65,25 @@ pub fn base_inputs(info: &ModelInfo) -> Vec<InputSpec> {
         inputs.push(InputSpec::float("timestep_cond", vec![1, dim]));
     }
     inputs
+}
+
+/// The inputs of `mcm.onnx` under `info`: sample and eps on the base's grid, `cond` at the image
+/// size (a latent MCM folds it itself), timestep.
+pub fn mcm_inputs(info: &ModelInfo) -> Vec<InputSpec> {
+    let [c, h, w] = info.sample_shape();
+    let (k, s) = (info.cond_channels(), info.image.size);
+    vec![
+        InputSpec::float("sample", vec![1, c, h, w]),
+        InputSpec::float("eps", vec![1, c, h, w]),
+        InputSpec::float("cond", vec![1, k, s, s]),
+        InputSpec::timestep(),
+    ]
+}
+
+/// The input of `[latent] decoder`: a latent on the base's grid.
+pub fn decoder_inputs(info: &ModelInfo) -> Vec<InputSpec> {
+    let [c, h, w] = info.sample_shape();
+    vec![InputSpec::float("latent", vec![1, c, h, w])]
 }
 
 /// Load `[latent] encoder` of a contract-2 directory (training only; `mcm-edge verify` checks it):

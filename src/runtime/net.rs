@@ -146,3 +146,16 @@ impl Net {
         }
     }
 }
+
+/// Floating-point operations of one run of the ONNX file `path` at batch 1 with `inputs`, as
+/// tract estimates them (2 per multiply-add of convolutions and matrix products), whatever
+/// backend runs the model.
+///
+/// # Errors
+/// The file is missing, breaks the contract, or tract cannot analyse it.
+pub fn estimate_flops(path: &Path, inputs: &[InputSpec]) -> Result<u64, ModelError> {
+    if !path.is_file() {
+        return Err(ModelError::Io { path: path.to_path_buf(), source: std::io::Error::new(std::io::ErrorKind::NotFound, "file not found") });
+    }
+    super::tract::estimate_flops(path, inputs)
+}

@@ -42,6 +42,33 @@ fn declared_inputs(model: &InferenceModel) -> TractResult<Vec<Declared>> {
         .collect()
 }
 
+/// Floating-point operations of one run of `path` at batch 1 with `inputs`, as tract estimates
+/// them: 2 per multiply-add (`Cost::FMA`) of the decluttered graph (convolutions, matrix products),
+/// the rest (norms, activations) left out, as FLOP counts of neural nets usually are.
+///
+/// # Errors
+/// [`ModelError::Contract`] on a name/type/shape mismatch, [`ModelError::Tract`] if tract cannot
+/// load or analyse the file.
+pub(super) fn estimate_flops(path: &Path, inputs: &[InputSpec]) -> Result<u64, ModelError> {
+    let tract_err = |e: TractError| tract_error(path, &e);
+    let mut model = tract_onnx::onnx().model_for_path(path).map_err(tract_err)?;
+    let feeds = resolve_feeds(&declared_inputs(&model).map_err(tract_err)?, inputs).map_err(|source| ModelError::Contract { path: path.to_path_buf(), source })?;
+    for (ix, feed) in feeds.iter().enumerate() {
+        model.set_input_fact(ix, InferenceFact::dt_shape(feed.datum_type, &feed.shape)).map_err(tract_err)?;
+    }
+    let typed = model.into_typed().map_err(tract_err)?.into_decluttered().map_err(tract_err)?;
+    let mut fma = 0i64;
+    for node in typed.nodes() {
+        let facts = typed.node_input_facts(node.id).map_err(tract_err)?;
+        for (cost, count) in node.op.cost(&facts).map_err(tract_err)? {
+            if let tract_core::ops::Cost::FMA(_) = cost {
+                fma += count.to_i64().map_err(|e| tract_error(path, &e.into()))?;
+            }
+        }
+    }
+    Ok(2 * fma.max(0) as u64)
+}
+
 impl TractNet {
     /// Load `path`, match its declared inputs to `inputs` ([`resolve_feeds`]) and its outputs to
     /// `outputs` (names, in order), fix every input to its feed's type and shape (batch 1),

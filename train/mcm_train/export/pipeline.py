@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..contract.model_toml import update_model_toml
+from ..contract.model_toml import read_model_toml, update_model_toml
 from ..contract.schedule import PREDICTION_OUTPUTS
 from .onnx import ExportError, export_onnx, save_vectors
 
@@ -332,7 +332,8 @@ def export_pipeline(source: Path, out_dir: Path, decoder: Path | None = None, si
     source_class = _class_name(Path(source) / "scheduler") or ""
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     provenance = {"dataset": f"diffusers import of {Path(source).resolve()}"}
-    doc = update_model_toml(
+    (out_dir / "model.toml").unlink(missing_ok=True)  # a new base: nothing of an older model.toml (its MCM) stays
+    update_model_toml(
         out_dir, format=2,
         image={"size": pipe.size, "channels": 3, "value_range": [-1.0, 1.0]},
         latent={"channels": c, "downsampling": pipe.downsampling, "scaling_factor": pipe.scaling_factor,
@@ -351,7 +352,12 @@ def export_pipeline(source: Path, out_dir: Path, decoder: Path | None = None, si
 
     write_pipeline_vectors(pipe, out_dir)
     write_parity_vectors(out_dir)
-    return doc
+    from .flops import record_flops
+
+    if record_flops(out_dir) is None:
+        print(f"note: no mcm-edge binary found (MCM_EDGE, PATH, target/release): the FLOP figures are left out of "
+              f"{out_dir}/model.toml; `mcm-edge info {out_dir}` shows them")
+    return read_model_toml(out_dir)
 
 
 def _write_tokenizer_vectors(pipe: Pipeline, out_dir: Path, max_length: int) -> None:
