@@ -37,6 +37,10 @@ const params = new GenerationParams({
   stepsInput: $('steps-input'),
   strength: $('strength'),
   strengthValue: $('strength-value'),
+  prompt: $('prompt'),
+  promptRow: $('prompt-row'),
+  guidance: $('guidance'),
+  guidanceRow: $('guidance-row'),
 });
 const edits = new EditHistory({ limit: UNDO_STEPS, onChange: showUndoState });
 const live = new LiveStream({ publish: publishFrame, onError: (text) => results.showError(text) });
@@ -161,17 +165,19 @@ function pickClass(index, switchLayer) {
 function showRequestImage(bytes, { id, params: sent, ms }) {
   results.clearError();
   const seed = sent.seed ?? 'device';
-  results.addResult(bytes, { id, caption: `seed ${seed} · ${sent.steps} steps · strength ${sent.strength} · ${ms} ms` });
+  const prompt = sent.prompt ? ` · “${sent.prompt}”` : '';
+  results.addResult(bytes, { id, caption: `seed ${seed} · ${sent.steps} steps · strength ${sent.strength}${prompt} · ${ms} ms` });
 }
 
 async function generate() {
   results.clearError();
   const frames = await encodeFrames(layers.values());
-  if (Object.keys(frames).length === 0) {
+  const values = params.values();
+  if (Object.keys(frames).length === 0 && !values.prompt) {
     results.showError('Nothing to send: the device takes no layer that has a drawing.');
     return;
   }
-  await requests.send(frames, params.values());
+  await requests.send(frames, values);
 }
 
 function publishFrame(modality, png) {

@@ -58,11 +58,11 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 // ---------------------------------------------------------------- device, broker, browser
 
-/** The page URL, and a function that stops what was started for it. */
-async function startDevice() {
+/** The page URL, and a function that stops what was started for it; `command` defaults to
+ *  $TABLET_DEMO_CMD, else the release build's demo. */
+async function startDevice(command = process.env.TABLET_DEMO_CMD ?? DEFAULT_DEMO_CMD) {
   if (process.env.TABLET_URL) return { url: process.env.TABLET_URL, output: () => '' };
   const tmp = mkdtempSync(join(tmpdir(), 'tablet-'));
-  const command = process.env.TABLET_DEMO_CMD ?? DEFAULT_DEMO_CMD;
   const child = spawn(command, {
     cwd: ROOT,
     shell: true,
@@ -466,7 +466,9 @@ async function desktopChecks(browser, url, config, broker) {
     const strength = Number(await page.locator('#strength').inputValue());
     if (g) assert(Math.abs(strength - g.strength) < 1e-6, `strength ${strength}, status ${g.strength}`);
     steps = Number(await page.getByRole(g?.sample_steps ? 'combobox' : 'spinbutton', { name: 'Steps' }).inputValue());
-    return g ? `steps ${steps}, strength ${strength}` : `no generation block: fallback steps ${steps}, strength ${strength}`;
+    const promptShown = await page.locator('#prompt-row').isVisible();
+    assert(promptShown === Boolean(g?.text), `prompt field ${promptShown ? 'shown' : 'hidden'} for a model with text = ${g?.text}`);
+    return g ? `steps ${steps}, strength ${strength}, prompt field ${promptShown ? 'shown' : 'hidden'}` : `no generation block: fallback steps ${steps}, strength ${strength}`;
   });
 
   const results = [];
@@ -636,6 +638,36 @@ async function phoneChecks(browser, url) {
   await context.close();
 }
 
+/** A text-conditional model (models/tiny-sd, contract 2): the prompt and guidance fields appear,
+ *  and the request carries them. */
+async function textModelChecks(browser) {
+  const device = await startDevice('"${CARGO_TARGET_DIR:-target}"/release/mcm-edge demo --model models/tiny-sd --steps 3 --out "$TABLET_TMP/demo" --serve 127.0.0.1:0');
+  const config = await loadConfig(new URL(device.url), () => fetch(new URL('config.json', device.url)).then((r) => r.json()));
+  const broker = await observe(config);
+  const context = await browser.newContext({ viewport: { width: 1024, height: 768 } });
+  const page = await openPage(context, device.url);
+  await check('a text model: prompt and guidance fields from the status, the request carries them', async () => {
+    await page.locator('#prompt-row').waitFor({ state: 'visible', timeout: 15_000 });
+    const guidance = Number(await page.locator('#guidance').inputValue());
+    assert(guidance === broker.seen.status.generation.guidance_scale, `guidance ${guidance}`);
+    await page.locator('#broker-state', { hasText: 'connected' }).waitFor({ timeout: 15_000 });
+    await page.locator('#prompt').fill('a lake under a blue sky');
+    await page.locator('#guidance').fill('4');
+    await page.getByRole('button', { name: 'Generate' }).click();
+    await waitUnlessError(page, page.locator('#result-image[data-source="request"]:visible'), GENERATE_TIMEOUT_MS);
+    const size = await resultSize(page);
+    assert(size[0] === 32, `image ${size} from the 32px model`);
+    await until(async () => broker.seen.requests.length > 0, 10_000, 'the request on P/request');
+    const sent = broker.seen.requests.at(-1);
+    assert(sent.prompt === 'a lake under a blue sky' && sent.guidance_scale === 4, `request ${JSON.stringify({ ...sent, frames: Object.keys(sent.frames) })}`);
+    return `request with prompt and guidance 4, frames ${JSON.stringify(Object.keys(sent.frames))}, image ${size}`;
+  });
+  await check('no console errors on the text model page', async () => {
+    assert(page.problems.length === 0, page.problems.join('; '));
+  });
+  await context.close();
+}
+
 async function main() {
   const started = Date.now();
   let device = null;
@@ -648,6 +680,7 @@ async function main() {
     const browser = await launchBrowser();
     await desktopChecks(browser, device.url, config, broker);
     await phoneChecks(browser, device.url);
+    if (!process.env.TABLET_URL && !process.env.TABLET_DEMO_CMD) await textModelChecks(browser);
   } catch (error) {
     if (failed === 0) {
       failed++;

@@ -57,7 +57,7 @@ def export_onnx(module: nn.Module, inputs: dict[str, torch.Tensor], outputs: lis
     with torch.no_grad():
         torch.onnx.export(module, tuple(inputs.values()), str(path), input_names=list(inputs),
                           output_names=outputs, dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
-    onnx.checker.check_model(onnx.load(str(path)))
+    onnx.checker.check_model(str(path))  # by path: also above 2 GB (weights in external data)
 
 
 def save_vectors(out_dir: Path, net: str, tensors: dict[str, torch.Tensor]) -> None:
