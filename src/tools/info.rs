@@ -91,8 +91,9 @@ pub fn format_cost(dir: &Path, cost: &ModelCost) -> String {
         let params = n.parameters.map_or("?".into(), |p| format!("{:.3} M", p as f64 / 1e6));
         out += &format!("  {:<8} {:<22} {params:>11} parameters {:>9.1} MB {:>10.4} GFLOP per run\n", n.net, n.file, n.bytes as f64 / 1e6, g(n.flops));
     }
+    let mcm = if cost.nets.iter().any(|n| n.net == "mcm") { " + MCM" } else { "" };
     out += &format!(
-        "  one step: {:.4} GFLOP ({} base pass{} + MCM); one image of {} steps: {:.4} GFLOP\n",
+        "  one step: {:.4} GFLOP ({} base pass{}{mcm}); one image of {} steps: {:.4} GFLOP\n",
         g(cost.flops_per_step),
         cost.base_passes_per_step,
         if cost.base_passes_per_step == 1 { "" } else { "es" },

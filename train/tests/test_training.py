@@ -98,6 +98,9 @@ def test_batches_are_drawn_on_the_cpu_and_moved_to_the_device(scenes: Path) -> N
         return conditioned_batch(Batches(ds), torch.linspace(0.99, 0.01, 1000), 1000, ds.modalities, 4, 0.3, gen, device)
 
     for a, again, moved in zip(draw("cpu"), draw("cpu"), draw("meta"), strict=True):
+        if a is None:  # the text embeddings of a text-conditional base: none here
+            assert again is None and moved is None
+            continue
         assert torch.equal(a, again)
         assert moved.device.type == "meta" and moved.shape == a.shape and moved.dtype == a.dtype
 

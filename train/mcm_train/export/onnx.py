@@ -57,7 +57,24 @@ def export_onnx(module: nn.Module, inputs: dict[str, torch.Tensor], outputs: lis
     with torch.no_grad():
         torch.onnx.export(module, tuple(inputs.values()), str(path), input_names=list(inputs),
                           output_names=outputs, dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
+    _one_data_file(path)
     onnx.checker.check_model(str(path))  # by path: also above 2 GB (weights in external data)
+
+
+def _one_data_file(path: Path) -> None:
+    """A graph above protobuf's 2 GB limit is written by torch with every weight in its own file
+    beside it; gather them into one `NAME.onnx.data` (what the device and `mcm-edge info` expect
+    beside NAME.onnx) and delete the loose files. Nothing happens to a self-contained file."""
+    locations = {entry.value for init in onnx.load(str(path), load_external_data=False).graph.initializer
+                 for entry in init.external_data if entry.key == "location"}
+    if not locations or locations == {f"{path.name}.data"}:
+        return
+    model = onnx.load(str(path))  # with the weights
+    data = path.with_name(f"{path.name}.data")
+    data.unlink(missing_ok=True)
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name)
+    for loose in locations - {data.name}:
+        (path.parent / loose).unlink(missing_ok=True)
 
 
 def save_vectors(out_dir: Path, net: str, tensors: dict[str, torch.Tensor]) -> None:
