@@ -121,6 +121,12 @@ impl GenerationConfig {
         info.schedule.timesteps.as_ref().map_or(self.steps, Vec::len)
     }
 
+    /// Strength of a generation that does not ask for one: `strength`, or 0 for a base without an
+    /// MCM (nothing to mix in; any other strength would be refused).
+    pub fn strength_for(&self, info: &ModelInfo) -> f32 {
+        if info.mcm.is_some() { self.strength } else { 0.0 }
+    }
+
     /// The prompt settings of requests that give none and of stream frames, for a model with
     /// text (`info.text`); none at all for a model without.
     pub fn text_for(&self, info: &ModelInfo) -> TextParams {
@@ -540,5 +546,15 @@ mod tests {
     fn url_sets_the_broker_address() {
         let c = parse("[mqtt]\nurl = \"mqtt://h:7\"\n").unwrap();
         assert_eq!(c.mqtt.broker_address().unwrap(), ("h".into(), 7));
+    }
+
+    #[test]
+    fn defaults_follow_the_model_strength_without_an_mcm_and_prompts_with_text() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+        let g = GenerationConfig { strength: 1.5, prompt: "a lake".into(), ..GenerationConfig::default() };
+        let sd = ModelInfo::load(&dir.join("tiny-sd")).unwrap();
+        assert_eq!((g.strength_for(&sd), g.text_for(&sd).prompt.as_str()), (1.5, "a lake"));
+        let bare = ModelInfo { mcm: None, ..ModelInfo::load(&dir.join("tiny")).unwrap() };
+        assert_eq!((g.strength_for(&bare), g.text_for(&bare)), (0.0, TextParams::default()), "a base alone: strength 0, no prompt");
     }
 }

@@ -70,7 +70,7 @@ impl GenerationArgs {
     fn resolve(&self, model_dir: &Path, steps: Option<usize>) -> Result<(usize, f32, f32)> {
         let generation = self.generation()?;
         let info = ModelInfo::load(model_dir)?;
-        Ok((steps.unwrap_or_else(|| generation.steps_for(&info)), self.strength.unwrap_or(generation.strength), generation.eta))
+        Ok((steps.unwrap_or_else(|| generation.steps_for(&info)), self.strength.unwrap_or(generation.strength_for(&info)), generation.eta))
     }
 }
 

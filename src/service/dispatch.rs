@@ -187,7 +187,7 @@ fn parse_request(ctx: &Ctx, payload: &[u8], stopping: bool) -> Result<Parsed, Re
         max_steps: config.limits.max_steps,
         max_strength: config.limits.max_strength,
         default_steps: config.generation.steps_for(info),
-        default_strength: config.generation.strength,
+        default_strength: config.generation.strength_for(info),
         default_text: &default_text,
     };
     Ok(Parsed::Job(Job { request: body.check(&rules)?, reply: None, ack: None }))

@@ -128,7 +128,7 @@ impl Ctx {
         let guidance_scale = info.text.as_ref().map(|t| text.guidance_scale.or(t.guidance_scale).unwrap_or(DEFAULT_GUIDANCE_SCALE));
         GenerationSummary {
             steps: g.steps_for(info),
-            strength: g.strength,
+            strength: g.strength_for(info),
             max_steps,
             max_strength: l.max_strength,
             sample_steps,

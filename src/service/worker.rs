@@ -135,7 +135,7 @@ fn run_frames(ctx: &Ctx, latest: &mut Maps, frames: BTreeMap<String, Vec<u8>>) {
     let params = GenerationParams {
         seed: next_seed(ctx),
         steps: ctx.config.generation.steps_for(info).min(info.schedule.num_train_timesteps),
-        strength: ctx.config.generation.strength,
+        strength: ctx.config.generation.strength_for(info),
         eta: ctx.config.generation.eta,
         text: ctx.config.generation.text_for(info),
     };

@@ -73,6 +73,7 @@ def _one_data_file(path: Path) -> None:
     data = path.with_name(f"{path.name}.data")
     data.unlink(missing_ok=True)
     onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name)
+    data.chmod(0o644)  # readable like the .onnx file beside it (the service runs as its own user)
     for loose in locations - {data.name}:
         (path.parent / loose).unlink(missing_ok=True)
 
