@@ -12,12 +12,16 @@ import sys
 from pathlib import Path
 
 import torch
-
 from mcm_train.export.tiny_diffusers import tiny_tokenizer
 
 
 def write_sd15_folder(out: Path) -> Path:
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(0)
