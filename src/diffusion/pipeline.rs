@@ -196,11 +196,23 @@ impl Pipeline {
         Ok(Some(PromptEmbedding { cond: embed(&params.prompt)?, uncond, scale, timestep_cond }))
     }
 
-    /// The base's prediction converted to eps, for the text embedding `hidden` when there is one.
-    fn base_eps(&self, x_t: &Array4<f32>, t: &Tensor, timestep: usize, hidden: Option<&Tensor>, timestep_cond: Option<&Tensor>) -> Result<Array4<f32>, GenerateError> {
+    /// The inputs of one base pass, in contract order ([`crate::runtime::base_inputs`]): `x_t`
+    /// `[1, c, h, w]`, the timestep, and the prompt's embedding (the conditional one) and guidance
+    /// embedding where the base takes them.
+    pub fn base_inputs(&self, x_t: &Array4<f32>, timestep: usize, prompt: Option<&PromptEmbedding>) -> Vec<Tensor> {
+        self.pass_inputs(x_t, &timestep_tensor(timestep as f32, 1), prompt.map(|p| &p.cond), prompt.and_then(|p| p.timestep_cond.as_ref()))
+    }
+
+    fn pass_inputs(&self, x_t: &Array4<f32>, t: &Tensor, hidden: Option<&Tensor>, timestep_cond: Option<&Tensor>) -> Vec<Tensor> {
         let mut inputs = vec![x_t.clone().into_tensor(), t.clone()];
         inputs.extend(hidden.cloned());
         inputs.extend(timestep_cond.cloned());
+        inputs
+    }
+
+    /// The base's prediction converted to eps, for the text embedding `hidden` when there is one.
+    fn base_eps(&self, x_t: &Array4<f32>, t: &Tensor, timestep: usize, hidden: Option<&Tensor>, timestep_cond: Option<&Tensor>) -> Result<Array4<f32>, GenerateError> {
+        let inputs = self.pass_inputs(x_t, t, hidden, timestep_cond);
         let prediction = self.models.base.run(inputs)?.remove(0);
         Ok(to_eps(prediction, x_t, self.schedule.alpha_bar[timestep], self.models.info.schedule.prediction()))
     }

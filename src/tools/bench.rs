@@ -223,20 +223,25 @@ pub fn bench(dir: &Path, frame: &[u8], steps: usize, runs: usize, profile: bool,
         Ok([(modality.name.clone(), decode_frame(frame, modality, size, &FrameLimits::default())?)].into())
     };
     let cond = build_cond(&info, &decode()?)?;
-    let x = Noise::new(0).randn([1, info.image.channels, size, size]);
+    let x = Noise::new(0).randn(loaded[0].0.sample_shape());
+    // A text model's steps at its own guidance scale with the empty prompt (2 base passes with
+    // classifier-free guidance): the embedding is made once, as a generation makes it.
+    let prompt = loaded[0].0.prompt(&TextParams::default())?;
+    let prompt = prompt.as_ref();
+    let strength = if info.mcm.is_some() { 1.0 } else { 0.0 };
     let runs = runs.max(1);
     for (generator, _) in &loaded {
         for _ in 0..3 {
-            generator.eps(&x, 500, &cond, None, 1.0)?; // warm-up (onnxruntime's first calls are slower)
+            generator.eps(&x, 500, &cond, prompt, strength)?; // warm-up (onnxruntime's first calls are slower)
         }
     }
     let generators: Vec<&Pipeline> = loaded.iter().map(|(g, _)| g).collect();
     // Base step, base + MCM step and the MCM net alone, alternated in the same rounds.
     let t = timestep_tensor(500.0, 1);
-    let eps = generators[0].models().base.run(vec![x.clone().into_tensor(), t.clone()])?.remove(0);
+    let eps = generators[0].eps(&x, 500, &cond, prompt, 0.0)?;
     let mcm_inputs = vec![x.clone().into_tensor(), eps.into_tensor(), cond.clone().into_tensor(), t];
-    let mut base_f = |g: &Pipeline| g.eps(&x, 500, &cond, None, 0.0).map(drop).map_err(Into::into);
-    let mut mcm_f = |g: &Pipeline| g.eps(&x, 500, &cond, None, 1.0).map(drop).map_err(Into::into);
+    let mut base_f = |g: &Pipeline| g.eps(&x, 500, &cond, prompt, 0.0).map(drop).map_err(Into::into);
+    let mut mcm_f = |g: &Pipeline| g.eps(&x, 500, &cond, prompt, 1.0).map(drop).map_err(Into::into);
     let mut net_f = |g: &Pipeline| {
         let mcm = g.models().mcm.as_ref().ok_or_else(|| anyhow::anyhow!("no MCM"))?;
         mcm.run(mcm_inputs.clone())?;
@@ -252,7 +257,7 @@ pub fn bench(dir: &Path, frame: &[u8], steps: usize, runs: usize, profile: bool,
         Some(net) => net.iter().copied().map(Some).collect(),
         None => vec![None; generators.len()],
     };
-    let params = GenerationParams { seed: 0, steps, strength: 1.0, eta: 0.0, text: TextParams::default() };
+    let params = GenerationParams { seed: 0, steps, strength, eta: 0.0, text: TextParams::default() };
     let mut image_f = |g: &Pipeline| {
         let img = g.generate(&decode()?, &params)?;
         let mut png = std::io::Cursor::new(Vec::new());
@@ -265,7 +270,7 @@ pub fn bench(dir: &Path, frame: &[u8], steps: usize, runs: usize, profile: bool,
         let profile = if profile && *backend == Backend::Tract {
             let models = generator.models();
             let (x_t, t) = (x.clone().into_tensor(), timestep_tensor(500.0, 1));
-            let base = models.base.profile(vec![x_t.clone(), t.clone()], runs)?;
+            let base = models.base.profile(generator.base_inputs(&x, 500, prompt), runs)?;
             let mcm = match &models.mcm {
                 Some(net) => net.profile(vec![x_t.clone(), x_t, cond.clone().into_tensor(), t], runs)?,
                 None => Vec::new(),
