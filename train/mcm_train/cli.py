@@ -304,6 +304,10 @@ def cmd_mcm(a: argparse.Namespace) -> None:
                            **({"timesteps": "grid"} if grid and not a.distill_from else {}),
                            **_provenance(a, result, result.model)})
     write_parity_vectors(a.out)
+    if latent:
+        from .export.flops import record_flops
+
+        record_flops(a.out)  # tract's FLOPs of the MCM beside the base's, when mcm-edge is built
     print(f"exported {a.out}/mcm.onnx after {result.steps} steps, loss {result.final_loss:.4f}")
 
 

@@ -154,6 +154,8 @@ def test_an_mcm_trains_on_the_latent_text_model_and_runs_on_the_device(exported:
           "--steps", "3", "--batch-size", "2", "--channels", "8,16", "--res-blocks", "1", "--attention", ""])
     doc = tomllib.loads((out / "model.toml").read_text())
     assert doc["format"] == 2 and doc["mcm"]["cond_fold"] == 8 and doc["mcm"]["steps"] == 3
+    if _mcm_edge() is not None:
+        assert doc["mcm"]["flops"] > 0 and doc["base"]["flops"] > 0, "tract's FLOPs of the MCM beside the base's"
     mcm = onnx.load(str(out / "mcm.onnx"))
     dims = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim[1:]] for i in mcm.graph.input}
     assert dims["sample"] == [4, 4, 4] and dims["cond"] == [13, 32, 32], "latent grid for x_t, image size for the maps"

@@ -38,6 +38,9 @@ _HEADER = """\
 # mcm.onnx: sample, eps [B,C,H,W], cond [B,K,H,W], timestep [B] -> gamma, beta [B,C,H,W]
 #   cond stacks, per modality in the order below, `channels` map channels then one presence channel.
 # segmenter.onnx: image [B,3,H,W] in [-1,1] -> logits [B,classes,H,W], features [B,F,1,1] (evaluation only)
+# format 2 (latent, text-conditional; README "Contract 2"): base.onnx also takes encoder_hidden_states [B,L,D]
+#   (and timestep_cond [B,Dc]) on latents [B,c,h,w]; decoder.onnx: latent -> image [B,3,H,W];
+#   text_encoder.onnx: input_ids int64 [B,L] -> last_hidden_state [B,L,D]; cond stays at image size.
 
 """
 
