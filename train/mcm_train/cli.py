@@ -198,8 +198,9 @@ def _carry_nets(src: Path, out: Path, doc: dict, skip: tuple[str, ...], modaliti
     (out / "test_vectors").mkdir(parents=True, exist_ok=True)
     stems = ["tokenizer", "pipeline"] if "text" in nets else []
     for file in [f for section in [*nets.values(), *estimators.values()] for f in _net_files(section)]:
-        if (src / file).exists():
-            shutil.copy2(src / file, out / file)
+        for part in (file, f"{file}.data"):  # the weights of a file above 2 GB are beside it
+            if (src / part).exists():
+                shutil.copy2(src / part, out / part)
         stems.append(Path(file).stem)
     for stem in stems:
         for vec in (src / "test_vectors").glob(f"{stem}.*"):

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 import pytest
 
-from mcm_train.cli import main
+from mcm_train.cli import _carry_nets, main
 from mcm_train.data.classes import DataError
 from mcm_train.data.latents import load_captions
 from mcm_train.export.pipeline import TOKENIZER_PROMPTS, UnsupportedModel, export_pipeline, load_pipeline, tokenize
@@ -132,6 +132,11 @@ def test_exporters_timestep_and_external_data_variants_are_read(exported: dict[s
     external = onnx.load(str(variant / "base.onnx"), load_external_data=False).graph.initializer
     assert sum(i.data_location == onnx.TensorProto.EXTERNAL for i in external) > 10
     _verify(variant)
+    carried = tmp_path / "carried"  # what `mcm-train mcm --out NEW` does with the base: the data file goes along
+    _carry_nets(variant, carried, tomllib.loads((variant / "model.toml").read_text()), skip=("mcm", "modalities"),
+                modalities=set())
+    assert (carried / "base.onnx.data").is_file()
+    _verify(carried)
     escaped = onnx.load(str(variant / "base.onnx"), load_external_data=False)
     for init in escaped.graph.initializer:
         for entry in init.external_data:
