@@ -293,6 +293,10 @@ pub struct NetInfo {
     /// them (`mcm-edge info --write`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flops: Option<u64>,
+    /// A base only: FLOPs of one sampling step (its passes at the model's guidance scale, and the
+    /// MCM), as `mcm-edge info` computes them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flops_per_step: Option<u64>,
     /// A base only: the width of LCM's guidance embedding, its `timestep_cond` input `[B, Dc]`
     /// (diffusers' `time_cond_proj_dim`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -80,6 +80,7 @@ def test_export_writes_contract_2_with_the_schedulers_settings(exported: dict[st
     assert sd["text"]["max_length"] == 77 and sd["text"]["hidden_size"] == 8
     if _mcm_edge() is not None:  # tract's FLOP estimate of each net, recorded by export-diffusers
         assert sd["base"]["flops"] > 0 and sd["text"]["flops"] > 0 and sd["latent"]["decoder"]["flops"] > 0
+        assert sd["base"]["flops_per_step"] == 2 * sd["base"]["flops"], "two passes with classifier-free guidance"
     for d in exported.values():
         for f in ("base.onnx", "decoder.onnx", "encoder.onnx", "text_encoder.onnx", "tokenizer.json"):
             assert (d / f).is_file(), f

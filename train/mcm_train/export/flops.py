@@ -25,7 +25,8 @@ def find_mcm_edge() -> Path | None:
 
 
 def record_flops(model_dir: Path, binary: Path | None = None, timeout_s: float = 1800) -> dict | None:
-    """Write each net's `flops` and `[cost] flops_per_step` into `model_dir/model.toml` from
+    """Write each net's `flops` (one run) and `[base] flops_per_step` (one sampling step: the base's
+    passes at the model's guidance scale, and the MCM) into `model_dir/model.toml` from
     `mcm-edge info --json`; returns that report, or None when no binary is found or it fails
     (the figures are then left out, and `mcm-edge info` shows them later)."""
     binary = binary or find_mcm_edge()
@@ -42,6 +43,8 @@ def record_flops(model_dir: Path, binary: Path | None = None, timeout_s: float =
     for net, section in (("base", doc.get("base")), ("mcm", doc.get("mcm")), ("text", doc.get("text"))):
         if section is not None and net in flops:
             sections[net] = {**section, "flops": flops[net]}
+    if "base" in sections:
+        sections["base"]["flops_per_step"] = int(report["flops_per_step"])
     if "decoder" in flops and "latent" in doc:
         sections["latent"] = {**doc["latent"], "decoder": {**doc["latent"]["decoder"], "flops": flops["decoder"]}}
     update_model_toml(model_dir, **sections)
