@@ -5,9 +5,11 @@
 //! One folder per part, one concept per module:
 //! - [`contract`]: `model.toml` ([`contract::ModelInfo`]) and the conditioning tensor
 //!   ([`contract::build_cond`]).
-//! - [`runtime`]: the nets ([`runtime::Net`], [`runtime::Models`]) on tract or onnxruntime, the
-//!   contract checks both backends share, [`runtime::ModelError`], `[runtime]` in edge.toml.
-//! - [`diffusion`]: noise schedule, seeded noise, DDIM, conditioning strength and the generation
+//! - [`runtime`]: the nets ([`runtime::Net`], [`runtime::Models`]) on tract or onnxruntime, fed
+//!   as each ONNX file declares its inputs, the text encoder with `tokenizer.json`, the contract
+//!   checks both backends share, [`runtime::ModelError`], `[runtime]` in edge.toml.
+//! - [`diffusion`]: noise schedule and diffusers' timestep grids, seeded or replayed noise, DDIM
+//!   (and Euler) and LCM steps, conditioning strength, classifier-free guidance and the generation
 //!   pipeline ([`diffusion::Pipeline`]).
 //! - [`frames`]: untrusted PNG / JPEG frames -> modality maps (one module per modality kind).
 //! - [`mqtt`]: `[mqtt]` in edge.toml, connection settings and TLS, topic rules, the client, in-order
@@ -19,7 +21,8 @@
 //!   (framebuffer or PNG preview).
 //! - [`web`]: the tablet page (`web/`, embedded at build time), `[web]` in edge.toml, and its
 //!   HTTP server with the page's `config.json`.
-//! - [`tools`]: demo, evaluation, bench and the in-process MQTT broker.
+//! - [`tools`]: demo, evaluation, bench, a model's cost (`info`), the replay of its test vectors
+//!   (`verify`) and the in-process MQTT broker.
 //! - [`error_code`]: the codes of the `P/error` topic ([`error_code::ErrorCode`]).
 //!
 //! Dependency graph (module -> the modules it uses; no module uses one that uses it back):
