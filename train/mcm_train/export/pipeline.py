@@ -313,7 +313,10 @@ def export_pipeline(source: Path, out_dir: Path, decoder: Path | None = None, si
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(5)
-    c, h, L = pipe.latent_channels, pipe.size // pipe.downsampling, int(pipe.tokenizer.model_max_length)
+    # L: the tokenizer's length, bounded by the text encoder's positions (a tokenizer_config without
+    # model_max_length reports a huge sentinel)
+    L = int(min(pipe.tokenizer.model_max_length, pipe.text_encoder.config.max_position_embeddings))
+    c, h = pipe.latent_channels, pipe.size // pipe.downsampling
     D = int(pipe.text_encoder.config.hidden_size)
     ids = tokenize(pipe.tokenizer, TOKENIZER_PROMPTS[1:3], L)
     hidden = _export_net(_TextEncoder(pipe.text_encoder), {"input_ids": ids}, "last_hidden_state", "text_encoder", out_dir)
