@@ -324,6 +324,13 @@ fn run(cli: Cli) -> Result<()> {
             println!("  device {:?}, client id {:?}, topics {}*", config.mqtt.device_id, config.mqtt.client_id(), config.mqtt.topic_prefix());
             println!("  broker {host}:{port}, MQTT {}, TLS {}", u8::from(config.mqtt.protocol), if config.mqtt.tls().is_some() { "on" } else { "off" });
             println!("  model {}: {}x{} image, modalities {modalities:?}", config.model.dir.display(), info.image.size, info.image.size);
+            if let Some(l) = &info.latent {
+                let [c, h, w] = info.sample_shape();
+                println!("  latent {c}x{h}x{w} ({}), sampler {}", l.vae.as_deref().unwrap_or("decoder.onnx"), info.schedule.sampler.name());
+            }
+            if let Some(t) = &info.text {
+                println!("  text: prompts of up to {} tokens, default guidance {}", t.max_length, config.generation.guidance_scale.or(t.guidance_scale).unwrap_or(mcm_edge::diffusion::DEFAULT_GUIDANCE_SCALE));
+            }
             println!("  backend: {}", generator.models().base.backend_description());
             println!("  status display: {}", config.display.describe());
             if config.limits.queue_depth >= MOSQUITTO_INFLIGHT {
