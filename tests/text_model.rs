@@ -42,7 +42,7 @@ fn prompts_guidance_and_the_mcm_each_change_the_image() {
     assert!(info.text.is_some() && info.latent.is_some() && info.mcm.is_some());
     let maps = sketch_maps(&info);
     let a = g.generate(&maps, &params("a lake under a blue sky", None, 1.0)).unwrap();
-    assert_eq!(a.dimensions(), (32, 32), "decoded from the 4x4 latent grid");
+    assert_eq!(a.dimensions(), (16, 16), "decoded from the 2x2 latent grid");
     assert_eq!(a, g.generate(&maps, &params("a lake under a blue sky", None, 1.0)).unwrap(), "deterministic");
     let differ = |x: &RgbImage, y: &RgbImage| x.as_raw().iter().zip(y.as_raw()).filter(|(p, q)| p != q).count();
     let other_prompt = g.generate(&maps, &params("snow on the mountains", None, 1.0)).unwrap();
@@ -105,11 +105,11 @@ fn a_prompt_over_mqtt_gets_the_pipelines_png() {
     let lake = image(&mut tc, "lake");
     let direct = tiny_sd().generate(&sketch_maps(tc_info()), &params("a lake under a blue sky", None, 1.0)).unwrap();
     assert_eq!(lake, direct, "the service ran the pipeline with the request's prompt");
-    assert_eq!(image(&mut tc, "prompt-only").dimensions(), (32, 32));
+    assert_eq!(image(&mut tc, "prompt-only").dimensions(), (16, 16));
     let with_default = image(&mut tc, "default-prompt");
     let direct = tiny_sd().generate(&sketch_maps(tc_info()), &params("a landscape with mountains", None, 1.0)).unwrap();
     assert_eq!(with_default, direct, "[generation] prompt fills in");
-    assert_eq!(image(&mut tc, "nothing").dimensions(), (32, 32));
+    assert_eq!(image(&mut tc, "nothing").dimensions(), (16, 16));
     for (id, code) in [("too-guided", "invalid_guidance_scale"), ("long", "invalid_prompt")] {
         let err = tc.wait_for(id, |m| m.topic == format!("{prefix}error") && m.json()["id"] == id).json();
         assert_eq!(err["code"], code, "{err}");

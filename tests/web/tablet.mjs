@@ -656,7 +656,7 @@ async function textModelChecks(browser) {
     await page.getByRole('button', { name: 'Generate' }).click();
     await waitUnlessError(page, page.locator('#result-image[data-source="request"]:visible'), GENERATE_TIMEOUT_MS);
     const size = await resultSize(page);
-    assert(size[0] === 32, `image ${size} from the 32px model`);
+    assert(size[0] === 16, `image ${size} from the 16px model`);
     await until(async () => broker.seen.requests.length > 0, 10_000, 'the request on P/request');
     const sent = broker.seen.requests.at(-1);
     assert(sent.prompt === 'a lake under a blue sky' && sent.guidance_scale === 4, `request ${JSON.stringify({ ...sent, frames: Object.keys(sent.frames) })}`);

@@ -273,7 +273,7 @@ def cmd_mcm(a: argparse.Namespace) -> None:
     channels = int(latent["channels"]) if latent else doc["image"]["channels"]
     cfg = UNetConfig(channels=_ints(a.channels), num_res_blocks=a.res_blocks, attention_resolutions=_ints(a.attention),
                      image_size=ds.size // fold, space_to_depth=a.space_to_depth)
-    mcm = MCM(channels, k, cfg, cond_fold=fold)
+    mcm = MCM(channels, k, cfg, cond_fold=fold, cond_width=a.cond_width)
     print(f"MCM: {count_parameters(mcm):,} parameters, cond channels {k}"
           f"{f' folded {fold}x{fold} onto the {ds.size // fold}px latent grid' if fold > 1 else ''}, base from "
           f"{'PyTorch ' + str(a.base_run) if a.base_run else 'onnxruntime ' + str(a.base / 'base.onnx')}")
@@ -281,7 +281,7 @@ def cmd_mcm(a: argparse.Namespace) -> None:
     sched, grid = ScheduleConfig.from_toml(doc["schedule"]), doc["schedule"].get("timesteps")
     teaching = {"distill_from": str(a.distill_from.resolve())} if a.distill_from else {}
     identity = _identity(a, base=str(a.base.resolve()), mcm=cfg.to_dict(), modalities=[m.to_toml() for m in modalities],
-                         **init_from, **teaching, **({"cond_fold": fold} if fold > 1 else {}))
+                         **init_from, **teaching, **({"cond_fold": fold, "cond_width": a.cond_width} if fold > 1 else {}))
     tc, losses = _train_config(a, identity), {"drop_prob": a.drop_prob, "l1_weight": a.l1_weight}
     if a.distill_from:
         teacher, teacher_grid = _mcm_teacher(a, doc, modalities)
@@ -297,7 +297,7 @@ def cmd_mcm(a: argparse.Namespace) -> None:
     export_mcm(result.model, k, a.out)
     update_model_toml(a.out, modalities=[m.to_toml() for m in modalities],
                       mcm={"file": "mcm.onnx", "method": "mcm", "cond_channels": k, "architecture": cfg.to_dict(),
-                           **({"cond_fold": fold} if fold > 1 else {}),
+                           **({"cond_fold": fold, "cond_width": a.cond_width} if fold > 1 else {}),
                            "drop_prob": a.drop_prob, "l1_weight": a.l1_weight,
                            **({"init_from": str(a.init_from)} if init_from else {}),
                            "loss": "distillation" if a.distill_from else "denoising",
@@ -611,6 +611,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--space-to-depth", type=int, default=1,
                    help="fold f x f pixels into channels: the MCM runs at H/f, about f*f cheaper but weaker "
                         "(README \"Speed\"); 1 = full resolution")
+    m.add_argument("--cond-width", type=int, default=64,
+                   help="a latent base: channels the folded maps are projected to (at most K x f^2)")
     m.add_argument("--drop-prob", type=float, default=0.3, help="probability of dropping each modality")
     m.add_argument("--l1-weight", type=float, default=1e-4, help="L1 penalty on gamma and beta")
     m.add_argument("--init-from", type=Path,

@@ -107,7 +107,7 @@ def _vae(kind: str):  # noqa: ANN202
     from diffusers import AutoencoderKL, AutoencoderTiny
 
     if kind == "sd":  # 4 blocks: 8x downsampling, as SD's VAE
-        return AutoencoderKL(block_out_channels=(4, 8, 8, 8), in_channels=3, out_channels=3, latent_channels=4,
+        return AutoencoderKL(block_out_channels=(4, 4, 4, 4), in_channels=3, out_channels=3, latent_channels=4,
                              down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
                              norm_num_groups=2, sample_size=64)
     return AutoencoderTiny(encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),

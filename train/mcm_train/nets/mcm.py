@@ -7,7 +7,7 @@ from torch import nn
 
 from .unet import UNet, UNetConfig
 
-#: Width of the learnt projection of the folded maps of a latent MCM (`cond_fold > 1`).
+#: Default width of the learnt projection of the folded maps of a latent MCM (`cond_fold > 1`).
 COND_WIDTH = 64
 
 
@@ -22,18 +22,19 @@ class MCM(nn.Module):
     For a latent base the maps arrive at image resolution, `f = cond_fold` (the VAE's
     downsampling, 8) times the latent grid, and are brought to it inside the MCM: folded without
     loss (pixel unshuffle: every f x f block of the K map channels becomes K f^2 channels of one
-    latent cell) and projected by a learnt 1x1 convolution to `min(K f^2, COND_WIDTH)` channels.
+    latent cell) and projected by a learnt 1x1 convolution to `min(K f^2, cond_width)` channels.
     Inside the MCM rather than by the device's cond builder, so that a one-pixel sketch stroke is
     not averaged away before the net sees it, the device keeps a single `cond` layout for every
     base, and what to keep of the fine detail is learnt.
     """
 
-    def __init__(self, image_channels: int, cond_channels: int, cfg: UNetConfig, cond_fold: int = 1) -> None:
+    def __init__(self, image_channels: int, cond_channels: int, cfg: UNetConfig, cond_fold: int = 1,
+                 cond_width: int = COND_WIDTH) -> None:
         super().__init__()
         self.image_channels, self.cond_fold = image_channels, cond_fold
         width = cond_channels
         if cond_fold > 1:
-            width = min(cond_channels * cond_fold**2, COND_WIDTH)
+            width = min(cond_channels * cond_fold**2, cond_width)
             self.cond_in = nn.Sequential(nn.PixelUnshuffle(cond_fold), nn.Conv2d(cond_channels * cond_fold**2, width, 1))
         cfg = UNetConfig(**{**cfg.to_dict(), "in_channels": 2 * image_channels + width,
                             "out_channels": 2 * image_channels, "zero_out": True, "timestep_embedding": True})
