@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::display::DisplayConfig;
 pub use crate::mqtt::{MqttConfig, MqttProtocol, Secret, TlsConfig};
 use crate::contract::ModelInfo;
-use crate::diffusion::{MAX_GUIDANCE_SCALE, MAX_PROMPT_CHARS, MAX_STRENGTH, TextParams};
+use crate::diffusion::{MAX_STRENGTH, TextParamError, TextParams};
 use crate::mqtt::{parse_url, topic_text_ok, valid_filter};
 pub use crate::runtime::RuntimeConfig;
 pub use crate::web::WebConfig;
@@ -340,17 +340,12 @@ fn check_generation(g: &GenerationConfig, l: &LimitsConfig) -> Result<(), BadVal
     if !g.strength.is_finite() || g.strength < 0.0 || g.strength > l.max_strength {
         return bad("generation.strength", format!("{} must be within 0..={} (limits.max_strength)", g.strength, l.max_strength));
     }
-    if let Some(scale) = g.guidance_scale
-        && !(scale.is_finite() && (0.0..=MAX_GUIDANCE_SCALE).contains(&scale))
-    {
-        return bad("generation.guidance_scale", format!("{scale} must be within 0..={MAX_GUIDANCE_SCALE}"));
+    let text = TextParams { prompt: g.prompt.clone(), negative_prompt: g.negative_prompt.clone(), guidance_scale: g.guidance_scale };
+    match text.check() {
+        Ok(()) => Ok(()),
+        Err(e @ TextParamError::PromptTooLong { field, .. }) => bad(if field == "prompt" { "generation.prompt" } else { "generation.negative_prompt" }, e.to_string()),
+        Err(e @ TextParamError::GuidanceScale(_)) => bad("generation.guidance_scale", e.to_string()),
     }
-    for (key, p) in [("generation.prompt", &g.prompt), ("generation.negative_prompt", &g.negative_prompt)] {
-        if p.chars().count() > MAX_PROMPT_CHARS {
-            return bad(key, format!("{} characters, at most {MAX_PROMPT_CHARS}", p.chars().count()));
-        }
-    }
-    Ok(())
 }
 
 /// `[limits]`, against the MQTT packet size.

@@ -16,7 +16,7 @@ pub use guidance::{MAX_STRENGTH, apply_strength, classifier_free_guidance, guida
 pub use lcm::{boundary_scalings, lcm_step};
 pub use noise::{Noise, NoiseSource, Replay};
 pub use pipeline::{
-    DEFAULT_GUIDANCE_SCALE, GenerateError, GenerationParams, ImageGenerator, LoadError, MAX_GUIDANCE_SCALE, MAX_PROMPT_CHARS, Pipeline, PromptEmbedding, TextParams, from_image,
+    DEFAULT_GUIDANCE_SCALE, GenerateError, GenerationParams, ImageGenerator, LoadError, MAX_GUIDANCE_SCALE, MAX_PROMPT_CHARS, Pipeline, PromptEmbedding, TextParamError, TextParams, from_image,
     to_image,
 };
 pub use schedule::{Schedule, ScheduleError};

@@ -56,10 +56,49 @@ pub struct TextParams {
     pub guidance_scale: Option<f32>,
 }
 
+/// A prompt setting out of bounds, naming the field: the one check behind requests, the config
+/// and the pipeline.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TextParamError {
+    /// `prompt` or `negative_prompt` longer than [`MAX_PROMPT_CHARS`].
+    #[error("{field}: {chars} characters, at most {MAX_PROMPT_CHARS}")]
+    PromptTooLong { field: &'static str, chars: usize },
+    /// A guidance scale outside 0..=[`MAX_GUIDANCE_SCALE`] (or not finite).
+    #[error("guidance_scale {0} must be within 0..={MAX_GUIDANCE_SCALE}")]
+    GuidanceScale(f64),
+}
+
 impl TextParams {
     /// Whether these settings ask for anything a model without text could not do.
     pub fn is_given(&self) -> bool {
         !self.prompt.is_empty() || !self.negative_prompt.is_empty() || self.guidance_scale.is_some()
+    }
+
+    /// Check the length of the prompt field `field`.
+    ///
+    /// # Errors
+    /// [`TextParamError::PromptTooLong`].
+    pub fn check_prompt(field: &'static str, text: &str) -> Result<(), TextParamError> {
+        let chars = text.chars().count();
+        if chars > MAX_PROMPT_CHARS { Err(TextParamError::PromptTooLong { field, chars }) } else { Ok(()) }
+    }
+
+    /// A guidance scale as the sampler takes it.
+    ///
+    /// # Errors
+    /// [`TextParamError::GuidanceScale`] outside 0..=[`MAX_GUIDANCE_SCALE`] or not finite.
+    pub fn check_guidance_scale(scale: f64) -> Result<f32, TextParamError> {
+        if scale.is_finite() && (0.0..=f64::from(MAX_GUIDANCE_SCALE)).contains(&scale) { Ok(scale as f32) } else { Err(TextParamError::GuidanceScale(scale)) }
+    }
+
+    /// Check both prompts and the guidance scale, when given.
+    ///
+    /// # Errors
+    /// The first [`TextParamError`].
+    pub fn check(&self) -> Result<(), TextParamError> {
+        Self::check_prompt("prompt", &self.prompt)?;
+        Self::check_prompt("negative_prompt", &self.negative_prompt)?;
+        self.guidance_scale.map_or(Ok(()), |g| Self::check_guidance_scale(f64::from(g)).map(drop))
     }
 }
 
@@ -183,13 +222,8 @@ impl Pipeline {
             }
             return Ok(None);
         };
+        params.check().map_err(|e| GenerateError::Param(e.to_string()))?;
         let scale = params.guidance_scale.or(text.info.guidance_scale).unwrap_or(DEFAULT_GUIDANCE_SCALE);
-        if !scale.is_finite() || !(0.0..=MAX_GUIDANCE_SCALE).contains(&scale) {
-            return Err(GenerateError::Param(format!("guidance_scale must be in [0, {MAX_GUIDANCE_SCALE}], got {scale}")));
-        }
-        if let Some(long) = [&params.prompt, &params.negative_prompt].into_iter().find(|p| p.chars().count() > MAX_PROMPT_CHARS) {
-            return Err(GenerateError::Param(format!("a prompt has at most {MAX_PROMPT_CHARS} characters, got {}", long.chars().count())));
-        }
         let embed = |p: &str| text.embed(p).map(Array3::into_tensor);
         let timestep_cond = info.base.timestep_cond.map(|dim| guidance_scale_embedding(scale - 1.0, dim).into_tensor());
         let uncond = if timestep_cond.is_none() && scale > 1.0 { Some(embed(&params.negative_prompt)?) } else { None };

@@ -10,7 +10,7 @@ use base64::Engine;
 use serde::Deserialize;
 
 use crate::contract::{Maps, ModelInfo};
-use crate::diffusion::{MAX_GUIDANCE_SCALE, MAX_PROMPT_CHARS, TextParams};
+use crate::diffusion::{TextParamError, TextParams};
 use crate::error_code::ErrorCode;
 use crate::frames::{FrameLimits, decode_frame};
 use crate::mqtt::topic_text_ok;
@@ -187,16 +187,19 @@ impl RequestBody {
             }
             return Ok(TextParams::default());
         }
+        let invalid = |e: TextParamError| {
+            let code = match e {
+                TextParamError::PromptTooLong { .. } => ErrorCode::InvalidPrompt,
+                TextParamError::GuidanceScale(_) => ErrorCode::InvalidGuidanceScale,
+            };
+            (code, e.to_string())
+        };
         for (field, p) in [("prompt", &self.prompt), ("negative_prompt", &self.negative_prompt)] {
-            let chars = p.as_deref().map_or(0, |p| p.chars().count());
-            if chars > MAX_PROMPT_CHARS {
-                return Err((ErrorCode::InvalidPrompt, format!("{field}: {chars} characters, at most {MAX_PROMPT_CHARS}")));
-            }
+            TextParams::check_prompt(field, p.as_deref().unwrap_or("")).map_err(invalid)?;
         }
         let guidance_scale = match self.guidance_scale {
             None => rules.default_text.guidance_scale,
-            Some(g) if g.is_finite() && (0.0..=f64::from(MAX_GUIDANCE_SCALE)).contains(&g) => Some(g as f32),
-            Some(g) => return Err((ErrorCode::InvalidGuidanceScale, format!("guidance_scale {g} must be within 0..={MAX_GUIDANCE_SCALE}"))),
+            Some(g) => Some(TextParams::check_guidance_scale(g).map_err(invalid)?),
         };
         let or_default = |p: &Option<String>, d: &str| p.clone().unwrap_or_else(|| d.to_string());
         Ok(TextParams {

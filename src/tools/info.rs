@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::contract::{ModelInfo, NetInfo};
+use crate::contract::ModelInfo;
 use crate::diffusion::DEFAULT_GUIDANCE_SCALE;
 use crate::runtime::{InputSpec, ModelError, base_inputs, decoder_inputs, estimate_flops, mcm_inputs};
 
@@ -38,8 +38,8 @@ pub struct ModelCost {
     pub steps: usize,
 }
 
-/// The file size of `file`, with its external data files (any `FILE.data` / `*.bin` beside it
-/// that the exporter wrote are counted when named `FILE.data`).
+/// The size of `file` in bytes, with its external data file `FILE.data` when there is one (what
+/// `mcm-train export-diffusers` writes above 2 GB).
 fn bytes(dir: &Path, file: &str) -> u64 {
     let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     size(&dir.join(file)) + size(&dir.join(format!("{file}.data")))
@@ -52,30 +52,24 @@ fn bytes(dir: &Path, file: &str) -> u64 {
 pub fn model_cost(dir: &Path, steps: usize) -> Result<ModelCost, ModelError> {
     let info = ModelInfo::load(dir)?;
     let mut nets = Vec::new();
-    let mut add = |net: &'static str, section: &NetInfo, inputs: Vec<InputSpec>| -> Result<u64, ModelError> {
-        let flops = estimate_flops(&dir.join(&section.file), &inputs)?;
-        nets.push(NetCost { net, file: section.file.clone(), parameters: section.parameters, bytes: bytes(dir, &section.file), flops });
+    let mut add = |net: &'static str, file: &str, parameters: Option<u64>, inputs: Vec<InputSpec>| -> Result<u64, ModelError> {
+        let flops = estimate_flops(&dir.join(file), &inputs)?;
+        nets.push(NetCost { net, file: file.to_string(), parameters, bytes: bytes(dir, file), flops });
         Ok(flops)
     };
-    let base = add("base", &info.base, base_inputs(&info))?;
+    let base = add("base", &info.base.file, info.base.parameters, base_inputs(&info))?;
     let mcm = match &info.mcm {
-        Some(m) => {
-            let section = NetInfo { file: m.file.clone(), parameters: m.parameters, ..info.base.clone() };
-            add("mcm", &section, mcm_inputs(&info))?
-        }
+        Some(m) => add("mcm", &m.file, m.parameters, mcm_inputs(&info))?,
         None => 0,
     };
     let decoder = match &info.latent {
-        Some(l) => add("decoder", &l.decoder, decoder_inputs(&info))?,
+        Some(l) => add("decoder", &l.decoder.file, l.decoder.parameters, decoder_inputs(&info))?,
         None => 0,
     };
     let guided = info.text.as_ref().is_some_and(|t| info.base.timestep_cond.is_none() && t.guidance_scale.unwrap_or(DEFAULT_GUIDANCE_SCALE) > 1.0);
     let passes = if guided { 2 } else { 1 };
     let text = match &info.text {
-        Some(t) => {
-            let section = NetInfo { file: t.file.clone(), parameters: t.parameters, ..info.base.clone() };
-            add("text", &section, vec![InputSpec::token_ids("input_ids", t.max_length)])?
-        }
+        Some(t) => add("text", &t.file, t.parameters, vec![InputSpec::token_ids("input_ids", t.max_length)])?,
         None => 0,
     };
     let flops_per_step = passes * base + mcm;

@@ -6,7 +6,6 @@ before these tests run)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import tomllib
@@ -19,24 +18,15 @@ import pytest
 from mcm_train.cli import _carry_nets, main
 from mcm_train.data.classes import DataError
 from mcm_train.data.latents import load_captions
+from mcm_train.export.flops import find_mcm_edge
 from mcm_train.export.pipeline import TOKENIZER_PROMPTS, UnsupportedModel, export_pipeline, load_pipeline, tokenize
 from mcm_train.export.tiny_diffusers import write_tiny_pipeline
 from mcm_train.training.text import TextEmbedder, guidance_embedding
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _mcm_edge() -> Path | None:
-    """The device binary: `$MCM_EDGE`, else the release build of this checkout."""
-    for cand in (os.environ.get("MCM_EDGE"), os.environ.get("CARGO_TARGET_DIR", str(ROOT / "target")) + "/release/mcm-edge"):
-        if cand and Path(cand).is_file():
-            return Path(cand)
-    return None
-
 
 def _verify(model_dir: Path) -> list[dict]:
     """`mcm-edge verify --json` on `model_dir`: every check, asserted to pass."""
-    binary = _mcm_edge()
+    binary = find_mcm_edge()
     if binary is None:
         pytest.skip("mcm-edge is not built (cargo build --release); scripts/test.sh builds it first")
     run = subprocess.run([str(binary), "verify", str(model_dir), "--json"], capture_output=True, text=True, timeout=300)
@@ -78,7 +68,7 @@ def test_export_writes_contract_2_with_the_schedulers_settings(exported: dict[st
     assert turbo["schedule"]["sampler"] == "euler" and turbo["schedule"]["timestep_spacing"] == "trailing"
     assert (sd["text"]["guidance_scale"], lcm["text"]["guidance_scale"], turbo["text"]["guidance_scale"]) == (7.5, 8.5, 0.0)
     assert sd["text"]["max_length"] == 77 and sd["text"]["hidden_size"] == 8
-    if _mcm_edge() is not None:  # tract's FLOP estimate of each net, recorded by export-diffusers
+    if find_mcm_edge() is not None:  # tract's FLOP estimate of each net, recorded by export-diffusers
         assert sd["base"]["flops"] > 0 and sd["text"]["flops"] > 0 and sd["latent"]["decoder"]["flops"] > 0
         assert sd["base"]["flops_per_step"] == 2 * sd["base"]["flops"], "two passes with classifier-free guidance"
     for d in exported.values():
@@ -145,7 +135,7 @@ def test_exporters_timestep_and_external_data_variants_are_read(exported: dict[s
                 entry.value = "../base.onnx.data"
     shutil.copy(variant / "base.onnx.data", tmp_path / "base.onnx.data")
     onnx.save_model(escaped, str(variant / "base.onnx"))
-    binary = _mcm_edge()
+    binary = find_mcm_edge()
     run = subprocess.run([str(binary), "verify", str(variant)], capture_output=True, text=True, timeout=300)
     assert run.returncode != 0 and "base.onnx" in run.stderr, run.stdout + run.stderr
 
@@ -160,7 +150,7 @@ def test_an_mcm_trains_on_the_latent_text_model_and_runs_on_the_device(exported:
           "--steps", "3", "--batch-size", "2", "--channels", "8,16", "--res-blocks", "1", "--attention", ""])
     doc = tomllib.loads((out / "model.toml").read_text())
     assert doc["format"] == 2 and doc["mcm"]["cond_fold"] == 8 and doc["mcm"]["steps"] == 3
-    if _mcm_edge() is not None:
+    if find_mcm_edge() is not None:
         assert doc["mcm"]["flops"] > 0 and doc["base"]["flops"] > 0, "tract's FLOPs of the MCM beside the base's"
     mcm = onnx.load(str(out / "mcm.onnx"))
     dims = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim[1:]] for i in mcm.graph.input}
