@@ -22,7 +22,7 @@ use crate::diffusion::{MAX_STRENGTH, TextParamError, TextParams};
 use crate::mqtt::{parse_url, topic_text_ok, valid_filter};
 pub use crate::runtime::RuntimeConfig;
 pub use crate::web::WebConfig;
-use crate::runtime::{BackendKind, NO_ONNXRUNTIME, ONNXRUNTIME_BUILT_IN};
+use crate::runtime::{BackendKind, MAX_THREADS, MAX_WORKERS, NO_ONNXRUNTIME, ONNXRUNTIME_BUILT_IN};
 
 /// One mebibyte in bytes.
 const MIB: usize = 1024 * 1024;
@@ -386,13 +386,18 @@ fn check_home_assistant(h: &HomeAssistantConfig) -> Result<(), BadValue> {
     Ok(())
 }
 
-/// `[runtime]`: a backend this binary has, and a thread count.
+/// `[runtime]`: a backend this binary has, a thread count and a worker count.
 fn check_runtime(r: &RuntimeConfig) -> Result<(), BadValue> {
     if r.backend == BackendKind::Onnxruntime && !ONNXRUNTIME_BUILT_IN {
         return bad("runtime.backend", NO_ONNXRUNTIME.into());
     }
-    if r.threads == 0 || r.threads > 256 {
-        return bad("runtime.threads", format!("{} must be within 1..=256", r.threads));
+    if let Some(threads) = r.threads
+        && !(1..=MAX_THREADS).contains(&threads)
+    {
+        return bad("runtime.threads", format!("{threads} must be within 1..={MAX_THREADS}"));
+    }
+    if !(1..=MAX_WORKERS).contains(&r.workers) {
+        return bad("runtime.workers", format!("{} must be within 1..={MAX_WORKERS}", r.workers));
     }
     Ok(())
 }
@@ -400,7 +405,7 @@ fn check_runtime(r: &RuntimeConfig) -> Result<(), BadValue> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::Backend;
+    use crate::runtime::{Backend, available_cores};
 
     /// Parse `text` with `mqtt.device_id = "edge-1"` added when it has none.
     fn parse(text: &str) -> Result<EdgeConfig, ConfigError> {
@@ -516,10 +521,18 @@ mod tests {
 
     #[test]
     fn runtime_section_selects_the_backend() {
-        assert_eq!(parse("").unwrap().runtime.backend(), Backend::Tract);
+        // Default: tract on every core this process may use, one generation at a time.
+        assert_eq!(parse("").unwrap().runtime.backend(), Backend::tract(available_cores()));
+        assert_eq!(parse("[runtime]\nthreads = 3\nworkers = 2\n").unwrap().runtime.backend(), Backend::tract(3).with_concurrency(2));
+        let workers = parse("[runtime]\nworkers = 2\n").unwrap().runtime;
+        assert_eq!(workers.threads(), (available_cores() / 2).max(1));
+        for bad_workers in ["0", "65"] {
+            let e = parse(&format!("[runtime]\nworkers = {bad_workers}\n")).unwrap_err().to_string();
+            assert!(e.contains("runtime.workers"), "{e}");
+        }
         let text = "[runtime]\nbackend = \"onnxruntime\"\nonnxruntime_library = \"/opt/ort/libonnxruntime.so\"\nthreads = 2\n";
         if ONNXRUNTIME_BUILT_IN {
-            let want = Backend::Onnxruntime { library: Some(PathBuf::from("/opt/ort/libonnxruntime.so")), threads: 2 };
+            let want = Backend::new(BackendKind::Onnxruntime, Some(PathBuf::from("/opt/ort/libonnxruntime.so")), 2);
             assert_eq!(parse(text).unwrap().runtime.backend(), want);
         } else {
             let e = parse(text).unwrap_err().to_string();

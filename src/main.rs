@@ -13,7 +13,7 @@ use mcm_edge::diffusion::{GenerationParams, ImageGenerator, Pipeline, TextParams
 use mcm_edge::display::StatusDisplay;
 use mcm_edge::frames::{FrameLimits, decode_frame};
 use mcm_edge::mqtt::Settings;
-use mcm_edge::runtime::{Backend, BackendKind};
+use mcm_edge::runtime::{Backend, BackendKind, available_cores};
 use mcm_edge::service;
 use mcm_edge::tools::bench;
 use mcm_edge::tools::demo::{self, DemoOptions};
@@ -36,14 +36,14 @@ struct BackendArgs {
     /// libonnxruntime shared library for --backend onnxruntime (default: $ORT_DYLIB_PATH).
     #[arg(long, value_name = "FILE")]
     ort_library: Option<PathBuf>,
-    /// onnxruntime intra-op threads (tract always runs on one thread).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
-    threads: u16,
+    /// Threads of each inference call, both backends [default: the cores this process may use]
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    threads: Option<u16>,
 }
 
 impl BackendArgs {
     fn backend(&self) -> Backend {
-        Backend::new(self.backend, self.ort_library.clone(), self.threads.into())
+        Backend::new(self.backend, self.ort_library.clone(), self.threads.map_or_else(available_cores, usize::from))
     }
 }
 
@@ -105,9 +105,9 @@ impl PromptArgs {
 enum BenchBackendArg {
     /// tract alone.
     Tract,
-    /// onnxruntime alone (one report per --threads value).
+    /// onnxruntime alone.
     Onnxruntime,
-    /// tract, then onnxruntime at each --threads value, timed interleaved in this process.
+    /// tract, then onnxruntime, timed interleaved in this process.
     Both,
 }
 
@@ -209,9 +209,13 @@ enum Command {
         /// libonnxruntime shared library for onnxruntime (default: $ORT_DYLIB_PATH).
         #[arg(long, value_name = "FILE")]
         ort_library: Option<PathBuf>,
-        /// onnxruntime intra-op thread counts, comma-separated: one onnxruntime report each.
-        #[arg(long, value_delimiter = ',', default_value = "1", value_parser = clap::value_parser!(u16).range(1..=256))]
+        /// Threads per inference call, comma-separated: one report per backend and count
+        /// [default: the cores this process may use]
+        #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..=256))]
         threads: Vec<u16>,
+        /// Generations at once, comma-separated: images/s and latency of each, per report.
+        #[arg(long, value_delimiter = ',', default_value = "1", value_parser = clap::value_parser!(u16).range(1..=64))]
+        workers: Vec<u16>,
     },
     /// A model directory's cost: parameters, file sizes and tract's FLOP estimate of each net,
     /// one sampling step and one image.
@@ -331,7 +335,8 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(t) = &info.text {
                 println!("  text: prompts of up to {} tokens, default guidance {}", t.max_length, config.generation.guidance_scale.or(t.guidance_scale).unwrap_or(mcm_edge::diffusion::DEFAULT_GUIDANCE_SCALE));
             }
-            println!("  backend: {}", generator.models().base.backend_description());
+            let workers = config.runtime.workers;
+            println!("  backend: {}, {workers} worker{}", generator.models().base.backend_description(), if workers == 1 { "" } else { "s" });
             println!("  status display: {}", config.display.describe());
             if config.limits.queue_depth >= MOSQUITTO_INFLIGHT {
                 println!(
@@ -374,16 +379,23 @@ fn run(cli: Cli) -> Result<()> {
             img.save(&out).with_context(|| format!("writing {}", out.display()))?;
             println!("wrote {} in {:.0} ms", out.display(), start.elapsed().as_secs_f64() * 1e3);
         }
-        Command::Bench { model, frame, steps, generation, runs, json, ort, profile, backend, ort_library, threads } => {
+        Command::Bench { model, frame, steps, generation, runs, json, ort, profile, backend, ort_library, threads, workers } => {
             let (steps, _, _) = generation.resolve(&model, steps)?;
             let bytes = std::fs::read(&frame).with_context(|| format!("reading {}", frame.display()))?;
-            let onnxruntime = threads.iter().map(|&t| Backend::Onnxruntime { library: ort_library.clone(), threads: t.into() });
-            let backends: Vec<Backend> = match backend {
-                BenchBackendArg::Tract => vec![Backend::Tract],
-                BenchBackendArg::Onnxruntime => onnxruntime.collect(),
-                BenchBackendArg::Both => std::iter::once(Backend::Tract).chain(onnxruntime).collect(),
+            let kinds = match backend {
+                BenchBackendArg::Tract => vec![BackendKind::Tract],
+                BenchBackendArg::Onnxruntime => vec![BackendKind::Onnxruntime],
+                BenchBackendArg::Both => vec![BackendKind::Tract, BackendKind::Onnxruntime],
             };
-            let mut reports = bench::bench(&model, &bytes, steps, runs, profile, &backends)?;
+            let threads: Vec<usize> = if threads.is_empty() { vec![available_cores()] } else { threads.into_iter().map(usize::from).collect() };
+            let workers: Vec<usize> = workers.into_iter().map(usize::from).collect();
+            let concurrency = workers.iter().copied().max().unwrap_or(1);
+            let backends: Vec<Backend> = kinds
+                .iter()
+                .flat_map(|&kind| threads.iter().map(move |&t| (kind, t)))
+                .map(|(kind, t)| Backend::new(kind, ort_library.clone(), t).with_concurrency(concurrency))
+                .collect();
+            let mut reports = bench::bench(&model, &bytes, &bench::BenchPlan { steps, runs, profile, workers }, &backends)?;
             if let Some(ort) = ort {
                 let text = std::fs::read_to_string(&ort).with_context(|| format!("reading {}", ort.display()))?;
                 let value: serde_json::Value = serde_json::from_str(&text).with_context(|| ort.display().to_string())?;

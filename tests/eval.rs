@@ -29,7 +29,7 @@ fn eval_scores_every_variant_on_a_folder_dataset() {
             .unwrap();
     }
     let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny");
-    let report = evaluate(&model, &data, &EvalOptions { limit: 4, steps: 3, strength: 1.0, seed: 0 }, &Backend::Tract).unwrap();
+    let report = evaluate(&model, &data, &EvalOptions { limit: 4, steps: 3, strength: 1.0, seed: 0 }, &Backend::default()).unwrap();
     assert_eq!((report.n, report.steps, report.fsd_reference), (4, 3, Some(2)));
     let r = &report;
     for v in [r.miou_mcm, r.miou_mcm_both, r.miou_mcm_all, r.miou_base, r.miou_ceiling] {
@@ -77,11 +77,11 @@ fn eval_scores_every_variant_on_a_folder_dataset() {
     assert_eq!(distilled["steps"], 4, "{distilled}");
     // A scored modality without its folder is a clear error naming the folder.
     std::fs::rename(data.join("depth"), data.join("depth.off")).unwrap();
-    let err = evaluate(&model, &data, &EvalOptions { limit: 10, steps: 3, strength: 1.0, seed: 0 }, &Backend::Tract).unwrap_err().to_string();
+    let err = evaluate(&model, &data, &EvalOptions { limit: 10, steps: 3, strength: 1.0, seed: 0 }, &Backend::default()).unwrap_err().to_string();
     assert!(err.contains("depth: no such folder") && err.contains("\"depth\" is scored"), "{err}");
     // A folder without images is a clear error naming it.
     let empty = data.join("nothing");
     std::fs::create_dir_all(empty.join("images")).unwrap();
-    let err = evaluate(&model, &empty, &EvalOptions { limit: 10, steps: 3, strength: 1.0, seed: 0 }, &Backend::Tract).unwrap_err().to_string();
+    let err = evaluate(&model, &empty, &EvalOptions { limit: 10, steps: 3, strength: 1.0, seed: 0 }, &Backend::default()).unwrap_err().to_string();
     assert!(err.contains("images"), "{err}");
 }

@@ -52,7 +52,7 @@ mod with_the_feature {
     use image::RgbImage;
     use mcm_edge::contract::{Maps, ModalityMap, build_cond};
     use mcm_edge::runtime::{Net, base_inputs, load_segmenter, timestep_tensor, InputSpec};
-    use mcm_edge::runtime::ModelError;
+    use mcm_edge::runtime::{BackendKind, ModelError};
     use mcm_edge::diffusion::{GenerationParams, ImageGenerator, Pipeline, TextParams};
     use mcm_edge::diffusion::Noise;
     use ndarray::Array2;
@@ -83,7 +83,7 @@ mod with_the_feature {
     }
 
     fn ort(threads: usize) -> Backend {
-        Backend::Onnxruntime { library: Some(library()), threads }
+        Backend::new(BackendKind::Onnxruntime, Some(library()), threads)
     }
 
     /// `onnxruntime X.Y.Z` from the library's file name (`libonnxruntime.so.X.Y.Z`).
@@ -108,7 +108,7 @@ mod with_the_feature {
     #[test]
     fn onnxruntime_matches_tract_on_the_same_inputs() {
         for dir in model_dirs() {
-            let tract = Models::load(&dir, &Backend::Tract).unwrap();
+            let tract = Models::load(&dir, &Backend::default()).unwrap();
             for threads in [1, 2] {
                 let onnx = Models::load(&dir, &ort(threads)).unwrap();
                 assert_eq!(onnx.base.backend_description(), format!("onnxruntime {}, {threads} thread{}", expected_version(), if threads == 1 { "" } else { "s" }));
@@ -133,7 +133,7 @@ mod with_the_feature {
                     agree(&format!("{label} mcm"), m_tract, m_onnx, inputs);
                 }
                 if tract.info.segmenter.is_some() {
-                    let seg_tract = load_segmenter(&dir, &tract.info, &Backend::Tract).unwrap();
+                    let seg_tract = load_segmenter(&dir, &tract.info, &Backend::default()).unwrap();
                     let seg_onnx = load_segmenter(&dir, &tract.info, &ort(threads)).unwrap();
                     let image = noise.randn([1, 3, s, s]).mapv(|v| v.clamp(-1.0, 1.0));
                     agree(&format!("{label} segmenter"), &seg_tract, &seg_onnx, vec![image.into_tensor()]);
@@ -149,9 +149,26 @@ mod with_the_feature {
         }
     }
 
+    /// Two workers' generations at once: one session each (`Backend::concurrency`), and a third
+    /// caller waits for a free session; every image is the one of a lone generation.
+    #[test]
+    fn concurrent_generations_get_a_session_each() {
+        let one = Pipeline::load(&tiny(), &ort(1)).unwrap();
+        let two = Pipeline::load(&tiny(), &ort(1).with_concurrency(2)).unwrap();
+        let maps: Maps = [("sketch".to_string(), ModalityMap::Sketch(Array2::from_shape_fn((16, 16), |(y, x)| f32::from(u8::from(x == y)))))].into();
+        let params: Vec<GenerationParams> =
+            (0..3).map(|seed| GenerationParams { seed, steps: 3, strength: 1.0, eta: 0.0, text: TextParams::default() }).collect();
+        let want: Vec<RgbImage> = params.iter().map(|p| one.generate(&maps, p).unwrap()).collect();
+        let got: Vec<RgbImage> = std::thread::scope(|s| {
+            let handles: Vec<_> = params.iter().map(|p| s.spawn(|| two.generate(&maps, p).unwrap())).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(got, want);
+    }
+
     #[test]
     fn a_generation_through_onnxruntime_matches_tract() {
-        let tract = Pipeline::load(&tiny(), &Backend::Tract).unwrap();
+        let tract = Pipeline::load(&tiny(), &Backend::default()).unwrap();
         let onnx = Pipeline::load(&tiny(), &ort(1)).unwrap();
         let info = tract.info().clone();
         let seg = info.modalities.iter().find(|m| m.name == "segmentation").unwrap();
@@ -171,7 +188,7 @@ mod with_the_feature {
 
     #[test]
     fn a_missing_library_is_an_error_naming_it() {
-        let err = Models::load(&tiny(), &Backend::Onnxruntime { library: Some("/nonexistent/libonnxruntime.so".into()), threads: 1 })
+        let err = Models::load(&tiny(), &Backend::new(BackendKind::Onnxruntime, Some("/nonexistent/libonnxruntime.so".into()), 1))
             .err()
             .expect("must refuse");
         assert!(matches!(err, ModelError::Backend(_)), "{err:?}");
@@ -240,7 +257,7 @@ mod with_the_feature {
     #[test]
     fn bench_times_both_backends_in_one_process() {
         let json = scratch("bench").join("bench.json");
-        let out = mcm_edge(&["bench", "--model", "models/tiny", "--backend", "both", "--threads", "1,2", "--runs", "2", "--steps", "2"])
+        let out = mcm_edge(&["bench", "--model", "models/tiny", "--backend", "both", "--threads", "1,2", "--workers", "1,2", "--runs", "2", "--steps", "2"])
             .args(["--json", json.to_str().unwrap()])
             .env("ORT_DYLIB_PATH", library())
             .output()
@@ -250,14 +267,20 @@ mod with_the_feature {
         let reports = report["reports"].as_array().unwrap();
         let backends: Vec<&str> = reports.iter().map(|r| r["backend"].as_str().unwrap()).collect();
         let v = expected_version();
-        assert_eq!(backends, ["tract".to_string(), format!("onnxruntime {v}, 1 thread"), format!("onnxruntime {v}, 2 threads")]);
         let positive = |r: &serde_json::Value, key: &str| r[key].as_f64().is_some_and(|v| v > 0.0);
+        let want = ["tract, 1 thread".to_string(), "tract, 2 threads".into(), format!("onnxruntime {v}, 1 thread"), format!("onnxruntime {v}, 2 threads")];
+        assert_eq!(backends, want);
+        for r in reports {
+            let workers: Vec<u64> = r["throughput"].as_array().unwrap().iter().map(|t| t["workers"].as_u64().unwrap()).collect();
+            assert_eq!(workers, [1, 2], "{r}");
+            assert!(r["throughput"].as_array().unwrap().iter().all(|t| positive(t, "images_per_s")), "{r}");
+        }
         assert!(reports.iter().all(|r| ["base_step_ms", "mcm_step_ms", "mcm_net_ms", "end_to_end_ms"].iter().all(|k| positive(r, k))), "{report}");
         assert!(reports[0].get("library").is_none(), "tract has no library");
-        let reported = PathBuf::from(reports[1]["library"].as_str().unwrap());
+        let reported = PathBuf::from(reports[2]["library"].as_str().unwrap());
         assert_eq!(reported.canonicalize().unwrap(), library().canonicalize().unwrap());
         let ratios = report["ratios"].as_array().unwrap();
-        assert_eq!(ratios.len(), 2);
-        assert!(ratios.iter().all(|r| r["baseline"] == "tract" && positive(r, "base_step") && positive(r, "mcm_net")), "{report}");
+        assert_eq!(ratios.len(), 3);
+        assert!(ratios.iter().all(|r| r["baseline"] == "tract, 1 thread" && positive(r, "base_step") && positive(r, "mcm_net")), "{report}");
     }
 }

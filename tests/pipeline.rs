@@ -13,12 +13,13 @@ use mcm_edge::contract::{Maps, ModalityMap};
 use mcm_edge::diffusion::{GenerationParams, ImageGenerator, Pipeline, TextParams};
 use mcm_edge::runtime::Backend;
 use mcm_edge::service;
+use mcm_edge::tools::bench::{BenchPlan, bench};
 use mcm_edge::tools::broker;
 use ndarray::Array2;
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 
 fn tiny() -> Pipeline {
-    Pipeline::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny"), &Backend::Tract).unwrap()
+    Pipeline::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny"), &Backend::default()).unwrap()
 }
 
 fn png(img: &RgbImage) -> Vec<u8> {
@@ -46,6 +47,27 @@ fn generation_is_seeded_and_strength_matters() {
     assert_eq!(g.generate(&maps, &noisy).unwrap(), g.generate(&maps, &noisy).unwrap());
 }
 
+/// Generations at once on one pipeline (`[runtime] workers`: shared plans, a run state per
+/// caller) and on a 2-thread pool (`[runtime] threads`) give the images of one at a time on one
+/// thread.
+#[test]
+fn concurrent_and_multithreaded_generations_match_one_at_a_time() {
+    let ids = Array2::from_shape_fn((16, 16), |(y, x)| ((y / 4 + x / 8) % 5) as u8);
+    let maps: Maps = [("segmentation".to_string(), ModalityMap::Segmentation(ids))].into();
+    let params: Vec<GenerationParams> =
+        (0..4).map(|seed| GenerationParams { seed, steps: 4, strength: 1.0, eta: 0.5, text: TextParams::default() }).collect();
+    let one = tiny();
+    let want: Vec<RgbImage> = params.iter().map(|p| one.generate(&maps, p).unwrap()).collect();
+    for backend in [Backend::default(), Backend::tract(2)] {
+        let g = Pipeline::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny"), &backend).unwrap();
+        let got: Vec<RgbImage> = std::thread::scope(|s| {
+            let handles: Vec<_> = params.iter().map(|p| s.spawn(|| g.generate(&maps, p).unwrap())).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(got, want, "{}", backend.describe());
+    }
+}
+
 #[test]
 fn a_distilled_base_of_either_prediction_samples_its_own_grid_only() {
     // models/tiny-v and models/tiny-x0: the tiny base's weights, read as v and as x_0, with a 4-step grid
@@ -54,7 +76,7 @@ fn a_distilled_base_of_either_prediction_samples_its_own_grid_only() {
     let eps_image = tiny().generate(&maps, &p).unwrap();
     let mut images = Vec::new();
     for fixture in ["models/tiny-v", "models/tiny-x0"] {
-        let g = Pipeline::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join(fixture), &Backend::Tract).unwrap();
+        let g = Pipeline::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join(fixture), &Backend::default()).unwrap();
         let img = g.generate(&maps, &p).unwrap();
         assert_ne!(img, eps_image, "{fixture}: the same weights read as another prediction give another image");
         let err = g.generate(&maps, &GenerationParams { steps: 20, ..p.clone() }).unwrap_err().to_string();
@@ -143,7 +165,8 @@ fn request_over_mqtt_is_answered_with_a_png_from_tract() {
 fn bench_reports_the_operator_profile_and_onnxruntime_ratios() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let frame = std::fs::read(root.join("config/samples/segmentation/tablet-0.png")).unwrap();
-    let mut report = mcm_edge::tools::bench::bench(&root.join("models/tiny"), &frame, 2, 2, true, &[Backend::Tract]).unwrap().remove(0);
+    let plan = BenchPlan { steps: 2, runs: 2, profile: true, workers: vec![1, 2] };
+    let mut report = bench(&root.join("models/tiny"), &frame, &plan, &[Backend::default()]).unwrap().remove(0);
     let profile = report.profile.as_ref().expect("asked for a profile");
     for ops in [&profile.base, &profile.mcm] {
         assert!(!ops.is_empty());
@@ -151,6 +174,12 @@ fn bench_reports_the_operator_profile_and_onnxruntime_ratios() {
         assert!(ops.windows(2).all(|w| w[0].ms >= w[1].ms), "largest first");
     }
     assert!(report.images_per_s > 0.0 && report.peak_rss_mib.is_some_and(|m| m > 1.0));
+    let workers: Vec<usize> = report.throughput.iter().map(|t| t.workers).collect();
+    assert_eq!(workers, [1, 2]);
+    assert!(report.throughput.iter().all(|t| t.images_per_s > 0.0 && t.latency_ms > 0.0 && t.images_per_worker == 2));
+    assert_eq!(report.throughput[0].speedup, 1.0);
+    let none = BenchPlan { workers: vec![], ..plan };
+    assert!(bench(&root.join("models/tiny"), &frame, &none, &[Backend::default()]).is_err(), "no worker count is refused");
     let ort = serde_json::json!({ "ms": { "base": { "1": report.base_step_ms / 2.0 }, "mcm": { "1": 1.0 } } });
     report.compare_ort(&ort).unwrap();
     let cmp = report.ort.as_ref().unwrap();

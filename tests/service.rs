@@ -315,6 +315,53 @@ fn latest_frame_wins_while_busy() {
 }
 
 #[test]
+fn two_workers_generate_at_once_and_answer_each_request_once() {
+    let mut config = test_config(rumqttd().port, MqttProtocol::V311);
+    config.runtime.workers = 2;
+    config.limits.queue_depth = 8;
+    let (svc, mut tc) = start(config, Duration::from_millis(150), MqttProtocol::V311);
+    let p = svc.prefix.clone();
+    let seg = b64(&seg_png());
+    // The first request is slow: the ones after it finish first, and their acks (QoS 1) wait for
+    // its ack (rumqttd drops a connection that acknowledges out of order).
+    let slow = serde_json::to_vec(&json!({ "id": "w-slow", "frames": { "segmentation": seg }, "seed": SLOW_SEED })).unwrap();
+    tc.publish(&format!("{p}request"), slow);
+    let ids: Vec<String> = (0..5).map(|i| format!("w{i}")).collect();
+    for id in &ids {
+        tc.publish(&format!("{p}request"), request(id, json!({ "segmentation": seg })));
+    }
+    // A stream frame meanwhile: it runs beside the requests.
+    tc.publish(&format!("{p}frame/segmentation"), seg_png());
+    let mut order = Vec::new();
+    let mut stream_images = 0;
+    let deadline = Instant::now() + WAIT;
+    while order.len() < ids.len() + 1 && Instant::now() < deadline {
+        let Some(m) = tc.try_wait_for(Duration::from_millis(200), &|m: &Msg| m.topic.starts_with(&format!("{p}image")) || m.topic == format!("{p}error")) else {
+            continue;
+        };
+        match m.topic.strip_prefix(&format!("{p}image/")) {
+            Some(id) => order.push(id.to_string()),
+            None if m.topic == format!("{p}image") => stream_images += 1,
+            None => panic!("an error: {}", m.json()),
+        }
+    }
+    assert_eq!(order.len(), ids.len() + 1, "every request answered: {order:?}");
+    assert_ne!(order[0], "w-slow", "the slow request finished after others: {order:?}");
+    let status = tc.wait_for("status with workers", |m| m.topic == format!("{p}status") && m.json()["workers"] == 2).json();
+    assert!(status["running"].as_u64().is_some(), "{status}");
+    // Still connected and answering: a request after the out-of-order finishes.
+    tc.publish(&format!("{p}request"), request("after", json!({ "segmentation": seg })));
+    tc.wait_for("image/after", |m| m.topic == format!("{p}image/after"));
+    let rest = tc.drain(Duration::from_millis(600));
+    stream_images += rest.iter().filter(|m| m.topic == format!("{p}image")).count();
+    assert!(rest.iter().all(|m| !m.topic.starts_with(&format!("{p}image/"))), "one answer per request");
+    assert_eq!(stream_images, 1, "the stream frame gave one image");
+    assert_eq!(svc.generator.max_active.load(Ordering::SeqCst), 2, "two generations ran at once, never more");
+    let summary = svc.stop();
+    assert_eq!((summary.images_generated, summary.requests_accepted), (8, 7), "{summary:?}");
+}
+
+#[test]
 fn queued_requests_are_answered_on_shutdown() {
     let mut config = test_config(rumqttd().port, MqttProtocol::V311);
     config.limits.queue_depth = 4;

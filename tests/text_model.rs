@@ -12,7 +12,7 @@ use mcm_edge::runtime::Backend;
 use support::*;
 
 fn tiny_sd() -> Pipeline {
-    Pipeline::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny-sd"), &Backend::Tract).unwrap()
+    Pipeline::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny-sd"), &Backend::default()).unwrap()
 }
 
 fn params(prompt: &str, guidance_scale: Option<f32>, strength: f32) -> GenerationParams {
@@ -33,6 +33,16 @@ fn sketch_png() -> Vec<u8> {
 fn sketch_maps(info: &ModelInfo) -> Maps {
     let map = decode_frame(&sketch_png(), info.modality("sketch").unwrap(), info.image.size, &FrameLimits::default()).unwrap();
     [("sketch".to_string(), map)].into()
+}
+
+/// With 2 threads tract runs classifier-free guidance's two passes at once: the same image.
+#[test]
+fn guidance_passes_at_once_give_the_same_image() {
+    let two = Pipeline::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny-sd"), &Backend::tract(2)).unwrap();
+    let one = tiny_sd();
+    let maps = sketch_maps(one.info());
+    let p = GenerationParams { text: TextParams { negative_prompt: "rain".into(), ..params("a red boat", Some(5.0), 1.0).text }, ..params("", None, 1.0) };
+    assert_eq!(two.generate(&maps, &p).unwrap(), one.generate(&maps, &p).unwrap());
 }
 
 #[test]
@@ -63,7 +73,7 @@ fn prompts_guidance_and_the_mcm_each_change_the_image() {
 
 #[test]
 fn a_model_without_text_refuses_a_prompt() {
-    let g = Pipeline::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny"), &Backend::Tract).unwrap();
+    let g = Pipeline::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny"), &Backend::default()).unwrap();
     let err = g.generate(&Maps::new(), &params("a lake", None, 0.0)).unwrap_err().to_string();
     assert!(err.contains("takes no prompt"), "{err}");
 }

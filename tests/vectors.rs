@@ -12,6 +12,15 @@ use support::vectors::{model_dirs, verify_dir};
 #[test]
 fn tract_reproduces_pytorch_test_vectors() {
     for dir in model_dirs() {
-        verify_dir("tract", &dir, &Backend::Tract);
+        verify_dir("tract", &dir, &Backend::default());
+    }
+}
+
+/// tract's multi-threaded matrix products and element-wise passes (`[runtime] threads`) give the
+/// same outputs within the same tolerances.
+#[test]
+fn tract_on_two_threads_reproduces_them_too() {
+    for dir in model_dirs() {
+        verify_dir("tract, 2 threads", &dir, &Backend::tract(2));
     }
 }

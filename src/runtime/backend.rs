@@ -14,12 +14,18 @@ pub const ONNXRUNTIME_BUILT_IN: bool = cfg!(feature = "onnxruntime");
 pub const NO_ONNXRUNTIME: &str = "the onnxruntime backend is not available: mcm-edge was built without the onnxruntime feature \
                                   (rebuild with `cargo build --release --features onnxruntime`)";
 
+/// The most threads of one inference call (`[runtime] threads`, `--threads`).
+pub const MAX_THREADS: usize = 256;
+
+/// The most generations at once (`[runtime] workers`).
+pub const MAX_WORKERS: usize = 64;
+
 /// The kind of inference backend, as named in `edge.toml` (`[runtime] backend`) and on the
 /// command line (`--backend`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum BackendKind {
-    /// Pure Rust, always built in, runs on one thread.
+    /// Pure Rust, always built in.
     #[default]
     Tract,
     /// Loaded at run time from a user-supplied libonnxruntime; needs a binary built
@@ -38,62 +44,79 @@ impl BackendKind {
 }
 
 /// The inference backend that runs a model's ONNX files, with its settings.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum Backend {
-    /// tract (the default): optimized plans built once, one thread.
-    #[default]
-    Tract,
-    /// onnxruntime through the `ort` crate (cargo feature `onnxruntime`); the library is loaded
-    /// once per process, on the first load of a net.
-    Onnxruntime {
-        /// The `libonnxruntime` shared library (1.17 or newer); `None` = the `ORT_DYLIB_PATH`
-        /// environment variable. A relative path is taken from the working directory.
-        library: Option<PathBuf>,
-        /// Intra-op threads of every session (at least 1).
-        threads: usize,
-    },
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    /// tract (optimized plans built once) or onnxruntime (through the `ort` crate, cargo feature
+    /// `onnxruntime`; the library is loaded once per process, on the first load of a net).
+    pub kind: BackendKind,
+    /// Threads of one inference call (1..=[`MAX_THREADS`]): tract's matrix products and
+    /// element-wise passes on a rayon pool of this many threads (one pool per count, shared by
+    /// every net of the process; 1 = on the calling thread), onnxruntime's intra-op threads.
+    pub threads: usize,
+    /// Calls of one net that may run at the same time (generations at once). tract shares one
+    /// plan and keeps a run state per concurrent call, however many; onnxruntime, whose
+    /// `Session::run` is exclusive, creates this many sessions per net (each with its own copy of
+    /// the weights) and a call beyond them waits for a free one.
+    pub concurrency: usize,
+    /// The `libonnxruntime` shared library (1.17 or newer); `None` = the `ORT_DYLIB_PATH`
+    /// environment variable. A relative path is taken from the working directory. onnxruntime only.
+    pub onnxruntime_library: Option<PathBuf>,
+}
+
+impl Default for Backend {
+    /// tract on one thread, one call at a time.
+    fn default() -> Self {
+        Backend::tract(1)
+    }
 }
 
 impl Backend {
-    /// The backend of `kind`; `library` and `threads` apply to onnxruntime only.
+    /// The backend of `kind` with `threads` threads per call and one call at a time; `library`
+    /// applies to onnxruntime only.
     pub fn new(kind: BackendKind, library: Option<PathBuf>, threads: usize) -> Self {
-        match kind {
-            BackendKind::Tract => Backend::Tract,
-            BackendKind::Onnxruntime => Backend::Onnxruntime { library, threads },
-        }
+        Backend { kind, threads, concurrency: 1, onnxruntime_library: library }
+    }
+
+    /// tract with `threads` threads per call.
+    pub fn tract(threads: usize) -> Self {
+        Backend::new(BackendKind::Tract, None, threads)
     }
 
     /// An onnxruntime backend from `ORT_DYLIB_PATH` with `threads` intra-op threads.
     pub fn onnxruntime(threads: usize) -> Self {
-        Backend::Onnxruntime { library: None, threads }
+        Backend::new(BackendKind::Onnxruntime, None, threads)
+    }
+
+    /// The same backend for `concurrency` calls at once (at least 1).
+    pub fn with_concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency.max(1);
+        self
     }
 
     /// Its kind.
     pub fn kind(&self) -> BackendKind {
-        match self {
-            Backend::Tract => BackendKind::Tract,
-            Backend::Onnxruntime { .. } => BackendKind::Onnxruntime,
-        }
+        self.kind
     }
 
-    /// Threads used by one inference call (tract: always 1).
+    /// Threads used by one inference call.
     pub fn threads(&self) -> usize {
-        match self {
-            Backend::Tract => 1,
-            Backend::Onnxruntime { threads, .. } => *threads,
-        }
+        self.threads
     }
 
-    /// Short human text: `tract` or `onnxruntime, N thread(s)`.
+    /// Short human text: `tract, N thread(s)` or `onnxruntime, N thread(s)`.
     pub fn describe(&self) -> String {
-        match self {
-            Backend::Tract => "tract".into(),
-            Backend::Onnxruntime { threads, .. } => format!("onnxruntime, {}", thread_count(*threads)),
-        }
+        format!("{}, {}", self.kind.name(), thread_count(self.threads))
     }
 }
 
-/// `[runtime]` section of `edge.toml`: the inference backend.
+/// The cores this process may run on (its CPU affinity and cgroup quota, as
+/// `std::thread::available_parallelism` reads them); 1 when they cannot be read.
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// `[runtime]` section of `edge.toml`: the inference backend, its threads and how many
+/// generations run at once.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeConfig {
@@ -103,19 +126,30 @@ pub struct RuntimeConfig {
     /// The libonnxruntime shared library (`libonnxruntime.so.1.x.y`), relative to the working
     /// directory; default: the `ORT_DYLIB_PATH` environment variable. onnxruntime only.
     pub onnxruntime_library: Option<PathBuf>,
-    /// Intra-op threads of each onnxruntime session (1..=256); tract always runs on one thread.
-    pub threads: usize,
+    /// Threads of one generation's inference calls (1..=256), for both backends; default
+    /// (`None`): the cores this process may use divided among the workers, at least 1.
+    pub threads: Option<usize>,
+    /// Generations that run at once (1..=64; default 1), each on its own worker thread with its
+    /// own activations (plans and weights are shared): more images per second on a board with
+    /// more cores than one generation keeps busy, at the memory of one generation's activations
+    /// per worker.
+    pub workers: usize,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        RuntimeConfig { backend: BackendKind::Tract, onnxruntime_library: None, threads: 1 }
+        RuntimeConfig { backend: BackendKind::Tract, onnxruntime_library: None, threads: None, workers: 1 }
     }
 }
 
 impl RuntimeConfig {
-    /// The [`Backend`] these settings describe.
+    /// Threads per generation: `threads`, or the available cores shared among the workers.
+    pub fn threads(&self) -> usize {
+        self.threads.unwrap_or_else(|| (available_cores() / self.workers.max(1)).max(1))
+    }
+
+    /// The [`Backend`] these settings describe, for `workers` generations at once.
     pub fn backend(&self) -> Backend {
-        Backend::new(self.backend, self.onnxruntime_library.clone(), self.threads)
+        Backend::new(self.backend, self.onnxruntime_library.clone(), self.threads()).with_concurrency(self.workers)
     }
 }

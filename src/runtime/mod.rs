@@ -13,7 +13,7 @@ mod onnxruntime;
 mod text;
 mod tract;
 
-pub use backend::{Backend, BackendKind, NO_ONNXRUNTIME, ONNXRUNTIME_BUILT_IN, RuntimeConfig};
+pub use backend::{Backend, BackendKind, MAX_THREADS, MAX_WORKERS, NO_ONNXRUNTIME, ONNXRUNTIME_BUILT_IN, RuntimeConfig, available_cores};
 pub use checks::ContractMismatch;
 pub use error::ModelError;
 pub use models::{Models, base_inputs, decoder_inputs, load_encoder, load_estimator, load_segmenter, mcm_inputs};

@@ -152,7 +152,7 @@ mod tests {
 
     #[test]
     fn loads_the_tiny_fixture() {
-        let m = Models::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny"), &Backend::Tract).unwrap();
+        let m = Models::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny"), &Backend::default()).unwrap();
         assert_eq!(m.info.image.size, 16);
         assert!(m.mcm.is_some());
     }
@@ -160,14 +160,14 @@ mod tests {
     #[test]
     fn size_mismatch_names_file_tensor_and_shapes() {
         let dir = tiny_copy("size", |t| t.replacen("size = 16", "size = 32", 1));
-        let err = Models::load(&dir, &Backend::Tract).err().expect("must refuse").to_string();
+        let err = Models::load(&dir, &Backend::default()).err().expect("must refuse").to_string();
         assert!(err.contains("base.onnx") && err.contains("sample") && err.contains("32"), "{err}");
     }
 
     #[test]
     fn cond_channel_mismatch_is_refused() {
         let dir = tiny_copy("cond", |t| t.replace("cond_channels = 13", "cond_channels = 12"));
-        let err = Models::load(&dir, &Backend::Tract).err().expect("must refuse").to_string();
+        let err = Models::load(&dir, &Backend::default()).err().expect("must refuse").to_string();
         assert!(err.contains("model.toml") && err.contains("cond_channels"), "{err}");
     }
 
@@ -175,7 +175,7 @@ mod tests {
     fn image_channels_beyond_four_are_refused_at_load() {
         for channels in [0, 5] {
             let dir = tiny_copy(&format!("channels{channels}"), |t| t.replacen("channels = 3", &format!("channels = {channels}"), 1));
-            let err = Models::load(&dir, &Backend::Tract).err().expect("must refuse").to_string();
+            let err = Models::load(&dir, &Backend::default()).err().expect("must refuse").to_string();
             assert!(err.contains("model.toml") && err.contains(&format!("channels = {channels}")) && err.contains("RGB"), "{err}");
         }
     }
@@ -184,14 +184,14 @@ mod tests {
     fn corrupt_onnx_is_refused_with_its_path() {
         let dir = tiny_copy("corrupt", |t| t);
         std::fs::write(dir.join("mcm.onnx"), b"not an onnx file").unwrap();
-        let err = Models::load(&dir, &Backend::Tract).err().expect("must refuse").to_string();
+        let err = Models::load(&dir, &Backend::default()).err().expect("must refuse").to_string();
         assert!(err.contains("mcm.onnx"), "{err}");
     }
 
     #[test]
     fn missing_key_is_refused() {
         let dir = tiny_copy("key", |t| t.replace("num_train_timesteps = 1000\n", ""));
-        let err = Models::load(&dir, &Backend::Tract).err().expect("must refuse").to_string();
+        let err = Models::load(&dir, &Backend::default()).err().expect("must refuse").to_string();
         assert!(err.contains("num_train_timesteps"), "{err}");
     }
 }

@@ -6,16 +6,18 @@ use std::path::{Path, PathBuf};
 use ndarray::{Array4, ArrayD, Ix4};
 use tract_onnx::prelude::Tensor;
 
-use super::backend::Backend;
+use super::backend::{Backend, BackendKind, MAX_THREADS};
 #[cfg(not(feature = "onnxruntime"))]
 use super::backend::NO_ONNXRUNTIME;
+use super::checks::thread_count;
 use super::error::ModelError;
 use super::feed::InputSpec;
 #[cfg(feature = "onnxruntime")]
 use super::onnxruntime::OrtNet;
 use super::tract::TractNet;
 
-/// One loaded ONNX file with the input/output names of the contract, run by one backend.
+/// One loaded ONNX file with the input/output names of the contract, run by one backend; any
+/// number of threads may run it at once (see [`Backend::concurrency`]).
 pub struct Net {
     path: PathBuf,
     outputs: usize,
@@ -58,14 +60,15 @@ impl Net {
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "file not found"),
             });
         }
-        let engine = match backend {
-            Backend::Tract => Engine::Tract(TractNet::load(path, inputs, outputs)?),
+        if !(1..=MAX_THREADS).contains(&backend.threads) {
+            return Err(ModelError::Backend(format!("threads must be within 1..={MAX_THREADS}, got {}", backend.threads)));
+        }
+        let engine = match backend.kind {
+            BackendKind::Tract => Engine::Tract(TractNet::load(path, inputs, outputs, backend.threads)?),
             #[cfg(feature = "onnxruntime")]
-            Backend::Onnxruntime { library, threads } => {
-                Engine::Onnxruntime(OrtNet::load(path, inputs, outputs, library.as_deref(), *threads)?)
-            }
+            BackendKind::Onnxruntime => Engine::Onnxruntime(OrtNet::load(path, inputs, outputs, backend)?),
             #[cfg(not(feature = "onnxruntime"))]
-            Backend::Onnxruntime { .. } => return Err(ModelError::Backend(NO_ONNXRUNTIME.into())),
+            BackendKind::Onnxruntime => return Err(ModelError::Backend(NO_ONNXRUNTIME.into())),
         };
         Ok(Self { path: path.to_path_buf(), outputs: outputs.len(), engine })
     }
@@ -75,11 +78,11 @@ impl Net {
         &self.path
     }
 
-    /// Which backend runs this net: `tract` or `onnxruntime VERSION, N thread(s)` (the version
-    /// as read from the library's file name).
+    /// Which backend runs this net: `tract, N thread(s)` or `onnxruntime VERSION, N thread(s)`
+    /// (the version as read from the library's file name).
     pub fn backend_description(&self) -> String {
         match &self.engine {
-            Engine::Tract(_) => "tract".into(),
+            Engine::Tract(net) => format!("tract, {}", thread_count(net.threads())),
             #[cfg(feature = "onnxruntime")]
             Engine::Onnxruntime(net) => net.description(),
         }

@@ -3,14 +3,14 @@
 //! onnxruntime is not linked: the `ort` crate loads a user-supplied `libonnxruntime` shared
 //! library (1.17 or newer) at run time, once per process, from `[runtime] onnxruntime_library` /
 //! `--ort-library` or else the `ORT_DYLIB_PATH` environment variable. Every net then gets its own
-//! session: all graph optimizations, `threads` intra-op threads, one inter-op thread, sequential
+//! sessions (one per concurrent call): all graph optimizations, `threads` intra-op threads, one inter-op thread, sequential
 //! execution (the settings of `bench/ort_bench.py`), and intra-op threads that block instead of
 //! spin-waiting between calls (`session.intra_op.allow_spinning = 0`): on a small shared device
 //! spinning threads take the cores from the rest of the service (and, in `mcm-edge bench`, from
 //! the other backends timed in the same process). With one thread there is no pool to spin.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Condvar, Mutex, PoisonError};
 
 use ndarray::{ArrayD, IxDyn};
 use ort::environment::Environment;
@@ -20,6 +20,7 @@ use ort::session::SessionInputValue;
 use ort::value::{TensorElementType, TensorRef, ValueType};
 use tract_onnx::prelude::{DatumType, Tensor};
 
+use super::backend::Backend;
 use super::checks::{ContractMismatch, check_names, thread_count};
 use super::error::ModelError;
 use super::feed::{Declared, Feed, InputSpec, resolve_feeds};
@@ -99,9 +100,11 @@ fn runtime(configured: Option<&Path>) -> Result<(Environment, PathBuf, String), 
 
 /// One ONNX file as an onnxruntime session, with the contract's input and output names.
 pub(crate) struct OrtNet {
-    /// `Session::run` takes `&mut self` (onnxruntime internals are not thread safe); calls are
-    /// serialized here, as generations are anyway.
-    session: Mutex<Session>,
+    /// The sessions not in use (`Backend::concurrency` of them, each with its own weights):
+    /// `Session::run` takes `&mut self`, so a call takes one and puts it back; a call that finds
+    /// none waits on `returned`.
+    sessions: Mutex<Vec<Session>>,
+    returned: Condvar,
     /// The feed of each input, in the file's order.
     feeds: Vec<Feed>,
     outputs: Vec<String>,
@@ -110,8 +113,9 @@ pub(crate) struct OrtNet {
 }
 
 impl OrtNet {
-    /// Create a session for `path` with `threads` intra-op threads and check the contract
-    /// (inputs matched by name, [`resolve_feeds`]; output names and order).
+    /// Create `backend.concurrency` sessions for `path` with `backend.threads` intra-op threads
+    /// each and check the contract (inputs matched by name, [`resolve_feeds`]; output names and
+    /// order).
     ///
     /// # Errors
     /// [`ModelError::Backend`] for the library (see [`runtime`]), [`ModelError::Onnxruntime`] when
@@ -120,35 +124,23 @@ impl OrtNet {
         path: &Path,
         inputs: &[InputSpec],
         outputs: &[&str],
-        library: Option<&Path>,
-        threads: usize,
+        backend: &Backend,
     ) -> Result<Self, ModelError> {
+        let threads = backend.threads;
         if threads == 0 {
             return Err(ModelError::Backend("onnxruntime backend: threads must be at least 1".into()));
         }
-        let (env, library, version) = runtime(library)?;
-        let ort_err = |e: &dyn std::fmt::Display| ModelError::Onnxruntime { path: path.to_path_buf(), message: e.to_string() };
+        let (env, library, version) = runtime(backend.onnxruntime_library.as_deref())?;
         let contract = |source| ModelError::Contract { path: path.to_path_buf(), source };
-        let session = Session::builder(&env)
-            .map_err(|e| ort_err(&e))?
-            .with_optimization_level(GraphOptimizationLevel::All)
-            .map_err(|e| ort_err(&e))?
-            .with_intra_threads(threads)
-            .map_err(|e| ort_err(&e))?
-            .with_inter_threads(1)
-            .map_err(|e| ort_err(&e))?
-            .with_parallel_execution(false)
-            .map_err(|e| ort_err(&e))?
-            .with_intra_op_spinning(false)
-            .map_err(|e| ort_err(&e))?
-            .commit_from_file(path)
-            .map_err(|e| ort_err(&e))?;
+        let sessions = (0..backend.concurrency.max(1)).map(|_| session(&env, path, threads)).collect::<Result<Vec<_>, _>>()?;
+        let session = &sessions[0];
         let declared = session.inputs().iter().map(|o| declared(o.name(), o.dtype())).collect::<Result<Vec<_>, _>>().map_err(contract)?;
         let feeds = resolve_feeds(&declared, inputs).map_err(contract)?;
         let out_names: Vec<String> = session.outputs().iter().map(|o| o.name().to_string()).collect();
         check_names("outputs", &out_names, outputs).map_err(contract)?;
         Ok(Self {
-            session: Mutex::new(session),
+            sessions: Mutex::new(sessions),
+            returned: Condvar::new(),
             feeds,
             outputs: out_names,
             description: format!("onnxruntime {version}, {}", thread_count(threads)),
@@ -185,18 +177,56 @@ impl OrtNet {
         for (t, f) in fed.iter().zip(&self.feeds) {
             feeds.push((f.name.as_str(), ort_value(t).map_err(|e| err(format!("input {:?}: {e}", f.name)))?));
         }
-        let mut session = self.session.lock().unwrap_or_else(PoisonError::into_inner);
-        let out = session.run(feeds).map_err(|e| err(e.to_string()))?;
-        self.outputs
-            .iter()
-            .map(|name| {
-                let value = out.get(name).ok_or_else(|| err(format!("no output {name:?}")))?;
-                let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| err(format!("output {name:?}: {e}")))?;
-                let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-                ArrayD::from_shape_vec(IxDyn(&dims), data.to_vec()).map_err(|e| err(format!("output {name:?}: {e}")))
-            })
-            .collect()
+        let mut session = self.take_session();
+        let result = session.run(feeds).map_err(|e| err(e.to_string())).and_then(|out| {
+            self.outputs
+                .iter()
+                .map(|name| {
+                    let value = out.get(name).ok_or_else(|| err(format!("no output {name:?}")))?;
+                    let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| err(format!("output {name:?}: {e}")))?;
+                    let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+                    ArrayD::from_shape_vec(IxDyn(&dims), data.to_vec()).map_err(|e| err(format!("output {name:?}: {e}")))
+                })
+                .collect()
+        });
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner).push(session);
+        self.returned.notify_one();
+        result
     }
+
+    /// A session not in use, waiting for one when all are running.
+    fn take_session(&self) -> Session {
+        let mut free = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(session) = free.pop() {
+                return session;
+            }
+            free = self.returned.wait(free).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+/// A session of `path` with all graph optimizations and `threads` intra-op threads (see the
+/// module's settings).
+///
+/// # Errors
+/// [`ModelError::Onnxruntime`] when onnxruntime refuses the file or a setting.
+fn session(env: &Environment, path: &Path, threads: usize) -> Result<Session, ModelError> {
+    let ort_err = |e: &dyn std::fmt::Display| ModelError::Onnxruntime { path: path.to_path_buf(), message: e.to_string() };
+    Session::builder(env)
+        .map_err(|e| ort_err(&e))?
+        .with_optimization_level(GraphOptimizationLevel::All)
+        .map_err(|e| ort_err(&e))?
+        .with_intra_threads(threads)
+        .map_err(|e| ort_err(&e))?
+        .with_inter_threads(1)
+        .map_err(|e| ort_err(&e))?
+        .with_parallel_execution(false)
+        .map_err(|e| ort_err(&e))?
+        .with_intra_op_spinning(false)
+        .map_err(|e| ort_err(&e))?
+        .commit_from_file(path)
+        .map_err(|e| ort_err(&e))
 }
 
 /// An input as onnxruntime declares it, in the terms of [`resolve_feeds`].

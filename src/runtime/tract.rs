@@ -1,14 +1,16 @@
 //! The tract backend of [`Net`](super::Net): an ONNX file as an optimized tract plan for batch 1
-//! (inputs fixed to the types and shapes the file declares, [`Feed`]), run on one thread, with an
-//! operator profiler.
+//! (inputs fixed to the types and shapes the file declares, [`Feed`]), run on the calling thread
+//! or on a rayon pool (`[runtime] threads`), by any number of callers at once, with an operator
+//! profiler.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use ndarray::ArrayD;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
+use tract_linalg::multithread::Executor;
 
 use super::checks::check_names;
 use super::error::ModelError;
@@ -19,6 +21,36 @@ use super::net::OpTime;
 pub(super) struct TractNet {
     plan: Arc<TypedRunnableModel>,
     feeds: Vec<Feed>,
+    threads: usize,
+    /// Run states not in use: one is taken per call and put back after it, so that concurrent
+    /// callers each have their own and a caller reuses one instead of building it per call.
+    states: Mutex<Vec<TypedSimpleState>>,
+}
+
+/// The executor of plans run with `threads` threads: the calling thread for 1 (tract's
+/// `SingleThread`; its `multithread(1)` would be a one-thread pool), else a rayon pool of
+/// `threads` threads named `mcm-tract-N`, built once per count and shared by every plan of the
+/// process, so that nets and workers do not multiply the threads.
+///
+/// # Errors
+/// [`ModelError::Backend`] when the pool's threads cannot be started.
+pub(super) fn executor(threads: usize) -> Result<Executor, ModelError> {
+    static POOLS: Mutex<BTreeMap<usize, Executor>> = Mutex::new(BTreeMap::new());
+    if threads <= 1 {
+        return Ok(Executor::SingleThread);
+    }
+    let mut pools = POOLS.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(pool) = pools.get(&threads) {
+        return Ok(pool.clone());
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|n| format!("mcm-tract-{n}"))
+        .build()
+        .map_err(|e| ModelError::Backend(format!("tract: cannot start a pool of {threads} threads: {e}")))?;
+    let pool = Executor::MultiThread(Arc::new(pool));
+    pools.insert(threads, pool.clone());
+    Ok(pool)
 }
 
 /// A [`ModelError::Tract`] naming `path`.
@@ -77,7 +109,7 @@ impl TractNet {
     /// # Errors
     /// [`ModelError::Contract`] on a name/type/shape mismatch, [`ModelError::Tract`] if tract cannot
     /// load or optimize it.
-    pub(super) fn load(path: &Path, inputs: &[InputSpec], outputs: &[&str]) -> Result<Self, ModelError> {
+    pub(super) fn load(path: &Path, inputs: &[InputSpec], outputs: &[&str], threads: usize) -> Result<Self, ModelError> {
         let tract_err = |e: TractError| tract_error(path, &e);
         let contract = |source| ModelError::Contract { path: path.to_path_buf(), source };
         let mut model = tract_onnx::onnx().model_for_path(path).map_err(tract_err)?;
@@ -92,8 +124,14 @@ impl TractNet {
             .map(|o| model.outlet_label(*o).unwrap_or(&model.node(o.node).name).to_string())
             .collect();
         check_names("outputs", &out_names, outputs).map_err(contract)?;
-        let plan = model.into_optimized().map_err(tract_err)?.into_runnable().map_err(tract_err)?;
-        Ok(Self { plan, feeds })
+        let options = RunOptions { executor: Some(executor(threads)?), ..RunOptions::default() };
+        let plan = model.into_optimized().map_err(tract_err)?.into_runnable_with_options(&options).map_err(tract_err)?;
+        Ok(Self { plan, feeds, threads, states: Mutex::new(Vec::new()) })
+    }
+
+    /// Threads of one run (1: the calling thread).
+    pub(super) fn threads(&self) -> usize {
+        self.threads
     }
 
     /// `inputs` (contract order) converted to the file's types and shapes, in file order.
@@ -115,7 +153,15 @@ impl TractNet {
     /// # Errors
     /// [`ModelError::Tract`] naming `path` when tract fails or an output is not f32.
     pub(super) fn run(&self, path: &Path, inputs: &[Tensor], outputs: usize) -> Result<Vec<ArrayD<f32>>, ModelError> {
-        let out = self.plan.run(self.feed(path, inputs)?).map_err(|e| tract_error(path, &e))?;
+        let inputs = self.feed(path, inputs)?;
+        let free = self.states.lock().unwrap_or_else(PoisonError::into_inner).pop();
+        let mut state = match free {
+            Some(state) => state,
+            None => self.plan.spawn().map_err(|e| tract_error(path, &e))?,
+        };
+        let out = state.run(inputs).map_err(|e| tract_error(path, &e))?;
+        // A state whose run failed is dropped, not reused.
+        self.states.lock().unwrap_or_else(PoisonError::into_inner).push(state);
         out.into_iter()
             .take(outputs)
             .map(|v| v.into_tensor().into_plain_array::<f32>().map_err(|e| tract_error(path, &e)))

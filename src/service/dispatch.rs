@@ -6,7 +6,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use super::TICK;
 use super::answers::Answer;
 use super::request::{self, Refusal, RequestRules};
-use super::state::{Ctx, Job, Pending, lock};
+use super::state::{Ctx, Job, lock};
 use crate::error_code::ErrorCode;
 use crate::mqtt::{LoopEvent, ReplyTo, Ticket, topic_matches};
 
@@ -205,7 +205,7 @@ enum Parsed {
 /// Whether request `id` is queued or being generated.
 fn is_pending(ctx: &Ctx, id: &str) -> bool {
     let p = lock(&ctx.shared.pending);
-    p.requests.iter().any(|j| j.request.id == id) || p.running.as_ref().is_some_and(|r| r.0 == id)
+    p.requests.iter().any(|j| j.request.id == id) || p.running.iter().any(|r| r.0 == id)
 }
 
 /// A duplicate delivery of `id` (e.g. redelivered by the broker after a reconnect) arrived with
@@ -213,10 +213,7 @@ fn is_pending(ctx: &Ctx, id: &str) -> bool {
 /// delivery instead, so that a crash before the answer still gets it delivered again; returns
 /// the ticket to release now (the replaced one, void on a new connection, or else the new one).
 fn adopt_ack(ctx: &Ctx, id: &str, ticket: Ticket) -> Option<Ticket> {
-    let mut guard = lock(&ctx.shared.pending);
-    let Pending { requests, running, .. } = &mut *guard;
-    let queued = requests.iter_mut().find(|j| j.request.id == id).map(|j| &mut j.ack);
-    match queued.or_else(|| running.as_mut().filter(|r| r.0 == id).map(|r| &mut r.1)) {
+    match lock(&ctx.shared.pending).ack_slot(id) {
         Some(slot) => slot.replace(ticket),
         None => Some(ticket),
     }

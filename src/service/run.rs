@@ -110,15 +110,17 @@ pub fn run(
         let ctx = ctx.clone();
         spawn("mqtt-dispatch", move || dispatch(ctx, rx))?
     };
-    let worker = {
-        let ctx = ctx.clone();
-        spawn("mcm-worker", move || work(ctx))?
-    };
+    let workers = (0..config.runtime.workers.max(1))
+        .map(|_| {
+            let ctx = ctx.clone();
+            spawn("mcm-worker", move || work(ctx))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
 
     // Supervise: stop on request, or when a thread ended unexpectedly (a panic).
     while !shutdown.load(Ordering::SeqCst)
         && !dispatcher.is_finished()
-        && !worker.is_finished()
+        && !workers.iter().any(JoinHandle::is_finished)
         && !loop_thread.is_finished()
     {
         std::thread::sleep(TICK);
@@ -133,8 +135,10 @@ pub fn run(
     if dispatcher.join().is_err() {
         panicked = Some("mqtt-dispatch");
     }
-    if worker.join().is_err() {
-        panicked = Some("mcm-worker");
+    for worker in workers {
+        if worker.join().is_err() {
+            panicked = Some("mcm-worker");
+        }
     }
     if let Err(e) = ctx.out.publish(&status_topic, OFFLINE.to_vec(), true, None) {
         log::warn!("cannot publish the offline status: {e}");

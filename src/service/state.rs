@@ -1,4 +1,4 @@
-//! What the dispatcher, the worker and `run` share: the queue of accepted requests and pending
+//! What the dispatcher, the workers and `run` share: the queue of accepted requests and pending
 //! stream frames ([`Pending`]), the counters ([`Stats`]) and the context every thread holds
 //! ([`Ctx`]).
 
@@ -13,6 +13,7 @@ use super::answers::AnswerCache;
 use super::outbox::Outbox;
 use super::request::Request;
 use crate::config::EdgeConfig;
+use crate::contract::Maps;
 use crate::diffusion::ImageGenerator;
 use crate::display::StatusDisplay;
 use crate::frames::FrameLimits;
@@ -43,15 +44,28 @@ pub(super) struct Job {
     pub(super) ack: Option<Ticket>,
 }
 
-/// Work waiting for the worker.
+/// Work waiting for the workers, and what they are doing.
 #[derive(Default)]
 pub(super) struct Pending {
     pub(super) requests: VecDeque<Job>,
     /// Latest undecoded stream frame per modality.
     pub(super) frames: BTreeMap<String, Vec<u8>>,
-    pub(super) busy: bool,
-    /// The request being generated: its id and its acknowledgement, sent once it is answered.
-    pub(super) running: Option<(String, Option<Ticket>)>,
+    /// Workers generating now (`[runtime] workers` at most).
+    pub(super) busy: usize,
+    /// A worker is generating from stream frames: one at a time, so that stream images go out in
+    /// the order of their frames.
+    pub(super) frames_running: bool,
+    /// The requests being generated: their ids and acknowledgements, each sent once its request
+    /// is answered (released in arrival order by the transport's ack queue).
+    pub(super) running: Vec<(String, Option<Ticket>)>,
+}
+
+impl Pending {
+    /// The acknowledgement slot of request `id` while it is queued or being generated.
+    pub(super) fn ack_slot(&mut self, id: &str) -> Option<&mut Option<Ticket>> {
+        let queued = self.requests.iter_mut().find(|j| j.request.id == id).map(|j| &mut j.ack);
+        queued.or_else(|| self.running.iter_mut().find(|r| r.0 == id).map(|r| &mut r.1))
+    }
 }
 
 /// Counters and the latest pictures, for the status and the display.
@@ -67,6 +81,9 @@ pub(super) struct Stats {
 /// The state behind every [`Ctx`] clone.
 pub(super) struct Shared {
     pub(super) pending: Mutex<Pending>,
+    /// The latest decoded map of every modality from stream frames (what stream images are
+    /// generated from; used by the one worker generating from frames at a time).
+    pub(super) latest: Mutex<Maps>,
     pub(super) wake: Condvar,
     pub(super) stats: Mutex<Stats>,
     /// Recent answers, for retried request ids.
@@ -106,6 +123,7 @@ impl Ctx {
         let stopping = Arc::new(AtomicBool::new(false));
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending::default()),
+            latest: Mutex::new(Maps::new()),
             wake: Condvar::new(),
             stats: Mutex::new(Stats::default()),
             answers: Mutex::new(AnswerCache::new(config.limits.answer_cache_bytes, config.limits.recent_ids)),

@@ -20,6 +20,10 @@ struct Status<'a> {
     generation: GenerationSummary,
     queue_depth: usize,
     queue_capacity: usize,
+    /// Generations at once at most (`[runtime] workers`).
+    workers: usize,
+    /// Generations running now (requests and stream frames).
+    running: usize,
     pending_frames: usize,
     dropped_frames: u64,
     last_latency_ms: Option<u64>,
@@ -141,14 +145,14 @@ impl Ctx {
     /// Publish the retained status (and refresh the display).
     pub(super) fn publish_status(&self) {
         let _order = lock(&self.shared.status_order);
-        let (queue_depth, pending_frames, busy) = {
+        let (queue_depth, pending_frames, running) = {
             let p = lock(&self.shared.pending);
             (p.requests.len(), p.frames.len(), p.busy)
         };
         let stats = lock(&self.shared.stats);
         let info = self.generator.info();
         let status = Status {
-            state: if busy { "busy" } else { "online" },
+            state: if running > 0 { "busy" } else { "online" },
             device_id: &self.config.mqtt.device_id,
             model: ModelSummary {
                 id: &self.model_id,
@@ -165,6 +169,8 @@ impl Ctx {
             generation: self.generation_summary(),
             queue_depth,
             queue_capacity: self.config.limits.queue_depth,
+            workers: self.config.runtime.workers,
+            running,
             pending_frames,
             dropped_frames: stats.summary.dropped_frames,
             last_latency_ms: stats.last_latency_ms,

@@ -1,5 +1,7 @@
-//! The worker: takes requests and stream frames from the queue in turn, generates, and publishes
-//! the PNG or the error; on shutdown it answers the requests still queued.
+//! The workers (`[runtime] workers` of them): each takes requests and stream frames from the
+//! queue in turn, generates, and publishes the PNG or the error; on shutdown the last one to stop
+//! answers the requests still queued. Requests run on any worker at once; stream frames on one
+//! worker at a time, so that stream images go out in the order of their frames.
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
@@ -24,46 +26,65 @@ enum Work {
     Frames(BTreeMap<String, Vec<u8>>),
 }
 
-/// The worker thread: requests and stream frames in turn, until stopping.
+/// A worker thread: requests and stream frames in turn, until stopping.
 pub(super) fn work(ctx: Ctx) {
-    let mut latest = Maps::new();
     let mut prefer_frames = false;
-    loop {
-        let next = {
-            let mut p = lock(&ctx.shared.pending);
-            loop {
-                if ctx.stopping() {
-                    break None;
-                }
-                let take_request = p.frames.is_empty() || !prefer_frames;
-                if take_request && let Some(mut job) = p.requests.pop_front() {
-                    p.running = Some((job.request.id.clone(), job.ack.take()));
-                    break Some(Work::Request(job));
-                }
-                if !p.frames.is_empty() {
-                    break Some(Work::Frames(std::mem::take(&mut p.frames)));
-                }
-                p = ctx.shared.wake.wait_timeout(p, TICK).map_or_else(|e| e.into_inner().0, |(g, _)| g);
-            }
-        };
-        let Some(next) = next else { break };
+    while let Some(next) = next_work(&ctx, prefer_frames) {
         prefer_frames = matches!(next, Work::Request(_));
-        lock(&ctx.shared.pending).busy = true;
         ctx.publish_status();
+        let frames = matches!(next, Work::Frames(_));
         match next {
             Work::Request(job) => run_request(&ctx, job),
-            Work::Frames(frames) => run_frames(&ctx, &mut latest, frames),
+            Work::Frames(frames) => run_frames(&ctx, frames),
         }
-        lock(&ctx.shared.pending).busy = false;
+        {
+            let mut p = lock(&ctx.shared.pending);
+            p.busy -= 1;
+            p.frames_running &= !frames;
+        }
+        // Another worker may wait for the frames this one was generating from.
+        ctx.shared.wake.notify_all();
         ctx.publish_status();
     }
-    // Every accepted request gets an answer, also on shutdown.
+    answer_left(&ctx);
+    log::debug!("worker stopped");
+}
+
+/// The next work for a worker, marked as running (`busy`, `running`, `frames_running`); `None`
+/// once stopping. A request first unless `prefer_frames` and frames wait; frames only while no
+/// other worker generates from frames.
+fn next_work(ctx: &Ctx, prefer_frames: bool) -> Option<Work> {
+    let mut p = lock(&ctx.shared.pending);
+    loop {
+        if ctx.stopping() {
+            return None;
+        }
+        let frames_ready = !p.frames.is_empty() && !p.frames_running;
+        if (!frames_ready || !prefer_frames)
+            && let Some(mut job) = p.requests.pop_front()
+        {
+            let running = (job.request.id.clone(), job.ack.take());
+            p.running.push(running);
+            p.busy += 1;
+            return Some(Work::Request(job));
+        }
+        if frames_ready {
+            p.frames_running = true;
+            p.busy += 1;
+            return Some(Work::Frames(std::mem::take(&mut p.frames)));
+        }
+        p = ctx.shared.wake.wait_timeout(p, TICK).map_or_else(|e| e.into_inner().0, |(g, _)| g);
+    }
+}
+
+/// Every accepted request gets an answer, also on shutdown: the requests still queued get
+/// `shutting_down` (from whichever worker stops first; the queue is empty for the others).
+fn answer_left(ctx: &Ctx) {
     let left: Vec<Job> = lock(&ctx.shared.pending).requests.drain(..).collect();
     for job in left {
         ctx.error(Some(&job.request.id), ErrorCode::ShuttingDown, "the device is shutting down", job.reply.as_ref());
-        ack_job(&ctx, &job);
+        ack_job(ctx, &job);
     }
-    log::debug!("worker stopped");
 }
 
 fn next_seed(ctx: &Ctx) -> u64 {
@@ -77,8 +98,12 @@ fn next_seed(ctx: &Ctx) -> u64 {
 
 fn run_request(ctx: &Ctx, job: Job) {
     answer_request(ctx, &job);
-    let running = lock(&ctx.shared.pending).running.take();
-    if let Some(ticket) = running.and_then(|(_, ticket)| ticket) {
+    let ticket = {
+        let mut p = lock(&ctx.shared.pending);
+        let at = p.running.iter().position(|r| r.0 == job.request.id);
+        at.and_then(|at| p.running.swap_remove(at).1)
+    };
+    if let Some(ticket) = ticket {
         ctx.out.ack(ticket);
     }
 }
@@ -115,10 +140,11 @@ fn answer_request(ctx: &Ctx, job: &Job) {
     lock(&ctx.shared.answers).insert(id, answer);
 }
 
-fn run_frames(ctx: &Ctx, latest: &mut Maps, frames: BTreeMap<String, Vec<u8>>) {
+fn run_frames(ctx: &Ctx, frames: BTreeMap<String, Vec<u8>>) {
     let info = ctx.generator.info();
     let limits = ctx.frame_limits();
     let mut fresh = false;
+    let mut latest = lock(&ctx.shared.latest);
     for (name, bytes) in frames {
         let Some(modality) = info.modality(&name) else { continue };
         match decode_frame(&bytes, modality, info.image.size, &limits) {
@@ -132,6 +158,8 @@ fn run_frames(ctx: &Ctx, latest: &mut Maps, frames: BTreeMap<String, Vec<u8>>) {
     if !fresh {
         return;
     }
+    let maps = latest.clone();
+    drop(latest);
     let params = GenerationParams {
         seed: next_seed(ctx),
         steps: ctx.config.generation.steps_for(info).min(info.schedule.num_train_timesteps),
@@ -140,7 +168,7 @@ fn run_frames(ctx: &Ctx, latest: &mut Maps, frames: BTreeMap<String, Vec<u8>>) {
         text: ctx.config.generation.text_for(info),
     };
     let start = Instant::now();
-    match generate_png(ctx, latest, &params) {
+    match generate_png(ctx, &maps, &params) {
         Ok(png) => {
             finish_image(ctx, start);
             ctx.publish_answer(None, &Answer::Image(Arc::new(png)), None);

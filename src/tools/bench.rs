@@ -15,15 +15,15 @@ use tract_onnx::prelude::IntoTensor;
 use crate::contract::{Maps, build_cond};
 use crate::diffusion::{GenerationParams, ImageGenerator, Noise, Pipeline, TextParams};
 use crate::frames::{FrameLimits, decode_frame};
-use crate::runtime::{Backend, OpTime, timestep_tensor};
+use crate::runtime::{Backend, BackendKind, OpTime, timestep_tensor};
 
 /// What `mcm-edge bench` reports for one backend.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
     pub model: String,
-    /// The backend that ran the nets, e.g. `tract` or `onnxruntime 1.32.0, 1 thread`.
+    /// The backend that ran the nets, e.g. `tract, 2 threads` or `onnxruntime 1.32.0, 1 thread`.
     pub backend: String,
-    /// Threads of one inference call (tract: 1; onnxruntime: its intra-op threads).
+    /// Threads of one inference call (tract's pool, onnxruntime's intra-op threads).
     pub threads: usize,
     /// The onnxruntime shared library (onnxruntime only).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -47,6 +47,9 @@ pub struct BenchReport {
     pub end_to_end_ms: f64,
     /// `1000 / end_to_end_ms`: images per second, one at a time.
     pub images_per_s: f64,
+    /// Images per second and latency with several generations at once (`--workers`), one entry
+    /// per worker count, in the order asked for.
+    pub throughput: Vec<Throughput>,
     /// Peak resident memory of the process so far (Linux `VmHWM`), in MiB; `None` elsewhere. With
     /// several backends in one run, it covers all of them (they are loaded side by side).
     pub peak_rss_mib: Option<f64>,
@@ -58,6 +61,35 @@ pub struct BenchReport {
     pub ort: Option<OrtComparison>,
 }
 
+/// Several generations at once, each on its own thread (what `[runtime] workers` does in the
+/// service), every worker generating the same number of images end to end.
+#[derive(Debug, Clone, Serialize)]
+pub struct Throughput {
+    /// Generations at once.
+    pub workers: usize,
+    /// Images per worker in one timed round.
+    pub images_per_worker: usize,
+    /// `workers * images_per_worker / wall time` of a round (median round), images per second.
+    pub images_per_s: f64,
+    /// Mean time of one image inside a round, ms (its latency while the others run).
+    pub latency_ms: f64,
+    /// `images_per_s` against the first worker count's (1 when that is itself).
+    pub speedup: f64,
+}
+
+/// What one `mcm-edge bench` run measures, besides the backends.
+#[derive(Debug, Clone)]
+pub struct BenchPlan {
+    /// Sampling steps of one image end to end.
+    pub steps: usize,
+    /// Timed calls per step figure (end to end: at most 5; throughput: at most 3 rounds).
+    pub runs: usize,
+    /// Also time every tract operator kind of both nets.
+    pub profile: bool,
+    /// Generations at once for the throughput figures (at least one count; 1 = one at a time).
+    pub workers: Vec<usize>,
+}
+
 /// Where the time of one call goes, per net.
 #[derive(Debug, Clone, Serialize)]
 pub struct Profile {
@@ -66,7 +98,7 @@ pub struct Profile {
 }
 
 /// This report's backend against onnxruntime from Python (`bench/ort_bench.py`) on the same ONNX
-/// files and shapes, one thread each.
+/// files and shapes, at the same thread count.
 #[derive(Debug, Clone, Serialize)]
 pub struct OrtComparison {
     /// onnxruntime's median for `base.onnx`, ms.
@@ -141,13 +173,14 @@ impl BackendsReport {
 }
 
 impl BenchReport {
-    /// Compare with an `ort_bench.py` report (its 1-thread figures: tract runs on one thread).
+    /// Compare with an `ort_bench.py` report: its figures at this report's thread count.
     ///
     /// # Errors
-    /// The JSON lacks `ms.base."1"`.
+    /// The JSON lacks `ms.base."N"` for this report's N threads.
     pub fn compare_ort(&mut self, ort: &serde_json::Value) -> anyhow::Result<()> {
-        let ms = |net: &str| ort["ms"][net]["1"].as_f64();
-        let base_ms = ms("base").ok_or_else(|| anyhow::anyhow!("no ms.base.\"1\" in the onnxruntime report"))?;
+        let threads = self.threads.to_string();
+        let ms = |net: &str| ort["ms"][net][threads.as_str()].as_f64();
+        let base_ms = ms("base").ok_or_else(|| anyhow::anyhow!("no ms.base.\"{threads}\" in the onnxruntime report"))?;
         let mcm_ms = ms("mcm");
         let mcm_net_ms = self.mcm_net_ms.unwrap_or(self.mcm_step_ms - self.base_step_ms);
         self.ort = Some(OrtComparison {
@@ -200,16 +233,80 @@ fn interleaved(generators: &[&Pipeline], count: usize, variants: &mut [Variant<'
     Ok(times.into_iter().map(|v| v.into_iter().map(median).collect()).collect())
 }
 
-/// Time the model in `dir` with each of `backends` in this process, `frame` (PNG/JPEG bytes of the
-/// first modality) as the input map: medians over `runs` calls (end to end: over at most 5 images
-/// of `steps` steps), interleaved: every round of every figure times each backend once, so that
-/// load on a shared machine hits them alike. One report per backend, in order; `profile` times
-/// tract's operators (tract backends only).
+/// One image end to end on a generator.
+type Generate<'a> = &'a (dyn Fn(&Pipeline) -> anyhow::Result<()> + Sync);
+
+/// Images per second with each of `workers` generations at once, for every generator: `rounds`
+/// rounds, each timing every (generator, worker count) once, in which each of `w` threads makes
+/// `images` images with `generate`; medians of the round times (`[generator][worker count]`).
 ///
 /// # Errors
-/// No backend, model load (naming the file and the backend), frame decoding or inference failures.
-pub fn bench(dir: &Path, frame: &[u8], steps: usize, runs: usize, profile: bool, backends: &[Backend]) -> anyhow::Result<Vec<BenchReport>> {
+/// The first failing generation.
+fn throughput(generators: &[&Pipeline], workers: &[usize], rounds: usize, images: usize, generate: Generate<'_>) -> anyhow::Result<Vec<Vec<Throughput>>> {
+    let mut walls = vec![vec![Vec::new(); workers.len()]; generators.len()];
+    let mut latencies = vec![vec![Vec::new(); workers.len()]; generators.len()];
+    for _ in 0..rounds {
+        for (gi, g) in generators.iter().enumerate() {
+            for (wi, &w) in workers.iter().enumerate() {
+                let start = Instant::now();
+                let per_worker: Vec<anyhow::Result<Vec<f64>>> = std::thread::scope(|s| {
+                    let handles: Vec<_> = (0..w)
+                        .map(|_| {
+                            s.spawn(|| {
+                                let mut times = Vec::with_capacity(images);
+                                for _ in 0..images {
+                                    let mut result = Ok(());
+                                    times.push(time_ms(|| result = generate(g)));
+                                    result?;
+                                }
+                                Ok(times)
+                            })
+                        })
+                        .collect();
+                    handles.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+                });
+                walls[gi][wi].push(start.elapsed().as_secs_f64());
+                for times in per_worker {
+                    latencies[gi][wi].extend(times?);
+                }
+            }
+        }
+    }
+    Ok(walls
+        .into_iter()
+        .zip(latencies)
+        .map(|(walls, latencies)| {
+            let rates: Vec<f64> = walls.into_iter().zip(workers).map(|(w, &n)| (n * images) as f64 / median(w)).collect();
+            rates
+                .iter()
+                .zip(workers)
+                .zip(latencies)
+                .map(|((&rate, &n), l)| Throughput {
+                    workers: n,
+                    images_per_worker: images,
+                    images_per_s: rate,
+                    latency_ms: l.iter().sum::<f64>() / l.len().max(1) as f64,
+                    speedup: rate / rates[0],
+                })
+                .collect()
+        })
+        .collect())
+}
+
+/// Time the model in `dir` with each of `backends` in this process, `frame` (PNG/JPEG bytes of the
+/// first modality) as the input map: medians over `plan.runs` calls (end to end: over at most 5
+/// images of `plan.steps` steps; throughput: at most 3 rounds of 2 images per worker for each of
+/// `plan.workers`), interleaved: every round of every figure times each backend once, so that
+/// load on a shared machine hits them alike. One report per backend, in order; `plan.profile`
+/// times tract's operators (tract backends only).
+///
+/// # Errors
+/// No backend or worker count, model load (naming the file and the backend), frame decoding or
+/// inference failures.
+pub fn bench(dir: &Path, frame: &[u8], plan: &BenchPlan, backends: &[Backend]) -> anyhow::Result<Vec<BenchReport>> {
     anyhow::ensure!(!backends.is_empty(), "no backend to time");
+    anyhow::ensure!(!plan.workers.is_empty() && !plan.workers.contains(&0), "worker counts must be at least 1");
+    let BenchPlan { steps, runs, profile, .. } = *plan;
     let mut loaded = Vec::new();
     for backend in backends {
         let start = Instant::now();
@@ -258,16 +355,18 @@ pub fn bench(dir: &Path, frame: &[u8], steps: usize, runs: usize, profile: bool,
         None => vec![None; generators.len()],
     };
     let params = GenerationParams { seed: 0, steps, strength, eta: 0.0, text: TextParams::default() };
-    let mut image_f = |g: &Pipeline| {
+    let image = |g: &Pipeline| {
         let img = g.generate(&decode()?, &params)?;
         let mut png = std::io::Cursor::new(Vec::new());
         img.write_to(&mut png, ImageFormat::Png)?;
         Ok(())
     };
+    let mut image_f = image;
     let end_to_end = interleaved(&generators, runs.min(5), &mut [&mut image_f])?.remove(0);
+    let mut throughputs = throughput(&generators, &plan.workers, runs.min(3), 2, &image)?.into_iter();
     let mut reports = Vec::with_capacity(loaded.len());
     for (i, ((generator, load_ms), backend)) in loaded.iter().zip(backends).enumerate() {
-        let profile = if profile && *backend == Backend::Tract {
+        let profile = if profile && backend.kind == BackendKind::Tract {
             let models = generator.models();
             let (x_t, t) = (x.clone().into_tensor(), timestep_tensor(500.0, 1));
             let base = models.base.profile(generator.base_inputs(&x, 500, prompt), runs)?;
@@ -295,6 +394,7 @@ pub fn bench(dir: &Path, frame: &[u8], steps: usize, runs: usize, profile: bool,
             steps,
             end_to_end_ms,
             images_per_s: 1000.0 / end_to_end_ms,
+            throughput: throughputs.next().unwrap_or_default(),
             peak_rss_mib: peak_rss_mib(),
             profile,
             ort: None,

@@ -266,7 +266,7 @@ mod tests {
         ndarray_npy::write_npy(dir.join("test_vectors/tokenizer.input_ids.npy"), &ndarray::Array2::<i64>::zeros((1, 77))).unwrap();
         let eps: ArrayD<f32> = vector(&src, "base.eps").unwrap();
         ndarray_npy::write_npy(dir.join("test_vectors/base.eps.npy"), &eps.slice_axis(Axis(0), (0..1).into()).to_owned()).unwrap();
-        let checks = verify(&dir, &Backend::Tract).unwrap();
+        let checks = verify(&dir, &Backend::default()).unwrap();
         let failed: Vec<&str> = checks.iter().filter(|c| !c.ok()).map(|c| c.what.as_str()).collect();
         assert!(failed.contains(&"base.eps[1]"), "{failed:?}");
         assert!(failed.iter().filter(|w| w.starts_with("tokenizer")).count() >= 7, "{failed:?}");

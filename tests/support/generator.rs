@@ -43,16 +43,22 @@ channels = 1
 /// A strength at which the fake backend fails while running (an inference failure).
 pub const FAILING_STRENGTH: f32 = 9.5;
 
+/// A seed at which the fake generator takes four times its delay (to finish requests out of order).
+pub const SLOW_SEED: u64 = 4444;
+
 pub struct FakeGenerator {
     pub info: ModelInfo,
     pub delay: Duration,
     pub calls: AtomicUsize,
+    /// Generations running now, and the most that ran at once.
+    pub active: AtomicUsize,
+    pub max_active: AtomicUsize,
 }
 
 impl FakeGenerator {
     pub fn new(delay: Duration) -> Arc<Self> {
         let info: ModelInfo = toml::from_str(MODEL_TOML).expect("model toml");
-        Arc::new(FakeGenerator { info, delay, calls: AtomicUsize::new(0) })
+        Arc::new(FakeGenerator { info, delay, calls: AtomicUsize::new(0), active: AtomicUsize::new(0), max_active: AtomicUsize::new(0) })
     }
 }
 
@@ -70,7 +76,10 @@ impl ImageGenerator for FakeGenerator {
             let path = PathBuf::from("base.onnx");
             return Err(ModelError::Tract { path, message: "the backend failed (as asked)".into() }.into());
         }
-        std::thread::sleep(self.delay);
+        let now = self.active.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_active.fetch_max(now, Ordering::SeqCst);
+        std::thread::sleep(if params.seed == SLOW_SEED { self.delay * 4 } else { self.delay });
+        self.active.fetch_sub(1, Ordering::SeqCst);
         let seg = match maps.get("segmentation") {
             Some(ModalityMap::Segmentation(ids)) => Some(ids),
             _ => None,
