@@ -89,6 +89,17 @@ fn model_that_does_not_match_its_contract_is_named() {
     refused(&s.good_config(), &["base.onnx", "32"]);
 }
 
+/// A model larger than this machine's memory (a sparse external-data file: no disk is used) is
+/// refused with the sizes before anything is loaded, not killed by the kernel.
+#[test]
+fn a_model_larger_than_the_memory_is_refused_with_the_sizes() {
+    let s = Scratch::new("too-large");
+    let memory = mcm_edge::runtime::Memory::of_this_machine().expect("Linux");
+    let data = std::fs::File::create(s.model_file("base.onnx.data")).unwrap();
+    data.set_len(memory.limit_bytes + 1_000_000_000).unwrap();
+    refused(&s.good_config(), &["does not fit in memory", "base.onnx(+.data)", "GB ("]);
+}
+
 #[test]
 fn unknown_modality_kind_in_the_model_is_named() {
     let s = Scratch::new("kind");

@@ -26,6 +26,10 @@ pub enum ModelError {
     /// `tokenizer.json` could not be loaded, or failed on a prompt.
     #[error("{path}: tokenizer: {message}")]
     Tokenizer { path: PathBuf, message: String },
+    /// The model's weights do not fit in this device's memory (`detail`: each net's size and the
+    /// total; `limit`: the memory and where it comes from); checked before loading.
+    #[error("{dir}: the model does not fit in memory: its weights take {detail}, this device has {limit}")]
+    TooLarge { dir: PathBuf, detail: String, limit: String },
     /// The chosen inference backend cannot be used: this binary was built without it, or its
     /// shared library is missing or cannot be loaded (the message names the library path).
     #[error("{0}")]

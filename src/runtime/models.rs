@@ -4,10 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
-use super::backend::Backend;
+use super::backend::{Backend, BackendKind};
 use super::checks::ContractMismatch;
 use super::error::ModelError;
 use super::feed::InputSpec;
+use super::memory::{Memory, check_fits};
 use super::net::Net;
 use super::text::TextEncoder;
 use crate::contract::ModelInfo;
@@ -36,9 +37,14 @@ impl Models {
     ///
     /// # Errors
     /// Any [`ModelError`] of the files, naming the file; [`ModelError::Backend`] when the backend
-    /// cannot be used.
+    /// cannot be used; [`ModelError::TooLarge`] when the weights (x the onnxruntime sessions) exceed
+    /// this device's memory, before anything is loaded.
     pub fn load(dir: &Path, backend: &Backend) -> Result<Self, ModelError> {
         let info = ModelInfo::load(dir)?;
+        if let Some(memory) = Memory::of_this_machine() {
+            let copies = if backend.kind == BackendKind::Onnxruntime { backend.concurrency } else { 1 };
+            check_fits(dir, &net_files(dir, &info), copies, &memory)?;
+        }
         let base = Net::load(&dir.join(&info.base.file), &base_inputs(&info), &[info.schedule.prediction().output()], backend)?;
         let mcm = match &info.mcm {
             Some(m) => Some(Net::load(&dir.join(&m.file), &mcm_inputs(&info), &["gamma", "beta"], backend)?),
@@ -51,6 +57,15 @@ impl Models {
         let text = info.text.as_ref().map(|t| TextEncoder::load(dir, t, backend)).transpose()?;
         Ok(Self { info, dir: dir.to_path_buf(), base, mcm, decoder, text })
     }
+}
+
+/// The ONNX files the device loads for `info`: base, MCM, decoder and text encoder (what exists).
+fn net_files(dir: &Path, info: &ModelInfo) -> Vec<PathBuf> {
+    let mut files = vec![dir.join(&info.base.file)];
+    files.extend(info.mcm.as_ref().map(|m| dir.join(&m.file)));
+    files.extend(info.latent.as_ref().map(|l| dir.join(&l.decoder.file)));
+    files.extend(info.text.as_ref().map(|t| dir.join(&t.file)));
+    files
 }
 
 /// The inputs of `base.onnx` under `info`: sample and timestep, and the text embedding and
