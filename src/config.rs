@@ -405,7 +405,7 @@ fn check_runtime(r: &RuntimeConfig) -> Result<(), BadValue> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::{Backend, available_cores};
+    use crate::runtime::{Backend, Precision, available_cores};
 
     /// Parse `text` with `mqtt.device_id = "edge-1"` added when it has none.
     fn parse(text: &str) -> Result<EdgeConfig, ConfigError> {
@@ -540,6 +540,10 @@ mod tests {
         }
         let e = parse("[runtime]\nthreads = 0\n").unwrap_err().to_string();
         assert!(e.contains("runtime.threads"), "{e}");
+        let f16 = parse("[runtime]\nprecision = \"f16\"\n").unwrap().runtime.backend();
+        assert_eq!((f16.precision, f16.emulate_f16), (Precision::F16, false), "the service never emulates f16");
+        let e = parse("[runtime]\nprecision = \"bf16\"\n").unwrap_err().to_string();
+        assert!(e.contains("precision") && e.contains("bf16"), "{e}");
         let e = parse("[runtime]\nbackend = \"torch\"\n").unwrap_err().to_string();
         assert!(e.contains("backend") && e.contains("torch"), "{e}");
     }

@@ -13,7 +13,7 @@ use mcm_edge::diffusion::{GenerationParams, ImageGenerator, Pipeline, TextParams
 use mcm_edge::display::StatusDisplay;
 use mcm_edge::frames::{FrameLimits, decode_frame};
 use mcm_edge::mqtt::Settings;
-use mcm_edge::runtime::{Backend, BackendKind, available_cores};
+use mcm_edge::runtime::{Backend, BackendKind, Precision, available_cores};
 use mcm_edge::service;
 use mcm_edge::tools::bench;
 use mcm_edge::tools::demo::{self, DemoOptions};
@@ -39,11 +39,22 @@ struct BackendArgs {
     /// Threads of each inference call, both backends [default: the cores this process may use]
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
     threads: Option<u16>,
+    /// tract's precision; f16 on a CPU without fp16 arithmetic is emulated (accuracy checks
+    /// only), except for demo, which refuses it there as the service does.
+    #[arg(long, value_enum, default_value = "f32")]
+    precision: Precision,
 }
 
 impl BackendArgs {
-    fn backend(&self) -> Backend {
+    /// The backend asked for; `emulate_f16`: allow f16 where the CPU has no fp16 arithmetic.
+    fn backend_with(&self, emulate_f16: bool) -> Backend {
         Backend::new(self.backend, self.ort_library.clone(), self.threads.map_or_else(available_cores, usize::from))
+            .with_precision(self.precision, emulate_f16)
+    }
+
+    /// The backend of the accuracy tools (generate, verify, eval): f16 may be emulated.
+    fn backend(&self) -> Backend {
+        self.backend_with(true)
     }
 }
 
@@ -350,7 +361,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Demo { model, samples, out, broker, broker_ws_url, serve, no_serve, seed, steps, generation, backend } => {
             let (steps, strength, _) = generation.resolve(&model, steps)?;
             let serve = (!no_serve).then_some(serve);
-            let opts = DemoOptions { model, samples, out, broker, steps, seed, strength, backend: backend.backend(), serve, broker_ws_url };
+            let opts = DemoOptions { model, samples, out, broker, steps, seed, strength, backend: backend.backend_with(false), serve, broker_ws_url };
             demo::run(&opts)?;
         }
         Command::Generate { model, maps, out, seed, steps, generation, eta, prompt, backend } => {

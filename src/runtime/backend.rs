@@ -43,6 +43,30 @@ impl BackendKind {
     }
 }
 
+/// The floating-point precision tract computes in (`[runtime] precision`, `--precision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// 32-bit floats, as exported.
+    #[default]
+    F32,
+    /// 16-bit floats for the feature maps (tract's `f32_to_f16` translation after declutter):
+    /// convolutions, matrix products and activations; the norms and the timestep embedding stay
+    /// in f32, inputs and outputs are cast at the edges. Needs a CPU with fp16 arithmetic (ARMv8.2
+    /// FEAT_FP16, `asimdhp`; Cortex-A76/A78, not Cortex-A72). tract only.
+    F16,
+}
+
+impl Precision {
+    /// `"f32"` or `"f16"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+        }
+    }
+}
+
 /// The inference backend that runs a model's ONNX files, with its settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Backend {
@@ -61,6 +85,12 @@ pub struct Backend {
     /// The `libonnxruntime` shared library (1.17 or newer); `None` = the `ORT_DYLIB_PATH`
     /// environment variable. A relative path is taken from the working directory. onnxruntime only.
     pub onnxruntime_library: Option<PathBuf>,
+    /// The precision of tract's plans ([`Precision::F16`] is refused for onnxruntime).
+    pub precision: Precision,
+    /// Allow [`Precision::F16`] on a CPU without fp16 arithmetic, where tract emulates it (much
+    /// slower): for the accuracy checks of `mcm-edge eval`, `verify` and `generate` only; the
+    /// service refuses f16 there.
+    pub emulate_f16: bool,
 }
 
 impl Default for Backend {
@@ -74,7 +104,7 @@ impl Backend {
     /// The backend of `kind` with `threads` threads per call and one call at a time; `library`
     /// applies to onnxruntime only.
     pub fn new(kind: BackendKind, library: Option<PathBuf>, threads: usize) -> Self {
-        Backend { kind, threads, concurrency: 1, onnxruntime_library: library }
+        Backend { kind, threads, concurrency: 1, onnxruntime_library: library, precision: Precision::F32, emulate_f16: false }
     }
 
     /// tract with `threads` threads per call.
@@ -93,6 +123,14 @@ impl Backend {
         self
     }
 
+    /// The same backend computing in `precision`; `emulate` allows f16 on a CPU without fp16
+    /// arithmetic (accuracy checks only, see [`Backend::emulate_f16`]).
+    pub fn with_precision(mut self, precision: Precision, emulate: bool) -> Self {
+        self.precision = precision;
+        self.emulate_f16 = emulate;
+        self
+    }
+
     /// Its kind.
     pub fn kind(&self) -> BackendKind {
         self.kind
@@ -103,9 +141,10 @@ impl Backend {
         self.threads
     }
 
-    /// Short human text: `tract, N thread(s)` or `onnxruntime, N thread(s)`.
+    /// Short human text: `tract, N thread(s)` (`, f16` when so) or `onnxruntime, N thread(s)`.
     pub fn describe(&self) -> String {
-        format!("{}, {}", self.kind.name(), thread_count(self.threads))
+        let f16 = if self.precision == Precision::F16 { ", f16" } else { "" };
+        format!("{}, {}{f16}", self.kind.name(), thread_count(self.threads))
     }
 }
 
@@ -134,11 +173,14 @@ pub struct RuntimeConfig {
     /// more cores than one generation keeps busy, at the memory of one generation's activations
     /// per worker.
     pub workers: usize,
+    /// `"f32"` (default) or `"f16"` (tract only; refused on a CPU without fp16 arithmetic, see
+    /// [`Precision::F16`]).
+    pub precision: Precision,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        RuntimeConfig { backend: BackendKind::Tract, onnxruntime_library: None, threads: None, workers: 1 }
+        RuntimeConfig { backend: BackendKind::Tract, onnxruntime_library: None, threads: None, workers: 1, precision: Precision::F32 }
     }
 }
 
@@ -150,6 +192,8 @@ impl RuntimeConfig {
 
     /// The [`Backend`] these settings describe, for `workers` generations at once.
     pub fn backend(&self) -> Backend {
-        Backend::new(self.backend, self.onnxruntime_library.clone(), self.threads()).with_concurrency(self.workers)
+        Backend::new(self.backend, self.onnxruntime_library.clone(), self.threads())
+            .with_concurrency(self.workers)
+            .with_precision(self.precision, false)
     }
 }

@@ -14,7 +14,9 @@ mod onnxruntime;
 mod text;
 mod tract;
 
-pub use backend::{Backend, BackendKind, MAX_THREADS, MAX_WORKERS, NO_ONNXRUNTIME, ONNXRUNTIME_BUILT_IN, RuntimeConfig, available_cores};
+pub use tract::has_fp16;
+
+pub use backend::{Backend, BackendKind, MAX_THREADS, MAX_WORKERS, NO_ONNXRUNTIME, ONNXRUNTIME_BUILT_IN, Precision, RuntimeConfig, available_cores};
 pub use checks::ContractMismatch;
 pub use error::ModelError;
 pub use models::{Models, base_inputs, decoder_inputs, load_encoder, load_estimator, load_segmenter, mcm_inputs};

@@ -151,6 +151,7 @@ pub fn load_estimator(dir: &Path, info: &ModelInfo, name: &str, backend: &Backen
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tract_onnx::prelude::IntoTensor;
 
     /// A copy of the committed `models/tiny` fixture in a fresh temp dir, with `edit` applied to model.toml.
     fn tiny_copy(tag: &str, edit: impl Fn(String) -> String) -> PathBuf {
@@ -163,6 +164,31 @@ mod tests {
         let toml = std::fs::read_to_string(src.join("model.toml")).unwrap();
         std::fs::write(dst.join("model.toml"), edit(toml)).unwrap();
         dst
+    }
+
+    /// f16 is tract's only, and needs fp16 arithmetic unless emulated (the accuracy tools); an
+    /// emulated f16 plan runs and stays near f32.
+    #[test]
+    fn f16_is_refused_for_onnxruntime_and_without_fp16_arithmetic() {
+        use crate::runtime::{BackendKind, Precision, has_fp16};
+        let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny");
+        let ort = Backend::onnxruntime(1).with_precision(Precision::F16, true);
+        let err = Models::load(&tiny, &ort).err().expect("must refuse").to_string();
+        assert!(err.contains("f16") && err.contains("tract"), "{err}");
+        let native = Backend::default().with_precision(Precision::F16, false);
+        match Models::load(&tiny, &native) {
+            Err(e) => assert!(!has_fp16() && e.to_string().contains("fp16 arithmetic") && e.to_string().contains("asimdhp"), "{e}"),
+            Ok(_) => assert!(has_fp16(), "f16 loaded on a CPU without fp16 arithmetic"),
+        }
+        let f16 = Models::load(&tiny, &Backend::default().with_precision(Precision::F16, true)).unwrap();
+        let f32 = Models::load(&tiny, &Backend::default()).unwrap();
+        assert_eq!(f16.base.backend_description(), "tract, 1 thread, f16");
+        assert_eq!(Backend::default().with_precision(Precision::F16, true).kind, BackendKind::Tract);
+        let inputs = || vec![ndarray::Array4::<f32>::from_shape_fn([1, 3, 16, 16], |(_, c, y, x)| ((c + y * x) % 7) as f32 / 3.5 - 1.0).into_tensor(), crate::runtime::timestep_tensor(500.0, 1)];
+        let (a, b) = (f16.base.run(inputs()).unwrap().remove(0), f32.base.run(inputs()).unwrap().remove(0));
+        let worst = a.iter().zip(b.iter()).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
+        let scale = b.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
+        assert!(worst > 0.0 && worst < 0.02 * scale.max(1.0), "f16 vs f32: {worst} (outputs up to {scale})");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use ndarray::{Array4, ArrayD, Ix4};
 use tract_onnx::prelude::Tensor;
 
-use super::backend::{Backend, BackendKind, MAX_THREADS};
+use super::backend::{Backend, BackendKind, MAX_THREADS, Precision};
 #[cfg(not(feature = "onnxruntime"))]
 use super::backend::NO_ONNXRUNTIME;
 use super::checks::thread_count;
@@ -63,8 +63,11 @@ impl Net {
         if !(1..=MAX_THREADS).contains(&backend.threads) {
             return Err(ModelError::Backend(format!("threads must be within 1..={MAX_THREADS}, got {}", backend.threads)));
         }
+        if backend.precision == Precision::F16 && backend.kind != BackendKind::Tract {
+            return Err(ModelError::Backend(format!("precision \"f16\" is tract's only; {} runs f32", backend.kind.name())));
+        }
         let engine = match backend.kind {
-            BackendKind::Tract => Engine::Tract(TractNet::load(path, inputs, outputs, backend.threads)?),
+            BackendKind::Tract => Engine::Tract(TractNet::load(path, inputs, outputs, backend)?),
             #[cfg(feature = "onnxruntime")]
             BackendKind::Onnxruntime => Engine::Onnxruntime(OrtNet::load(path, inputs, outputs, backend)?),
             #[cfg(not(feature = "onnxruntime"))]
@@ -82,7 +85,9 @@ impl Net {
     /// (the version as read from the library's file name).
     pub fn backend_description(&self) -> String {
         match &self.engine {
-            Engine::Tract(net) => format!("tract, {}", thread_count(net.threads())),
+            Engine::Tract(net) => {
+                format!("tract, {}{}", thread_count(net.threads()), if net.precision() == Precision::F16 { ", f16" } else { "" })
+            }
             #[cfg(feature = "onnxruntime")]
             Engine::Onnxruntime(net) => net.description(),
         }

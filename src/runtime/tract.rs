@@ -10,8 +10,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use ndarray::ArrayD;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
+use tract_core::floats::FloatPrecisionTranslator;
+use tract_core::transform::ModelTransform;
 use tract_linalg::multithread::Executor;
 
+use super::backend::{Backend, Precision};
 use super::checks::check_names;
 use super::error::ModelError;
 use super::feed::{Declared, Feed, InputSpec, resolve_feeds};
@@ -22,6 +25,7 @@ pub(super) struct TractNet {
     plan: Arc<TypedRunnableModel>,
     feeds: Vec<Feed>,
     threads: usize,
+    precision: Precision,
     /// Run states not in use: one is taken per call and put back after it, so that concurrent
     /// callers each have their own and a caller reuses one instead of building it per call.
     states: Mutex<Vec<TypedSimpleState>>,
@@ -101,6 +105,42 @@ pub(super) fn estimate_flops(path: &Path, inputs: &[InputSpec]) -> Result<u64, M
     Ok(2 * fma.max(0) as u64)
 }
 
+/// Whether this CPU has fp16 arithmetic for tract's f16 kernels (tract's `has_fp16`: FEAT_FP16,
+/// `asimdhp`, on aarch64; false on every other architecture, where f16 is emulated).
+pub fn has_fp16() -> bool {
+    tract_linalg::has_fp16()
+}
+
+/// Refuse [`Precision::F16`] on a CPU without [`has_fp16`].
+///
+/// # Errors
+/// [`ModelError::Backend`] without it, unless `emulate` (then a warning: tract emulates f16).
+fn check_fp16(emulate: bool) -> Result<(), ModelError> {
+    if has_fp16() {
+        return Ok(());
+    }
+    if emulate {
+        log::warn!("this CPU has no fp16 arithmetic: tract emulates f16 (for accuracy checks; far slower than f32)");
+        return Ok(());
+    }
+    Err(ModelError::Backend(format!(
+        "precision \"f16\" needs a CPU with fp16 arithmetic (ARMv8.2 FEAT_FP16: `asimdhp` in /proc/cpuinfo, e.g. Cortex-A76, A78); \
+         this one ({}) has none: use precision = \"f32\"",
+        std::env::consts::ARCH
+    )))
+}
+
+/// tract's f32 -> f16 translation of the feature maps: every node with an output of rank 3 or
+/// more (convolutions, matrix products, activations on `[B, C, H, W]` and `[B, L, D]`), except
+/// the norms (nodes named `*norm*`, as torch and diffusers name GroupNorm and LayerNorm: their
+/// mean and variance over thousands of values lose too much in f16); the timestep embedding and
+/// the other small `[B, D]` paths stay f32 (a sinusoid of t ~ 1000 needs more than f16's 11 bits).
+fn to_f16() -> FloatPrecisionTranslator {
+    FloatPrecisionTranslator::with_filter(DatumType::F32, DatumType::F16, |node| {
+        !node.name.to_ascii_lowercase().contains("norm") && node.outputs.iter().any(|o| o.fact.rank() >= 3)
+    })
+}
+
 impl TractNet {
     /// Load `path`, match its declared inputs to `inputs` ([`resolve_feeds`]) and its outputs to
     /// `outputs` (names, in order), fix every input to its feed's type and shape (batch 1),
@@ -109,7 +149,8 @@ impl TractNet {
     /// # Errors
     /// [`ModelError::Contract`] on a name/type/shape mismatch, [`ModelError::Tract`] if tract cannot
     /// load or optimize it.
-    pub(super) fn load(path: &Path, inputs: &[InputSpec], outputs: &[&str], threads: usize) -> Result<Self, ModelError> {
+    pub(super) fn load(path: &Path, inputs: &[InputSpec], outputs: &[&str], backend: &Backend) -> Result<Self, ModelError> {
+        let threads = backend.threads;
         let tract_err = |e: TractError| tract_error(path, &e);
         let contract = |source| ModelError::Contract { path: path.to_path_buf(), source };
         let mut model = tract_onnx::onnx().model_for_path(path).map_err(tract_err)?;
@@ -125,13 +166,26 @@ impl TractNet {
             .collect();
         check_names("outputs", &out_names, outputs).map_err(contract)?;
         let options = RunOptions { executor: Some(executor(threads)?), ..RunOptions::default() };
-        let plan = model.into_optimized().map_err(tract_err)?.into_runnable_with_options(&options).map_err(tract_err)?;
-        Ok(Self { plan, feeds, threads, states: Mutex::new(Vec::new()) })
+        let typed = model.into_typed().map_err(tract_err)?.into_decluttered().map_err(tract_err)?;
+        let typed = match backend.precision {
+            Precision::F32 => typed,
+            Precision::F16 => {
+                check_fp16(backend.emulate_f16)?;
+                to_f16().transform_into(typed).map_err(tract_err)?
+            }
+        };
+        let plan = typed.into_optimized().map_err(tract_err)?.into_runnable_with_options(&options).map_err(tract_err)?;
+        Ok(Self { plan, feeds, threads, precision: backend.precision, states: Mutex::new(Vec::new()) })
     }
 
     /// Threads of one run (1: the calling thread).
     pub(super) fn threads(&self) -> usize {
         self.threads
+    }
+
+    /// The precision the plan computes in.
+    pub(super) fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// `inputs` (contract order) converted to the file's types and shapes, in file order.
@@ -143,7 +197,13 @@ impl TractNet {
                     path: path.to_path_buf(),
                     message: format!("{} inputs given, input {:?} missing", inputs.len(), f.name),
                 })?;
-                f.convert(t).map(|t| t.into_tvalue()).map_err(|e| tract_error(path, &e))
+                let t = f.convert(t).map_err(|e| tract_error(path, &e))?;
+                // An f16 plan takes its float inputs in f16 (cast at the edge).
+                let t = match self.precision {
+                    Precision::F16 if t.datum_type() == DatumType::F32 => t.cast_to::<f16>().map_err(|e| tract_error(path, &e))?.into_owned(),
+                    _ => t,
+                };
+                Ok(t.into_tvalue())
             })
             .collect()
     }
@@ -164,7 +224,11 @@ impl TractNet {
         self.states.lock().unwrap_or_else(PoisonError::into_inner).push(state);
         out.into_iter()
             .take(outputs)
-            .map(|v| v.into_tensor().into_plain_array::<f32>().map_err(|e| tract_error(path, &e)))
+            .map(|v| {
+                let t = v.into_tensor();
+                let t = if t.datum_type() == DatumType::F16 { t.cast_to::<f32>().map(|c| c.into_owned()) } else { Ok(t) };
+                t.and_then(|t| t.into_plain_array::<f32>()).map_err(|e| tract_error(path, &e))
+            })
             .collect()
     }
 

@@ -32,7 +32,7 @@ use tract_onnx::prelude::IntoTensor;
 use crate::contract::{Maps, ModalityKind, ModalityMap};
 use crate::diffusion::{GenerateError, GenerationParams, ImageGenerator, LoadError, Pipeline, TextParams, from_image};
 use crate::frames::{FrameLimits, decode_frame};
-use crate::runtime::{Backend, ModelError, Net, load_estimator, load_segmenter};
+use crate::runtime::{Backend, ModelError, Net, Precision, load_estimator, load_segmenter};
 
 use super::fsd;
 
@@ -523,7 +523,8 @@ pub fn evaluate(model_dir: &Path, data: &Path, opts: &EvalOptions, backend: &Bac
     let start = Instant::now();
     let generator = Pipeline::load(model_dir, backend)?;
     let range = generator.info().image.value_range;
-    let scored = Scored::of_model(&generator, backend)?;
+    // The judges run in f32 whatever the generator's precision: f16 is measured on the generator alone.
+    let scored = Scored::of_model(&generator, &backend.clone().with_precision(Precision::F32, false))?;
     let files = image_files(data)?;
     let examples = load_examples(data, &files, &generator, &scored, opts.limit)?;
     if examples.is_empty() {
