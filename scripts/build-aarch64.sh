@@ -24,6 +24,8 @@ install_packages() {
   local missing=()
   command -v aarch64-linux-gnu-gcc >/dev/null || missing+=(gcc-aarch64-linux-gnu)
   [ -e /usr/aarch64-linux-gnu/lib/libc.so.6 ] || missing+=(libc6-dev-arm64-cross)
+  # libonnxruntime's C++ runtime, for the onnxruntime smoke run under qemu.
+  [ -e /usr/aarch64-linux-gnu/lib/libstdc++.so.6 ] || missing+=(libstdc++6-arm64-cross)
   command -v qemu-aarch64 >/dev/null || missing+=(qemu-user)
   if ! dpkg --print-foreign-architectures | grep -qx arm64; then
     $SUDO dpkg --add-architecture arm64
@@ -59,7 +61,9 @@ unpack_rustc
 export RUSTC="$TOOLCHAIN/rustc"
 export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
-cargo build --release --locked --target "$TARGET" --bin mcm-edge
+# With the onnxruntime backend: it loads a libonnxruntime at run time only (dlopen), so the binary
+# still links nothing but glibc, and a board can use the aarch64 wheel's library (README "Speed").
+cargo build --release --locked --target "$TARGET" --bin mcm-edge --features onnxruntime
 BIN="${CARGO_TARGET_DIR:-target}/$TARGET/release/mcm-edge"
 file "$BIN" 2>/dev/null || ls -l "$BIN"
 

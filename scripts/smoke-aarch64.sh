@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Smoke test of the aarch64 device binary under qemu user emulation (about 150x slower than
 # native, so only the tiny 16x16 model and 2 DDIM steps): it links nothing but glibc, validates
-# the shipped config, generates one image, and runs the whole MQTT loop (in-process broker,
-# service, tablet client) once per sample frame.
+# the shipped config, generates one image with tract and one with the onnxruntime backend (the
+# aarch64 wheel's library; MCM_SMOKE_ONNXRUNTIME=0 skips it), and runs the whole MQTT loop
+# (in-process broker, service, tablet client) once per sample frame.
 # Usage: scripts/smoke-aarch64.sh [BINARY]   (default target/aarch64-unknown-linux-gnu/release/mcm-edge)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +33,25 @@ run check --config "$OUT/edge.toml"
 run generate --model models/tiny --steps 2 --out "$OUT/out.png" segmentation=config/samples/segmentation/tablet-0.png
 [ "$(head -c 8 "$OUT/out.png" | od -An -tx1 | tr -d ' \n')" = "89504e470d0a1a0a" ] || { echo "not a PNG" >&2; exit 1; }
 
-# 3. The whole loop over MQTT on the ARM binary.
+# 3. The onnxruntime backend on ARM: the aarch64 wheel's libonnxruntime (pip download, not built),
+#    one image, the same as tract's within 1/255.
+if [ "${MCM_SMOKE_ONNXRUNTIME:-1}" = 1 ]; then
+  ORT_LIB=$(scripts/onnxruntime-aarch64.sh)
+  frame=segmentation=config/samples/segmentation/tablet-0.png
+  run generate --model models/tiny --steps 2 --threads 1 --out "$OUT/tract.png" "$frame"
+  run generate --model models/tiny --steps 2 --threads 1 --backend onnxruntime --ort-library "$ORT_LIB" --out "$OUT/ort.png" "$frame"
+  .venv/bin/python - "$OUT/tract.png" "$OUT/ort.png" <<'PY'
+import sys
+import numpy as np
+from PIL import Image
+a, b = (np.asarray(Image.open(p).convert("RGB"), dtype=int) for p in sys.argv[1:])
+worst = int(np.abs(a - b).max())
+print(f"aarch64 onnxruntime vs tract: max pixel difference {worst}/255")
+sys.exit(0 if worst <= 1 else 1)
+PY
+fi
+
+# 4. The whole loop over MQTT on the ARM binary.
 run demo --model models/tiny --steps 2 --out "$OUT/demo" --no-serve
 [ -s "$OUT/demo/sheet.png" ] || { echo "no contact sheet" >&2; exit 1; }
 echo "aarch64 smoke test passed"

@@ -1,0 +1,105 @@
+"""Instructions per image and per sampling step of the device binary, a work figure that does not
+depend on this shared machine's load: on aarch64 under qemu-aarch64 with our instruction-count
+plugin (`bench/qemu/insn_count.c`; Debian's qemu ships none), on x86-64 under valgrind
+(`callgrind`, its `Collected` Ir count), for tract (f32, f16) and onnxruntime, one thread each.
+
+Each count is a whole `mcm-edge generate` (load + STEPS steps + PNG); the per-step figure is the
+difference between STEPS and 1 step, divided by STEPS - 1, so that the load cancels out.
+
+    .venv/bin/python bench/insn_counts.py --model models/default --steps 4 --json docs/insn-default.json
+
+Needs the aarch64 binary (`scripts/build-aarch64.sh`, with the onnxruntime feature), the x86
+binary built with `cargo build --release --features onnxruntime`, qemu-user, gcc and valgrind.
+Caveats (also in README "Speed"): qemu-user shows guest code the host's /proc/cpuinfo, so tract on
+"aarch64" picks its generic NEON kernels, and f16 there needs TRACT_CPU_ISA=+fp16 (the fp16
+kernels under qemu's `-cpu max`); valgrind hides AVX-512, so x86 counts are of the AVX2 kernels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+A64 = ROOT / "target/aarch64-unknown-linux-gnu/release/mcm-edge"
+X86 = ROOT / "target/release/mcm-edge"
+FRAME = "segmentation=config/samples/segmentation/tablet-0.png"
+
+
+def plugin(out: Path) -> Path:
+    """Build the qemu plugin into `out`."""
+    so = out / "insn_count.so"
+    subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", str(so), str(ROOT / "bench/qemu/insn_count.c")], check=True)
+    return so
+
+
+def generate_args(model: str, steps: int, backend: str, ort_library: str, png: Path) -> list[str]:
+    """`mcm-edge generate` arguments for one of `tract`, `tract-f16`, `onnxruntime`."""
+    args = ["generate", "--model", model, "--steps", str(steps), "--threads", "1", "--out", str(png)]
+    if backend == "tract-f16":
+        args += ["--precision", "f16"]
+    elif backend == "onnxruntime":
+        args += ["--backend", "onnxruntime", "--ort-library", ort_library]
+    return args + [FRAME]
+
+
+def count(cmd: list[str], pattern: str, env: dict[str, str]) -> int:
+    """Run `cmd` and read the instruction count that `pattern` (one group) finds in its output."""
+    run = subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True)
+    if run.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{run.stderr[-2000:]}")
+    match = re.search(pattern, run.stdout + run.stderr)
+    if not match:
+        sys.exit(f"no instruction count in the output of {' '.join(cmd)}")
+    return int(match.group(1).replace(",", ""))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="models/default")
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--json", type=Path)
+    p.add_argument("--arch", nargs="+", default=["aarch64", "x86_64"])
+    p.add_argument("--backends", nargs="+", default=["tract", "tract-f16", "onnxruntime"])
+    a = p.parse_args()
+    out = Path(tempfile.mkdtemp(prefix="insn-"))
+    so = plugin(out)
+    ort = {
+        "aarch64": subprocess.run([str(ROOT / "scripts/onnxruntime-aarch64.sh")], check=True, capture_output=True, text=True).stdout.strip(),
+        "x86_64": glob.glob(str(ROOT / ".venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.*"))[0],
+    }
+    # fp16 kernels for tract under qemu only (the knob refuses another architecture's feature).
+    envs = {"aarch64": dict(os.environ, RUST_LOG="error", TRACT_CPU_ISA="+fp16"), "x86_64": dict(os.environ, RUST_LOG="error")}
+    rows = []
+    for arch in a.arch:
+        for backend in a.backends:
+            if arch == "x86_64" and backend == "tract-f16":
+                continue  # emulated f16 on x86 is not what a board runs: accuracy only
+            counts = {}
+            for steps in (1, a.steps):
+                args = generate_args(a.model, steps, backend, ort[arch], out / "image.png")
+                if arch == "aarch64":
+                    cmd = ["qemu-aarch64", "-cpu", "max", "-L", "/usr/aarch64-linux-gnu", "-plugin", str(so), str(A64), *args]
+                    counts[steps] = count(cmd, r"insn_count: (\d+)", envs[arch])
+                else:
+                    cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", str(X86), *args]
+                    counts[steps] = count(cmd, r"Collected : ([\d,]+)", envs[arch])
+            per_step = (counts[a.steps] - counts[1]) / max(a.steps - 1, 1)
+            row = {"arch": arch, "backend": backend, "steps": a.steps, "instructions_per_image": counts[a.steps],
+                   "instructions_one_step_image": counts[1], "instructions_per_step": per_step}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    report = {"model": a.model, "steps": a.steps, "threads": 1, "rows": rows}
+    if a.json:
+        a.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
