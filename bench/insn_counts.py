@@ -10,9 +10,8 @@ difference between STEPS and 1 step, divided by STEPS - 1, so that the load canc
 
 Needs the aarch64 binary (`scripts/build-aarch64.sh`, with the onnxruntime feature), the x86
 binary built with `cargo build --release --features onnxruntime`, qemu-user, gcc and valgrind.
-Caveats (also in README "Speed"): qemu-user shows guest code the host's /proc/cpuinfo, so tract on
-"aarch64" picks its generic NEON kernels, and f16 there needs TRACT_CPU_ISA=+fp16 (the fp16
-kernels under qemu's `-cpu max`); valgrind hides AVX-512, so x86 counts are of the AVX2 kernels.
+The ARM guest sees a Cortex-A76 (scripts/a76-sysroot.sh, qemu `-cpu max`): tract picks its A76
+kernels and its native fp16 ones. valgrind hides AVX-512, so x86 counts are of the AVX2 kernels.
 """
 
 from __future__ import annotations
@@ -71,12 +70,13 @@ def main() -> None:
     a = p.parse_args()
     out = Path(tempfile.mkdtemp(prefix="insn-"))
     so = plugin(out)
+    sysroot = out / "sysroot"  # a Cortex-A76 as the guest sees it (scripts/a76-sysroot.sh)
+    subprocess.run([str(ROOT / "scripts/a76-sysroot.sh"), str(sysroot)], check=True)
     ort = {
         "aarch64": subprocess.run([str(ROOT / "scripts/onnxruntime-aarch64.sh")], check=True, capture_output=True, text=True).stdout.strip(),
         "x86_64": glob.glob(str(ROOT / ".venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.*"))[0],
     }
-    # fp16 kernels for tract under qemu only (the knob refuses another architecture's feature).
-    envs = {"aarch64": dict(os.environ, RUST_LOG="error", TRACT_CPU_ISA="+fp16"), "x86_64": dict(os.environ, RUST_LOG="error")}
+    envs = {arch: dict(os.environ, RUST_LOG="error") for arch in ("aarch64", "x86_64")}
     rows = []
     for arch in a.arch:
         for backend in a.backends:
@@ -86,7 +86,7 @@ def main() -> None:
             for steps in (1, a.steps):
                 args = generate_args(a.model, steps, backend, ort[arch], out / "image.png")
                 if arch == "aarch64":
-                    cmd = ["qemu-aarch64", "-cpu", "max", "-L", "/usr/aarch64-linux-gnu", "-plugin", str(so), str(A64), *args]
+                    cmd = ["qemu-aarch64", "-cpu", "max", "-L", str(sysroot), "-plugin", str(so), str(A64), *args]
                     counts[steps] = count(cmd, r"insn_count: (\d+)", envs[arch])
                 else:
                     cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", str(X86), *args]
