@@ -3,8 +3,9 @@ depend on this shared machine's load: on aarch64 under qemu-aarch64 with our ins
 plugin (`bench/qemu/insn_count.c`; Debian's qemu ships none), on x86-64 under valgrind
 (`callgrind`, its `Collected` Ir count), for tract (f32, f16) and onnxruntime, one thread each.
 
-Each count is a whole `mcm-edge generate` (load + STEPS steps + PNG); the per-step figure is the
-difference between STEPS and 1 step, divided by STEPS - 1, so that the load cancels out.
+Each image is a whole `mcm-edge generate` (load + STEPS steps + PNG); the load alone is
+`mcm-edge check` on a config with the same model and `[runtime]` (it loads and plans the same
+nets, then stops), and the generation is the difference.
 
     .venv/bin/python bench/insn_counts.py --model models/default --steps 4 --json docs/insn-default.json
 
@@ -49,6 +50,14 @@ def generate_args(model: str, steps: int, backend: str, ort_library: str, png: P
     return args + [FRAME]
 
 
+def check_args(model: str, backend: str, ort_library: str, config: Path) -> list[str]:
+    """`mcm-edge check` arguments that load `model` as `generate_args` does, and nothing more."""
+    runtime = {"tract": 'backend = "tract"', "tract-f16": 'backend = "tract"\nprecision = "f16"',
+               "onnxruntime": f'backend = "onnxruntime"\nonnxruntime_library = "{ort_library}"'}[backend]
+    config.write_text(f'[mqtt]\ndevice_id = "insn"\n[model]\ndir = "{model}"\n[runtime]\nthreads = 1\n{runtime}\n')
+    return ["check", "--config", str(config)]
+
+
 def count(cmd: list[str], pattern: str, env: dict[str, str]) -> int:
     """Run `cmd` and read the instruction count that `pattern` (one group) finds in its output."""
     run = subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -83,17 +92,21 @@ def main() -> None:
             if arch == "x86_64" and backend == "tract-f16":
                 continue  # emulated f16 on x86 is not what a board runs: accuracy only
             counts = {}
-            for steps in (1, a.steps):
-                args = generate_args(a.model, steps, backend, ort[arch], out / "image.png")
+            for what in ("image", "load"):
+                if what == "image":
+                    args = generate_args(a.model, a.steps, backend, ort[arch], out / "image.png")
+                else:
+                    args = check_args(a.model, backend, ort[arch], out / "edge.toml")
                 if arch == "aarch64":
                     cmd = ["qemu-aarch64", "-cpu", "max", "-L", str(sysroot), "-plugin", str(so), str(A64), *args]
-                    counts[steps] = count(cmd, r"insn_count: (\d+)", envs[arch])
+                    counts[what] = count(cmd, r"insn_count: (\d+)", envs[arch])
                 else:
                     cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", str(X86), *args]
-                    counts[steps] = count(cmd, r"Collected : ([\d,]+)", envs[arch])
-            per_step = (counts[a.steps] - counts[1]) / max(a.steps - 1, 1)
-            row = {"arch": arch, "backend": backend, "steps": a.steps, "instructions_per_image": counts[a.steps],
-                   "instructions_one_step_image": counts[1], "instructions_per_step": per_step}
+                    counts[what] = count(cmd, r"Collected : ([\d,]+)", envs[arch])
+            generation = counts["image"] - counts["load"]
+            row = {"arch": arch, "backend": backend, "steps": a.steps, "instructions_per_image": counts["image"],
+                   "instructions_load": counts["load"], "instructions_generation": generation,
+                   "instructions_per_step": generation / a.steps}
             print(json.dumps(row), flush=True)
             rows.append(row)
     report = {"model": a.model, "steps": a.steps, "threads": 1, "rows": rows}
