@@ -1,5 +1,5 @@
 //! The workers (`[runtime] workers` of them): each takes requests and stream frames from the
-//! queue in turn, generates, and publishes the PNG or the error; on shutdown the last one to stop
+//! queue in turn, generates, and publishes the PNG or the error; on shutdown the first one to stop
 //! answers the requests still queued. Requests run on any worker at once; stream frames on one
 //! worker at a time, so that stream images go out in the order of their frames.
 
