@@ -38,6 +38,10 @@ pub struct OpTime {
     pub op: String,
     /// Nodes of that operator in the plan.
     pub nodes: usize,
+    /// The matrix-multiply kernels its nodes run (tract's names, e.g. `fma_mmm_f32_16x6`;
+    /// matrix products only, else empty).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kernels: Vec<String>,
     /// Mean time per run, ms.
     pub ms: f64,
 }

@@ -141,6 +141,16 @@ fn to_f16() -> FloatPrecisionTranslator {
     })
 }
 
+/// The matrix-multiply kernels an optimised matmul node says it runs (the `with [...]` list of its
+/// `Mult:` info line, e.g. `avx512_mmm_f32_16x12`); none for other nodes.
+fn matmul_kernels(info: Vec<String>) -> Vec<String> {
+    info.iter()
+        .filter_map(|line| line.strip_prefix("Mult:")?.split_once(" with ").map(|(_, k)| k.trim().trim_matches(['[', ']']).to_string()))
+        .flat_map(|list| list.split(", ").map(str::to_string).collect::<Vec<_>>())
+        .filter(|k| !k.is_empty())
+        .collect()
+}
+
 impl TractNet {
     /// Load `path`, match its declared inputs to `inputs` ([`resolve_feeds`]) and its outputs to
     /// `outputs` (names, in order), fix every input to its feed's type and shape (batch 1),
@@ -241,6 +251,7 @@ impl TractNet {
         let mut state = tract_core::plan::SimpleState::new(&self.plan).map_err(|e| tract_error(path, &e))?;
         let mut total: BTreeMap<String, f64> = BTreeMap::new();
         let mut nodes: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
+        let mut kernels: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         let runs = runs.max(1);
         for _ in 0..runs {
             let inputs = self.feed(path, inputs)?;
@@ -250,13 +261,23 @@ impl TractNet {
                     let out = tract_core::plan::eval(ctx, op_state, node, input);
                     let name = node.op().name().to_string();
                     *total.entry(name.clone()).or_default() += start.elapsed().as_secs_f64() * 1e3;
-                    nodes.entry(name).or_default().insert(node.id);
+                    if nodes.entry(name.clone()).or_default().insert(node.id) {
+                        kernels.entry(name).or_default().extend(matmul_kernels(node.op().info().unwrap_or_default()));
+                    }
                     out
                 })
                 .map_err(|e| tract_error(path, &e))?;
         }
         let mut times: Vec<OpTime> =
-            total.into_iter().map(|(op, ms)| OpTime { nodes: nodes[&op].len(), op, ms: ms / runs as f64 }).collect();
+            total
+                .into_iter()
+                .map(|(op, ms)| OpTime {
+                    nodes: nodes[&op].len(),
+                    kernels: kernels.remove(&op).unwrap_or_default().into_iter().collect(),
+                    op,
+                    ms: ms / runs as f64,
+                })
+                .collect();
         times.sort_by(|a, b| b.ms.total_cmp(&a.ms));
         Ok(times)
     }
