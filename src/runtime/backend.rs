@@ -131,16 +131,6 @@ impl Backend {
         self
     }
 
-    /// Its kind.
-    pub fn kind(&self) -> BackendKind {
-        self.kind
-    }
-
-    /// Threads used by one inference call.
-    pub fn threads(&self) -> usize {
-        self.threads
-    }
-
     /// Short human text: `tract, N thread(s)` (`, f16` when so) or `onnxruntime, N thread(s)`.
     pub fn describe(&self) -> String {
         let f16 = if self.precision == Precision::F16 { ", f16" } else { "" };

@@ -21,6 +21,6 @@ pub use checks::ContractMismatch;
 pub use error::ModelError;
 pub use models::{Models, base_inputs, decoder_inputs, load_encoder, load_estimator, load_segmenter, mcm_inputs};
 pub use feed::{InputKind, InputSpec, timestep_tensor};
-pub use memory::{Memory, check_fits, weights_bytes};
+pub use memory::{Memory, weights_bytes};
 pub use net::{Net, OpTime, estimate_flops};
 pub use text::TextEncoder;

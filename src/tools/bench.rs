@@ -382,7 +382,7 @@ pub fn bench(dir: &Path, frame: &[u8], plan: &BenchPlan, backends: &[Backend]) -
         reports.push(BenchReport {
             model: dir.display().to_string(),
             backend: generator.models().base.backend_description(),
-            threads: backend.threads(),
+            threads: backend.threads,
             library: generator.models().base.onnxruntime_library().map(|p| p.display().to_string()),
             image_size: size,
             load_ms: *load_ms,

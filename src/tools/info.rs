@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::contract::ModelInfo;
 use crate::diffusion::DEFAULT_GUIDANCE_SCALE;
-use crate::runtime::{InputSpec, ModelError, base_inputs, decoder_inputs, estimate_flops, mcm_inputs};
+use crate::runtime::{InputSpec, ModelError, base_inputs, decoder_inputs, estimate_flops, mcm_inputs, weights_bytes};
 
 /// One net of the directory.
 #[derive(Debug, Clone, Serialize)]
@@ -38,13 +38,6 @@ pub struct ModelCost {
     pub steps: usize,
 }
 
-/// The size of `file` in bytes, with its external data file `FILE.data` when there is one (what
-/// `mcm-train export-diffusers` writes above 2 GB).
-fn bytes(dir: &Path, file: &str) -> u64 {
-    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-    size(&dir.join(file)) + size(&dir.join(format!("{file}.data")))
-}
-
 /// The cost of `dir` for images of `steps` steps.
 ///
 /// # Errors
@@ -54,7 +47,7 @@ pub fn model_cost(dir: &Path, steps: usize) -> Result<ModelCost, ModelError> {
     let mut nets = Vec::new();
     let mut add = |net: &'static str, file: &str, parameters: Option<u64>, inputs: Vec<InputSpec>| -> Result<u64, ModelError> {
         let flops = estimate_flops(&dir.join(file), &inputs)?;
-        nets.push(NetCost { net, file: file.to_string(), parameters, bytes: bytes(dir, file), flops });
+        nets.push(NetCost { net, file: file.to_string(), parameters, bytes: weights_bytes(&dir.join(file)), flops });
         Ok(flops)
     };
     let base = add("base", &info.base.file, info.base.parameters, base_inputs(&info))?;
