@@ -6,6 +6,7 @@ mod backend;
 mod checks;
 mod error;
 mod feed;
+mod group_norm;
 mod memory;
 mod models;
 mod net;

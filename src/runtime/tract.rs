@@ -18,6 +18,7 @@ use super::backend::{Backend, Precision};
 use super::checks::check_names;
 use super::error::ModelError;
 use super::feed::{Declared, Feed, InputSpec, resolve_feeds};
+use super::group_norm::fuse_group_norms;
 use super::net::OpTime;
 
 /// One ONNX file as a runnable tract plan, with the feed of each of its inputs (file order).
@@ -176,7 +177,9 @@ impl TractNet {
             .collect();
         check_names("outputs", &out_names, outputs).map_err(contract)?;
         let options = RunOptions { executor: Some(executor(threads)?), ..RunOptions::default() };
-        let typed = model.into_typed().map_err(tract_err)?.into_decluttered().map_err(tract_err)?;
+        let mut typed = model.into_typed().map_err(tract_err)?.into_decluttered().map_err(tract_err)?;
+        let fused = fuse_group_norms(&mut typed).map_err(tract_err)?;
+        log::debug!("{}: {fused} GroupNorm chains fused", path.display());
         let typed = match backend.precision {
             Precision::F32 => typed,
             Precision::F16 => {
