@@ -100,6 +100,7 @@ impl EvalOp for GroupNormSilu {
         let (gamma, beta) = (self.gamma.try_as_plain_ram()?.as_slice::<f32>()?, self.beta.try_as_plain_ram()?.as_slice::<f32>()?);
         let eps = self.eps.cast_to_scalar::<f32>()?;
         ensure!(y.rank() >= 2 && y.shape()[1] == gamma.len(), "{}: input {:?} has not {} channels on axis 1", self.name(), y.shape(), gamma.len());
+        ensure!(self.groups > 0 && gamma.len() % self.groups == 0, "{}: {} groups do not divide {} channels", self.name(), self.groups, gamma.len());
         let channels_per_group = gamma.len() / self.groups;
         let group_len = channels_per_group * y.shape()[2..].iter().product::<usize>();
         let silu = if self.silu { Some(Func::Silu.ew_f32()?) } else { None };
@@ -108,13 +109,13 @@ impl EvalOp for GroupNormSilu {
         let total = data.len();
         if group_len > 0 {
             tract_linalg::multithread::par_chunks_mut(data, group_len, total, |first, chunk| {
-            for (ix, group) in chunk.chunks_exact_mut(group_len).enumerate() {
-                let g = (first + ix) % self.groups;
-                let channels = g * channels_per_group..(g + 1) * channels_per_group;
-                self.group(group, &gamma[channels.clone()], &beta[channels], eps, silu.as_deref())?;
-            }
-            Ok(())
-        })?;
+                for (ix, group) in chunk.chunks_exact_mut(group_len).enumerate() {
+                    let g = (first + ix) % self.groups;
+                    let channels = g * channels_per_group..(g + 1) * channels_per_group;
+                    self.group(group, &gamma[channels.clone()], &beta[channels], eps, silu.as_deref())?;
+                }
+                Ok(())
+            })?;
         }
         Ok(tvec![y.into_tvalue()])
     }
@@ -138,8 +139,8 @@ fn konst(model: &TypedModel, outlet: OutletId) -> Option<Arc<Tensor>> {
     model.outlet_fact(outlet).ok()?.konst.clone()
 }
 
-/// The input of `node` that is not `other` and the const value of the other one, for a binary
-/// node with one const input.
+/// The non-const input of a binary `node` and the value of its const input, when exactly one of
+/// its two inputs is const.
 fn with_const(model: &TypedModel, node: &TypedNode) -> Option<(OutletId, Arc<Tensor>)> {
     let [a, b] = node.inputs[..] else { return None };
     match (konst(model, a), konst(model, b)) {
@@ -161,7 +162,10 @@ fn only_succ<'m>(model: &'m TypedModel, node: &TypedNode) -> Option<&'m TypedNod
 
 /// A per-channel `[C]` vector from a const that broadcasts as `[1, C, 1, ...]` (or `[C, 1, ...]`).
 fn per_channel(k: &Tensor, channels: usize) -> Option<Arc<Tensor>> {
-    (k.datum_type() == DatumType::F32 && k.len() == channels).then(|| k.clone().into_shape(&[channels]).ok().map(Tensor::into_arc_tensor))?
+    if k.datum_type() != DatumType::F32 || k.len() != channels {
+        return None;
+    }
+    k.clone().into_shape(&[channels]).ok().map(Tensor::into_arc_tensor)
 }
 
 /// The group norm that ends at `rms` (tract's `RmsNorm` of `x - mean(x)` on `[B, G, N]`), if the
