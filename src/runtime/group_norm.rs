@@ -169,7 +169,7 @@ fn per_channel(k: &Tensor, channels: usize) -> Option<Arc<Tensor>> {
 }
 
 /// The group norm that ends at `rms` (tract's `RmsNorm` of `x - mean(x)` on `[B, G, N]`), if the
-/// whole chain from torch's Reshape to the affine `Add` (and a `Silu` after it) is there: the
+/// whole chain from torch's Reshape to the affine (and a `Silu` after it) is there: the
 /// fused op and the outlet it replaces.
 fn match_group_norm(model: &TypedModel, rms: &TypedNode) -> Option<(OutletId, GroupNormSilu, OutletId)> {
     let op = rms.op_as::<RmsNorm>()?;
@@ -205,12 +205,21 @@ fn match_group_norm(model: &TypedModel, rms: &TypedNode) -> Option<(OutletId, Gr
     }
     // Reshape back, * gamma, + beta, SiLU?
     let back = only_succ(model, rms).filter(|n| n.op_is::<AxisOp>() && model.outlet_fact(n.id.into()).ok().and_then(|f| f.shape.as_concrete().map(|s| s == x_shape)) == Some(true))?;
-    let mul = only_succ(model, back).filter(|n| is_bin::<Mul>(n))?;
-    let add = only_succ(model, mul).filter(|n| is_bin::<Add>(n))?;
-    let gamma = per_channel(&with_const(model, mul)?.1, channels)?;
-    let beta = per_channel(&with_const(model, add)?.1, channels)?;
-    let silu = only_succ(model, add).filter(|n| n.op_as::<ElementWiseOp>().is_some_and(|e| e.0.is::<Silu>()));
-    let end = silu.unwrap_or(add);
+    // tract declutters away a gamma of ones and a beta of zeros (torch's initial values).
+    let mul = only_succ(model, back).filter(|n| is_bin::<Mul>(n) && with_const(model, n).is_some());
+    let after_mul = mul.unwrap_or(back);
+    let add = only_succ(model, after_mul).filter(|n| is_bin::<Add>(n) && with_const(model, n).is_some());
+    let after_add = add.unwrap_or(after_mul);
+    let gamma = match mul {
+        Some(mul) => per_channel(&with_const(model, mul)?.1, channels)?,
+        None => tensor1(&vec![1f32; channels]).into_arc_tensor(),
+    };
+    let beta = match add {
+        Some(add) => per_channel(&with_const(model, add)?.1, channels)?,
+        None => tensor1(&vec![0f32; channels]).into_arc_tensor(),
+    };
+    let silu = only_succ(model, after_add).filter(|n| n.op_as::<ElementWiseOp>().is_some_and(|e| e.0.is::<Silu>()));
+    let end = silu.unwrap_or(after_add);
     let fused = GroupNormSilu { groups, eps: op.eps.clone(), gamma, beta, silu: silu.is_some() };
     Some((x, fused, end.id.into()))
 }
