@@ -126,6 +126,8 @@ impl TypedOp for GroupNormSilu {
         Ok(tvec!(inputs[0].datum_type.fact(inputs[0].shape.clone())))
     }
 
+    /// A hint per element: 4 multiply-adds (the two sums and the affine), plus the 12 that
+    /// tract counts for its own `Silu`.
     fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
         let count: TDim = inputs[0].shape.iter().product();
         Ok(tvec!((Cost::FMA(DatumType::F32), count * if self.silu { 16 } else { 4 })))
