@@ -11,7 +11,7 @@ nets, then stops), and the generation is the difference.
 
 Needs the aarch64 binary (`scripts/build-aarch64.sh`, with the onnxruntime feature), the x86
 binary built with `cargo build --release --features onnxruntime`, qemu-user, gcc and valgrind.
-The ARM guest sees a Cortex-A76 (scripts/a76-sysroot.sh, qemu `-cpu max`): tract picks its A76
+The ARM guest sees a Cortex-A76 (scripts/a76-sysroot.sh, qemu `-cpu cortex-a76`, no SVE): tract picks its A76
 kernels and its native fp16 ones. valgrind hides AVX-512, so x86 counts are of the AVX2 kernels.
 """
 
@@ -69,6 +69,14 @@ def count(cmd: list[str], pattern: str, env: dict[str, str]) -> int:
     return int(match.group(1).replace(",", ""))
 
 
+def resumed_rows(path: Path | None, model: str, steps: int) -> list[dict]:
+    """The rows of an earlier report at `path` for the same `model` and `steps` (none otherwise)."""
+    if path is None or not path.exists():
+        return []
+    report = json.loads(path.read_text())
+    return report["rows"] if report.get("model") == model and report.get("steps") == steps else []
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="models/default")
@@ -76,7 +84,10 @@ def main() -> None:
     p.add_argument("--json", type=Path)
     p.add_argument("--arch", nargs="+", default=["aarch64", "x86_64"])
     p.add_argument("--backends", nargs="+", default=["tract", "tract-f16", "onnxruntime"])
+    p.add_argument("--resume", action="store_true",
+                   help="keep the rows already in --json (same model and steps) and count only the others")
     a = p.parse_args()
+    rows = resumed_rows(a.json, a.model, a.steps) if a.resume else []
     out = Path(tempfile.mkdtemp(prefix="insn-"))
     so = plugin(out)
     sysroot = out / "sysroot"  # a Cortex-A76 as the guest sees it (scripts/a76-sysroot.sh)
@@ -86,11 +97,12 @@ def main() -> None:
         "x86_64": glob.glob(str(ROOT / ".venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.*"))[0],
     }
     envs = {arch: dict(os.environ, RUST_LOG="error") for arch in ("aarch64", "x86_64")}
-    rows = []
     for arch in a.arch:
         for backend in a.backends:
             if arch == "x86_64" and backend == "tract-f16":
                 continue  # emulated f16 on x86 is not what a board runs: accuracy only
+            if any(r["arch"] == arch and r["backend"] == backend for r in rows):
+                continue
             counts = {}
             for what in ("image", "load"):
                 if what == "image":
@@ -98,7 +110,7 @@ def main() -> None:
                 else:
                     args = check_args(a.model, backend, ort[arch], out / "edge.toml")
                 if arch == "aarch64":
-                    cmd = ["qemu-aarch64", "-cpu", "max", "-L", str(sysroot), "-plugin", str(so), str(A64), *args]
+                    cmd = ["qemu-aarch64", "-cpu", "cortex-a76", "-L", str(sysroot), "-plugin", str(so), str(A64), *args]
                     counts[what] = count(cmd, r"insn_count: (\d+)", envs[arch])
                 else:
                     cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", str(X86), *args]
@@ -109,9 +121,9 @@ def main() -> None:
                    "instructions_per_step": generation / a.steps}
             print(json.dumps(row), flush=True)
             rows.append(row)
-    report = {"model": a.model, "steps": a.steps, "threads": 1, "rows": rows}
-    if a.json:
-        a.json.write_text(json.dumps(report, indent=2) + "\n")
+            if a.json:  # after each row: a run cut short keeps what it counted (--resume)
+                report = {"model": a.model, "steps": a.steps, "threads": 1, "rows": rows}
+                a.json.write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ if [ "${MCM_SMOKE_ONNXRUNTIME:-1}" = 1 ]; then
   ORT_LIB=$(scripts/onnxruntime-aarch64.sh)
   ROOT_A76="$OUT/sysroot"
   scripts/a76-sysroot.sh "$ROOT_A76"
-  a76() { qemu-aarch64 -cpu max -L "$ROOT_A76" "$BIN" "$@"; }
+  a76() { qemu-aarch64 -cpu cortex-a76 -L "$ROOT_A76" "$BIN" "$@"; }
   frame=segmentation=config/samples/segmentation/tablet-0.png
   a76 generate --model models/tiny --steps 2 --threads 1 --out "$OUT/tract.png" "$frame"
   a76 generate --model models/tiny --steps 2 --threads 1 --backend onnxruntime --ort-library "$ORT_LIB" --out "$OUT/ort.png" "$frame"

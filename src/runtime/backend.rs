@@ -133,9 +133,15 @@ impl Backend {
 
     /// Short human text: `tract, N thread(s)` (`, f16` when so) or `onnxruntime, N thread(s)`.
     pub fn describe(&self) -> String {
-        let f16 = if self.precision == Precision::F16 { ", f16" } else { "" };
-        format!("{}, {}{f16}", self.kind.name(), thread_count(self.threads))
+        describe_run(self.kind.name(), self.threads, self.precision)
     }
+}
+
+/// `NAME, N thread(s)`, with `, f16` when `precision` is f16: how [`Backend::describe`] and
+/// [`crate::runtime::Net::backend_description`] name what runs a net.
+pub(crate) fn describe_run(name: &str, threads: usize, precision: Precision) -> String {
+    let f16 = if precision == Precision::F16 { ", f16" } else { "" };
+    format!("{name}, {}{f16}", thread_count(threads))
 }
 
 /// The cores this process may run on (its CPU affinity and cgroup quota, as

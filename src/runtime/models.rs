@@ -170,7 +170,7 @@ mod tests {
     /// emulated f16 plan runs and stays near f32.
     #[test]
     fn f16_is_refused_for_onnxruntime_and_without_fp16_arithmetic() {
-        use crate::runtime::{BackendKind, Precision, has_fp16};
+        use crate::runtime::{Precision, has_fp16};
         let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny");
         let ort = Backend::onnxruntime(1).with_precision(Precision::F16, true);
         let err = Models::load(&tiny, &ort).err().expect("must refuse").to_string();
@@ -183,7 +183,6 @@ mod tests {
         let f16 = Models::load(&tiny, &Backend::default().with_precision(Precision::F16, true)).unwrap();
         let f32 = Models::load(&tiny, &Backend::default()).unwrap();
         assert_eq!(f16.base.backend_description(), "tract, 1 thread, f16");
-        assert_eq!(Backend::default().with_precision(Precision::F16, true).kind, BackendKind::Tract);
         let inputs = || vec![ndarray::Array4::<f32>::from_shape_fn([1, 3, 16, 16], |(_, c, y, x)| ((c + y * x) % 7) as f32 / 3.5 - 1.0).into_tensor(), crate::runtime::timestep_tensor(500.0, 1)];
         let (a, b) = (f16.base.run(inputs()).unwrap().remove(0), f32.base.run(inputs()).unwrap().remove(0));
         let worst = a.iter().zip(b.iter()).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);

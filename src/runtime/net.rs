@@ -6,10 +6,9 @@ use std::path::{Path, PathBuf};
 use ndarray::{Array4, ArrayD, Ix4};
 use tract_onnx::prelude::Tensor;
 
-use super::backend::{Backend, BackendKind, MAX_THREADS, Precision};
+use super::backend::{Backend, BackendKind, MAX_THREADS, Precision, describe_run};
 #[cfg(not(feature = "onnxruntime"))]
 use super::backend::NO_ONNXRUNTIME;
-use super::checks::thread_count;
 use super::error::ModelError;
 use super::feed::InputSpec;
 #[cfg(feature = "onnxruntime")]
@@ -89,9 +88,7 @@ impl Net {
     /// (the version as read from the library's file name).
     pub fn backend_description(&self) -> String {
         match &self.engine {
-            Engine::Tract(net) => {
-                format!("tract, {}{}", thread_count(net.threads()), if net.precision() == Precision::F16 { ", f16" } else { "" })
-            }
+            Engine::Tract(net) => describe_run(BackendKind::Tract.name(), net.threads(), net.precision()),
             #[cfg(feature = "onnxruntime")]
             Engine::Onnxruntime(net) => net.description(),
         }
