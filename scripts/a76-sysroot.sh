@@ -4,8 +4,8 @@
 # crashes and tract finds no fp16 arithmetic and no CPU part. DIR/lib is Debian's arm64 cross
 # glibc; DIR/proc/cpuinfo lists four Cortex-A76 cores (part 0xd0b, `asimdhp`). qemu-user resolves
 # absolute paths under -L first; run with `-cpu cortex-a76`, so that the fp16 and dot-product
-# instructions it advertises exist and nothing more (`-cpu max` adds SVE and SME, which
-# onnxruntime then uses: 40 % fewer instructions per image on the default than on an A76).
+# instructions it advertises exist and nothing more (`-cpu max` adds SVE, SME and more, and
+# onnxruntime then picks other kernels: 40 % fewer instructions per image on the default).
 # Usage: scripts/a76-sysroot.sh DIR
 set -euo pipefail
 DIR=${1:?usage: scripts/a76-sysroot.sh DIR}
