@@ -11,8 +11,9 @@ nets, then stops), and the generation is the difference.
 
 Needs the aarch64 binary (`scripts/build-aarch64.sh`, with the onnxruntime feature), the x86
 binary built with `cargo build --release --features onnxruntime`, qemu-user, gcc and valgrind.
-The ARM guest sees a Cortex-A76 (scripts/a76-sysroot.sh, qemu `-cpu cortex-a76`, no SVE): tract picks its A76
-kernels and its native fp16 ones. valgrind hides AVX-512, so x86 counts are of the AVX2 kernels.
+The ARM guest sees a Cortex-A76 (scripts/a76-sysroot.sh, qemu `-cpu cortex-a76`: no SVE, which
+`-cpu max` would offer): tract picks its A76 kernels and its native fp16 ones. valgrind hides
+AVX-512, so x86 counts are of the AVX2 kernels.
 """
 
 from __future__ import annotations
