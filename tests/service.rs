@@ -335,9 +335,9 @@ fn two_workers_generate_at_once_and_answer_each_request_once() {
     let mut order = Vec::new();
     let mut stream_images = 0;
     let mut most_running = 0;
+    let watched = |m: &Msg| m.topic.starts_with(&format!("{p}image")) || m.topic == format!("{p}error") || m.topic == format!("{p}status");
     let deadline = Instant::now() + WAIT;
     while order.len() < ids.len() + 1 && Instant::now() < deadline {
-        let watched = |m: &Msg| m.topic.starts_with(&format!("{p}image")) || m.topic == format!("{p}error") || m.topic == format!("{p}status");
         let Some(m) = tc.try_wait_for(Duration::from_millis(200), &watched) else {
             continue;
         };
